@@ -1,0 +1,45 @@
+"""The ``invertible`` command. Thin: parses options and calls the library.
+
+Each sub-command lives in ``invertible/commands/<name>.py`` with ``add_parser(subparsers)`` that registers
+itself and sets ``func(args) -> int``. Add a module to :data:`COMMAND_MODULES` to add a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="invertible",
+        description="Invertible neural networks: i-ResNets, residual flows, invertibility analysis, "
+        "excessive invariance and IMS tumour typing (reproductions of Behrmann's thesis).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
+        print(f"invertible {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; checkpoints written so far are intact (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

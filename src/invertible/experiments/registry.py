@@ -1,0 +1,162 @@
+"""Registry of thesis reproductions: one module per figure or table.
+
+An experiment is a function ``run(ctx: RunContext) -> dict`` registered under the thesis's own name
+(``"fig4.4"``, ``"table5.1"``, ...). The framework gives it a run folder, a seed, the quick/full switch and a
+progress-bar factory; it writes ``config.json``, ``metrics.json`` and ``report.md`` around the experiment's
+own figures and the markdown it adds with :meth:`RunContext.report`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from invertible.training.checkpoint import atomic_write_text
+
+# Modules that register experiments when imported. One line per thesis chapter module.
+EXPERIMENT_MODULES: tuple[str, ...] = (
+    "invertible.experiments.fig4_4",
+    "invertible.experiments.fig5_3",
+)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    title: str
+    thesis: str  # what the thesis reports, in markdown, shown beside this run's numbers
+    run: Callable[[RunContext], dict[str, Any]]
+
+
+@dataclass
+class RunContext:
+    """What an experiment gets: where to write, how big to be, and how to show progress."""
+
+    out: Path
+    quick: bool
+    seed: int = 0
+    device: str = "cpu"
+    show_progress: bool = True
+    figures: list[str] = field(default_factory=list)
+    _report: list[str] = field(default_factory=list)
+
+    def progress(self, iterable: Iterable, desc: str, total: int | None = None):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, disable=not self.show_progress, leave=False)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+    def save_figure(self, fig, name: str) -> Path:
+        """Save a matplotlib figure as PNG in the run folder (atomically) and close it."""
+        import matplotlib.pyplot as plt
+
+        path = self.out / f"{name}.png"
+        tmp = path.with_suffix(".png.tmp")
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        tmp.replace(path)
+        plt.close(fig)
+        self.figures.append(path.name)
+        return path
+
+    def report(self, markdown: str) -> None:
+        self._report.append(markdown.rstrip() + "\n")
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(id: str, *, title: str, thesis: str):
+    """Decorator: register ``run(ctx) -> metrics`` as the reproduction of thesis item ``id``."""
+
+    def wrap(fn: Callable[[RunContext], dict[str, Any]]):
+        if id in _REGISTRY:
+            raise ValueError(f"experiment {id!r} registered twice")
+        _REGISTRY[id] = Experiment(id=id, title=title, thesis=thesis, run=fn)
+        return fn
+
+    return wrap
+
+
+def experiments() -> dict[str, Experiment]:
+    """All registered experiments, importing their modules on first use."""
+    for name in EXPERIMENT_MODULES:
+        importlib.import_module(name)
+    return dict(sorted(_REGISTRY.items(), key=lambda kv: _natural_key(kv[0])))
+
+
+def _natural_key(s: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def run_experiment(
+    id: str, out: Path, *, quick: bool, seed: int = 0, device: str = "cpu", show_progress: bool = True
+) -> Path:
+    """Run one registered experiment into ``out/<id>`` and return the path of its ``report.md``."""
+    registry = experiments()
+    if id not in registry:
+        raise ValueError(f"unknown experiment {id!r}; known: {', '.join(registry)}")
+    exp = registry[id]
+    folder = Path(out) / id
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(out=folder, quick=quick, seed=seed, device=device, show_progress=show_progress)
+    config = {
+        "experiment": id,
+        "quick": quick,
+        "seed": seed,
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    metrics = exp.run(ctx)
+    seconds = time.perf_counter() - start
+    metrics = {**_jsonable(metrics), "seconds": round(seconds, 2)}
+    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
+    lines = [
+        f"# {id}: {exp.title}",
+        "",
+        f"Mode: {'quick' if quick else 'full'} · seed {seed} · device {device} · {seconds:.1f} s",
+        "",
+        "## What the thesis reports",
+        "",
+        exp.thesis.strip(),
+        "",
+        "## This run",
+        "",
+        *ctx._report,
+        "",
+    ]
+    if ctx.figures:
+        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in ctx.figures] + [""]
+    report = folder / "report.md"
+    atomic_write_text(report, "\n".join(lines))
+    return report

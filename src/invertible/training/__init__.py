@@ -1,0 +1,1 @@
+"""Training infrastructure: loops, atomic checkpoints, metrics logging."""
