@@ -24,8 +24,6 @@ from invertible.training.checkpoint import atomic_write_text
 
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
-    "invertible.experiments.fig4_4",
-    "invertible.experiments.fig5_3",
 )
 
 
