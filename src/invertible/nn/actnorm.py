@@ -1,0 +1,55 @@
+"""Activation normalization with data-dependent initialization."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from invertible.nn.base import Bijection, check_input
+
+__all__ = ["ActNorm"]
+
+
+class ActNorm(Bijection):
+    """``y = (x - loc) * exp(log_scale)`` per channel (dim 1), for inputs ``(B, C)``, ``(B, C, L)``, ``(B, C, H, W)``.
+
+    On the first forward in training mode ``loc`` and ``log_scale`` are set so that the batch has zero mean and
+    unit variance per channel (Kingma & Dhariwal 2018). The flag ``initialized`` is a *buffer*, so a reloaded
+    model keeps its initialization. ``log|det J| = prod(spatial) * sum_c log_scale_c``.
+    """
+
+    def __init__(self, n_channels: int, eps: float = 1e-6):
+        super().__init__()
+        if n_channels < 1:
+            raise ValueError(f"n_channels must be >= 1, got {n_channels}")
+        self.n_channels = int(n_channels)
+        self.eps = eps
+        self.loc = nn.Parameter(torch.zeros(n_channels))
+        self.log_scale = nn.Parameter(torch.zeros(n_channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return t.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
+
+    @torch.no_grad()
+    def _initialize(self, x: torch.Tensor) -> None:
+        flat = x.transpose(0, 1).reshape(self.n_channels, -1)
+        self.loc.copy_(flat.mean(1))
+        self.log_scale.copy_(-torch.log(flat.std(1, unbiased=False) + self.eps))
+        self.initialized.fill_(True)
+
+    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input(x, "ActNorm", n_channels=self.n_channels)
+        if not bool(self.initialized) and self.training:
+            self._initialize(x)
+        y = (x - self._view(self.loc, x)) * torch.exp(self._view(self.log_scale, x))
+        spatial = x[0, 0].numel()
+        logdet = (self.log_scale.sum() * spatial).to(x.dtype).expand(x.shape[0])
+        return y, logdet
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_input(y, "ActNorm.inverse", n_channels=self.n_channels)
+        return y * torch.exp(-self._view(self.log_scale, y)) + self._view(self.loc, y)
+
+    def extra_repr(self) -> str:
+        return f"{self.n_channels}, initialized={bool(self.initialized)}"

@@ -1,0 +1,46 @@
+"""The bijection protocol every invertible building block follows."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["Bijection", "check_input"]
+
+
+def check_input(x: torch.Tensor, name: str, min_dim: int = 2, n_channels: int | None = None) -> None:
+    """Validate at the boundary: a floating tensor with a batch dimension, finite, the right channels."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name}: expected a batch of shape (batch, ...) with >= {min_dim} dims, got {tuple(x.shape)}")
+    if n_channels is not None and x.shape[1] != n_channels:
+        raise ValueError(f"{name}: expected {n_channels} channels in dim 1, got shape {tuple(x.shape)}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{name}: expected a floating point tensor, got {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: input contains NaN or inf")
+
+
+class Bijection(nn.Module):
+    """An invertible map x -> y with a per-sample log|det J|.
+
+    Subclasses implement :meth:`forward_and_logdet` and :meth:`inverse`; :meth:`forward` defaults to the
+    first output of :meth:`forward_and_logdet` and is overridden where the log-det has a cost.
+    Log-dets are natural logs of shape ``(batch,)``. Direction is a method, never a flag.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_logdet(x)[0]
+
+    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def inverse_and_logdet(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x = f^{-1}(y)`` and ``log|det J_{f^{-1}}(y)| = -log|det J_f(x)|``."""
+        x = self.inverse(y)
+        _, ld = self.forward_and_logdet(x)
+        return x, -ld

@@ -1,0 +1,48 @@
+"""Composition of bijections."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from invertible.nn.base import Bijection
+
+__all__ = ["InvertibleSequential"]
+
+
+class InvertibleSequential(Bijection):
+    """``F = f_T o ... o f_1``; ``log|det J_F(x)| = sum_t log|det J_{f_t}(x_t)|`` (chain rule, Lemma 5.5's proof);
+    the inverse applies the inverses in reverse order."""
+
+    def __init__(self, *bijections: Bijection):
+        super().__init__()
+        for b in bijections:
+            if not all(hasattr(b, m) for m in ("forward_and_logdet", "inverse")):
+                raise TypeError(f"{type(b).__name__} is not a bijection (needs forward_and_logdet and inverse)")
+        self.layers = nn.ModuleList(bijections)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, ld = layer.forward_and_logdet(x)
+            total = total + ld
+        return x, total
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        for layer in reversed(self.layers):
+            y = layer.inverse(y)
+        return y
