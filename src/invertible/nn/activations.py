@@ -33,4 +33,4 @@ class LipSwish(nn.Module):
         return x * torch.sigmoid(x * self.beta.to(x.dtype)) / 1.1
 
     def extra_repr(self) -> str:
-        return f"beta={float(self.beta):.3g}"
+        return f"beta={float(self.beta.detach()):.3g}"
