@@ -1,0 +1,141 @@
+"""Spectral normalization of operators and exact norm certificates (eq. 4.6-4.9, Remark 4.9)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import invertible as inv
+
+CONVS = [
+    ("zero-pad stride 2", lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1), (3, 9, 9)),
+    ("zero-pad stride 2 even input", lambda: nn.Conv2d(2, 4, 3, stride=2, padding=1), (2, 8, 8)),
+    ("no pad dilation 2", lambda: nn.Conv2d(2, 3, 3, dilation=2), (2, 9, 9)),
+    ("5x5 stride 3", lambda: nn.Conv2d(2, 2, 5, stride=3, padding=2), (2, 10, 10)),
+    ("circular", lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), (2, 6, 6)),
+    ("reflect", lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), (2, 6, 6)),
+    ("conv1d stride 2", lambda: nn.Conv1d(2, 3, 5, stride=2, padding=2), (2, 17)),
+    ("conv1d same", lambda: nn.Conv1d(2, 3, 4, padding="same"), (2, 11)),
+]
+
+
+def dense_norm(module, shape):
+    """||A||_2 of the layer's linear part, materialised by pushing the identity basis through the module
+    itself (bias removed): independent of the library's operator code."""
+    n = math.prod(shape)
+    basis = torch.eye(n).reshape(n, *shape)
+    with torch.no_grad():
+        columns = module(basis) - module(torch.zeros(1, *shape))
+    return float(torch.linalg.matrix_norm(columns.reshape(n, -1), ord=2))
+
+
+@pytest.mark.parametrize("name,factory,shape", CONVS, ids=[c[0] for c in CONVS])
+def test_operator_norm_is_exact(name, factory, shape):
+    conv = factory()
+    assert math.isclose(inv.operator_norm(conv, shape), dense_norm(conv, shape), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("name,factory,shape", CONVS, ids=[c[0] for c in CONVS])
+def test_upper_bound_dominates_exact_norm(name, factory, shape):
+    conv = factory()
+    if conv.padding_mode == "reflect":
+        pytest.skip("the FFT upper bound covers zero and circular padding")
+    assert inv.operator_norm_upper_bound(conv, shape) >= dense_norm(conv, shape) * (1 - 1e-9)
+
+
+def test_operator_norm_power_iteration_path_for_large_inputs():
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    shape = (3, 40, 40)  # 4800 > DENSE_LIMIT: power iteration to rtol
+    assert math.prod(shape) > inv.lipschitz.DENSE_LIMIT
+    exact = dense_norm(conv, shape)
+    assert math.isclose(inv.operator_norm(conv, shape, rtol=1e-8), exact, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("name,factory,shape", CONVS, ids=[c[0] for c in CONVS])
+def test_adjoint_is_the_transpose(name, factory, shape):
+    from invertible.lipschitz import _Operator
+
+    conv = factory()
+    op = _Operator(conv)
+    u = torch.randn(2, *shape)
+    v = torch.randn_like(op.apply(conv.weight, u))
+    lhs = (op.apply(conv.weight, u) * v).sum()
+    rhs = (u * op.adjoint(conv.weight, v, shape)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name,factory,shape", CONVS, ids=[c[0] for c in CONVS])
+@pytest.mark.parametrize("coeff", [0.5, 0.9])
+def test_tolerance_mode_enforces_coeff(name, factory, shape, coeff):
+    conv = factory()
+    with torch.no_grad():
+        conv.weight.mul_(5)  # make sure normalization is active
+    inv.spectral_norm(conv, coeff, atol=1e-7, rtol=1e-6)
+    conv(torch.randn(2, *shape))
+    assert dense_norm(conv, shape) <= coeff * (1 + 1e-3)
+    assert dense_norm(conv, shape) >= coeff * (1 - 1e-2)  # and it is not over-shrunk
+
+
+def test_linear_spectral_norm_and_few_iterations_converge_over_training():
+    lin = inv.spectral_norm(nn.Linear(20, 30), 0.7, n_power_iterations=1)
+    with torch.no_grad():
+        lin.parametrizations.weight.original.mul_(4)
+    for _ in range(100):
+        lin(torch.randn(4, 20))
+    assert math.isclose(inv.operator_norm(lin), 0.7, rel_tol=1e-3)
+
+
+def test_input_shape_change_reinitializes_vectors():
+    conv = inv.spectral_norm(nn.Conv2d(2, 2, 3, padding=1), 0.9)
+    conv(torch.randn(1, 2, 4, 4))
+    sn = conv.parametrizations.weight[0]
+    assert tuple(sn.u.shape) == (1, 2, 4, 4)
+    conv(torch.randn(1, 2, 6, 6))
+    assert tuple(sn.u.shape) == (1, 2, 6, 6)
+    assert tuple(sn.input_shape.tolist()) == (2, 6, 6)
+
+
+def test_state_dict_round_trip_before_any_forward():
+    a = inv.spectral_norm(nn.Conv2d(2, 3, 3, padding=1), 0.9)
+    a(torch.randn(2, 2, 5, 5))
+    b = inv.spectral_norm(nn.Conv2d(2, 3, 3, padding=1), 0.9)
+    b.load_state_dict(a.state_dict())
+    a.eval(), b.eval()
+    x = torch.randn(2, 2, 5, 5)
+    assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("coeff", [0, -0.5, 1, 1.5, float("nan"), "a"])
+def test_coeff_outside_unit_interval_is_refused(coeff):
+    with pytest.raises(ValueError, match="coeff"):
+        inv.spectral_norm(nn.Linear(2, 2), coeff)
+
+
+def test_spectral_norm_refuses_unsupported_modules():
+    with pytest.raises(TypeError, match="supports"):
+        inv.spectral_norm(nn.Conv3d(1, 1, 3), 0.9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lipschitz_constant_is_a_certified_upper_bound(seed):
+    torch.manual_seed(seed)
+    g = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ELU(), nn.Conv2d(4, 2, 3, stride=1, padding=1))
+    shape = (2, 5, 5)
+    lip = inv.lipschitz_constant(g, shape)
+    assert math.isclose(lip, dense_norm(g[0], shape) * dense_norm(g[2], (4, 5, 5)), rel_tol=1e-9)
+    a, b = torch.randn(200, *shape), torch.randn(200, *shape)
+    b = a + 1e-2 * b
+    ratios = (g(a) - g(b)).flatten(1).norm(dim=1) / (a - b).flatten(1).norm(dim=1)
+    assert ratios.max() <= lip
+
+
+def test_lipschitz_constant_refuses_unknown_modules():
+    g = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        inv.lipschitz_constant(g)
+
+
+def test_operator_norm_needs_input_shape_for_unseen_conv():
+    with pytest.raises(ValueError, match="input_shape"):
+        inv.operator_norm(nn.Conv2d(1, 1, 3))
