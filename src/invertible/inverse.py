@@ -200,9 +200,9 @@ class Anderson(_Solver):
             size = min(k, m)
             G = (T[:, :size] - X[:, :size]).to(torch.float64)
             H = G @ G.transpose(1, 2)
-            H = H + self.ridge * (1 + H.diagonal(dim1=1, dim2=2).amax(1))[:, None, None] * torch.eye(
-                size, dtype=H.dtype, device=H.device
-            )
+            # Ridge relative to the residuals' own scale (an absolute one would swamp them near convergence).
+            scale = H.diagonal(dim1=1, dim2=2).amax(1).clamp_min(torch.finfo(H.dtype).tiny)
+            H = H + self.ridge * scale[:, None, None] * torch.eye(size, dtype=H.dtype, device=H.device)
             ones = torch.ones(batch, size, 1, dtype=H.dtype, device=H.device)
             w = torch.linalg.solve(H, ones)
             alpha = (w / w.sum(1, keepdim=True)).to(y.dtype)  # (batch, size, 1)
