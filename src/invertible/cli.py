@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce",)
+COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce", "invertible.commands.analyze_relu")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,98 @@
+"""``invertible analyze-relu CKPT --data PATH``: invertibility analysis of a trained ReLU network (chapter 3).
+
+Prints, per stage (each linear/conv map and each ReLU), the output size, the number of singular values of
+the local linearization, the median number of non-zero ones and the median condition number over the
+inputs (Fig. 3.4); for MLPs also the Theorem 3.3 preimage class fractions of every ReLU layer (Fig. 3.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "analyze-relu",
+        help="preimages and linearization spectra of a trained ReLU network",
+        description="Load a ReLU-network checkpoint (written by `invertible reproduce fig3.1/fig3.4`) and report "
+        "the singular values / condition numbers of its local linearizations per layer and, for MLPs, the "
+        "preimage class (singleton/compact/unbounded, Theorem 3.3) of every ReLU layer.",
+    )
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="a .safetensors checkpoint with model meta")
+    p.add_argument("--data", type=Path, required=True,
+                   help="inputs: .npy array (N, *input_shape), MNIST-style .npz (padded to 3x32x32 for CIFAR "
+                        "models) or a CIFAR-10 python-pickle folder/batch file")
+    p.add_argument("--n", type=int, default=50, help="number of inputs (random, seeded; default 50)")
+    p.add_argument("--window", type=int, default=None,
+                   help="image models: Jacobian w.r.t. the centred KxK window of all channels (default 8; "
+                        "0 = full input, expensive)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from invertible.analysis import layer_preimages, layer_spectra, spectrum_summary
+    from invertible.analysis._data import load_images
+    from invertible.models.relu_nets import build_relu_net
+    from invertible.training.checkpoint import atomic_write_text, load_checkpoint
+
+    if args.n < 1:
+        raise ValueError(f"--n must be positive, got {args.n}")
+    tensors, meta = load_checkpoint(args.checkpoint)
+    if "model" not in meta:
+        raise ValueError(f"{args.checkpoint} has no model config in its metadata (not a ReLU-network checkpoint)")
+    net = build_relu_net(meta["model"])
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise ValueError(f"{args.checkpoint}: weights do not fit {meta['model'].get('name')}: {exc}") from exc
+    net = net.to(args.device).eval()
+    input_shape = tuple(meta["model"]["input_shape"])
+    x = load_images(args.data, input_shape)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[: args.n]
+    x = x[perm].to(args.device)
+
+    window = None
+    if len(input_shape) == 3:
+        k = 8 if args.window is None else args.window
+        if k < 0 or k > min(input_shape[1:]):
+            raise ValueError(f"--window must lie in [0, {min(input_shape[1:])}], got {k}")
+        if k:
+            r0, c0 = (input_shape[1] - k) // 2, (input_shape[2] - k) // 2
+            window = (slice(None), slice(r0, r0 + k), slice(c0, c0 + k))
+    elif args.window:
+        raise ValueError("--window applies to image models (C, H, W) only")
+
+    from tqdm.auto import tqdm
+
+    spectra = layer_spectra(net, x, window=window,
+                            progress=lambda it: tqdm(it, desc="spectra", disable=args.no_progress, leave=False))
+    rows = spectrum_summary(spectra)
+    cols = "input window " + (f"{window[1].stop - window[1].start}x{window[2].stop - window[2].start}"
+                              if window else "full")
+    print(f"{meta['model']['name']} from {args.checkpoint} · {len(x)} inputs from {args.data} · {cols}")
+    print(f"{'stage':8s} {'units':>7s} {'#sv':>5s} {'#nonzero':>9s} {'cond':>10s} {'sigma_max':>10s} "
+          f"{'sigma_min':>10s}   (medians over inputs)")
+    for r in rows:
+        print(f"{r['stage']:8s} {r['out_features']:7d} {r['n_singular_values']:5d} {r['median_n_nonzero']:9.1f} "
+              f"{r['median_condition']:10.4g} {r['median_sigma_max']:10.4g} {r['median_sigma_min_nonzero']:10.4g}")
+    result: dict = {"model": meta["model"], "n_inputs": len(x), "window": cols, "stages": rows}
+    if len(input_shape) == 1:
+        layers = layer_preimages(net, x.cpu())
+        print("\npreimage classes of ReLU layers (Theorem 3.3; fraction of inputs)")
+        for lp in layers:
+            fr = lp.fractions()
+            print(f"{lp.name:8s} {lp.in_features:4d} -> {lp.out_features:<5d} "
+                  + "  ".join(f"{k} {v:.2f}" for k, v in fr.items()))
+        result["preimages"] = [{"layer": lp.name, **lp.fractions()} for lp in layers]
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
