@@ -24,6 +24,7 @@ from invertible.training.checkpoint import atomic_write_text
 
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
+    "invertible.experiments.fig6_3", "invertible.experiments.fig6_5", "invertible.experiments.shiftmnist",
     "invertible.experiments.fig3_1", "invertible.experiments.fig3_4",
 )
 

@@ -33,6 +33,8 @@ from torch import nn
 
 from invertible.models.firevnet import FullyInvertibleClassifier
 
+FORMS = ("minimax", "nonsaturating")
+
 __all__ = ["NuisanceClassifier", "FactorizedGaussian", "ICELosses", "ice_losses", "ice_step"]
 
 
@@ -107,7 +109,9 @@ def _encode(model: FullyInvertibleClassifier, x: torch.Tensor, with_logdet: bool
     return model(x), None
 
 
-def _check_weights(y: torch.Tensor, x: torch.Tensor, nuisance_weight: float, mle_weight: float, prior) -> None:
+def _check_weights(y: torch.Tensor, x: torch.Tensor, nuisance_weight: float, mle_weight: float, prior, form) -> None:
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if y.dim() != 1 or y.shape[0] != x.shape[0] or y.dtype != torch.long:
         raise ValueError(f"y must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
     if not (nuisance_weight >= 0 and mle_weight >= 0):
@@ -116,16 +120,22 @@ def _check_weights(y: torch.Tensor, x: torch.Tensor, nuisance_weight: float, mle
         raise ValueError("mle_weight > 0 needs a FactorizedGaussian prior on z_n")
 
 
-def _terms(model, nuisance, prior, z, logdet, y, nuisance_weight: float, mle_weight: float) -> ICELosses:
+def _terms(model, nuisance, prior, z, logdet, y, nuisance_weight: float, mle_weight: float, form: str) -> ICELosses:
     z_s, z_n = model.split(z)
     semantic = F.cross_entropy(z_s, y)
-    nuisance_ce = F.cross_entropy(nuisance(z_n), y)
+    nc_logits = nuisance(z_n)
+    nuisance_ce = F.cross_entropy(nc_logits, y)
+    if form == "minimax":
+        adversarial = -nuisance_ce
+    else:  # non-saturating: -log(1 - q_y), finite gradient while the nuisance classifier is winning
+        log_q = F.log_softmax(nc_logits, dim=1).gather(1, y[:, None])[:, 0]
+        adversarial = -torch.log1p(-torch.exp(log_q).clamp(max=1 - 1e-6)).mean()
     nuisance_loss = F.cross_entropy(nuisance(z_n.detach()), y)
     if logdet is not None and prior is not None:
         mle = -(prior.log_prob(z_n) + logdet).mean() / model.dim
     else:
         mle = z.new_zeros(())
-    model_loss = semantic - nuisance_weight * nuisance_ce + mle_weight * mle
+    model_loss = semantic + nuisance_weight * adversarial + mle_weight * mle
     return ICELosses(semantic, nuisance_ce, mle, model_loss, nuisance_loss, z_s)
 
 
@@ -138,6 +148,7 @@ def ice_losses(
     *,
     nuisance_weight: float = 1.0,
     mle_weight: float = 1.0,
+    form: str = "minimax",
 ) -> ICELosses:
     """All terms of eq. 6.13 from one forward pass of ``model``.
 
@@ -145,9 +156,9 @@ def ice_losses(
     and the prior) and ``nuisance_loss = CE(D_nc(z_n.detach()), y)`` (gradients for theta_nc only).
     ``x (B, *input_shape)``, ``y (B,)`` int64 in ``[0, C)``.
     """
-    _check_weights(y, x, nuisance_weight, mle_weight, prior)
+    _check_weights(y, x, nuisance_weight, mle_weight, prior, form)
     z, logdet = _encode(model, x, mle_weight > 0)
-    return _terms(model, nuisance, prior, z, logdet, y, nuisance_weight, mle_weight)
+    return _terms(model, nuisance, prior, z, logdet, y, nuisance_weight, mle_weight, form)
 
 
 def ice_step(
@@ -162,6 +173,7 @@ def ice_step(
     nuisance_weight: float = 1.0,
     mle_weight: float = 1.0,
     nuisance_steps: int = 1,
+    form: str = "minimax",
 ) -> dict[str, float]:
     """One alternating round of the min-max game of Definition 6.14, from a single forward pass of the network.
 
@@ -173,22 +185,22 @@ def ice_step(
     nuisance classifier's. With ``nuisance_weight = mle_weight = 0`` this is a plain cross-entropy step.
     Returns the batch's loss terms and accuracy as floats.
     """
-    _check_weights(y, x, nuisance_weight, mle_weight, prior)
+    _check_weights(y, x, nuisance_weight, mle_weight, prior, form)
     z, logdet = _encode(model, x, mle_weight > 0)
     z_n = model.split(z)[1].detach()
     for _ in range(nuisance_steps if nuisance_weight > 0 else 0):
         nuisance_optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(nuisance(z_n), y).backward()
         nuisance_optimizer.step()
-    terms = _terms(model, nuisance, prior, z, logdet, y, nuisance_weight, mle_weight)
+    terms = _terms(model, nuisance, prior, z, logdet, y, nuisance_weight, mle_weight, form)
     model_optimizer.zero_grad(set_to_none=True)
     terms.model_loss.backward()
     model_optimizer.step()
     nuisance_optimizer.zero_grad(set_to_none=True)  # drop the (opposite-signed) grads the model loss left there
     return {
-        "loss": float(terms.model_loss),
-        "ce": float(terms.semantic_ce),
-        "nuisance_ce": float(terms.nuisance_ce),
-        "mle": float(terms.mle),
+        "loss": float(terms.model_loss.detach()),
+        "ce": float(terms.semantic_ce.detach()),
+        "nuisance_ce": float(terms.nuisance_ce.detach()),
+        "mle": float(terms.mle.detach()),
         "acc": float((terms.logits.argmax(1) == y).double().mean()),
     }

@@ -211,7 +211,8 @@ def perturbation_attack(
     dtheta_max = 2 * torch.asin((eps / (2 * radius.clamp_min(1e-300))).clamp(max=1.0))
     dtheta = torch.sign(dtheta_wanted) * torch.minimum(dtheta_wanted.abs(), dtheta_max)
     new = theta + dtheta
-    return (radius * torch.cos(new))[:, None] * eu + (radius * torch.sin(new))[:, None] * ev
+    rotated = (radius * torch.cos(new))[:, None] * eu + (radius * torch.sin(new))[:, None] * ev
+    return torch.where((dtheta == 0)[:, None], x, rotated)  # unmoved points are returned bit for bit
 
 
 def invariance_attack(

@@ -38,6 +38,7 @@ class TrainConfig:
     mle_weight: float = 1.0
     nuisance_hidden: int = 256
     nuisance_steps: int = 1
+    form: str = "minimax"  # the network's nuisance term: "minimax" (Definition 6.14) or "nonsaturating"
     seed: int = 0
 
     def __post_init__(self):
@@ -161,8 +162,10 @@ def train_classifier(
                    disable=not show_progress, leave=False)
         for s in bar:
             idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
-            stats = ice_step(model, nuisance, prior, model_opt, nuisance_opt, x[idx], y[idx],
-                             nuisance_weight=weights[0], mle_weight=weights[1], nuisance_steps=config.nuisance_steps)
+            stats = ice_step(
+                model, nuisance, prior, model_opt, nuisance_opt, x[idx], y[idx], nuisance_weight=weights[0],
+                mle_weight=weights[1], nuisance_steps=config.nuisance_steps, form=config.form,
+            )
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(ce=f"{stats['ce']:.3f}", acc=f"{stats['acc']:.3f}", nce=f"{stats['nuisance_ce']:.3f}")

@@ -153,6 +153,18 @@ def _check_shape(input_shape: Sequence[int], n_squeeze: int) -> tuple[int, int, 
     return c, h, w
 
 
+def _actnorm(n: int) -> ActNorm:
+    """ActNorm starting at the identity (no data-dependent initialization).
+
+    The data-dependent init sets ``log_scale = -log(std + 1e-6)``, which multiplies channels that are constant on
+    the first batch (MNIST's empty border pixels once flattened, a planted patch that is absent) by ~1e6 and makes
+    training diverge; a learnable affine map that starts at the identity is stable.
+    """
+    a = ActNorm(n)
+    a.initialized.fill_(True)
+    return a
+
+
 def _conv_shift(c_in: int, c_out: int, hidden: int) -> nn.Sequential:
     last = nn.Conv2d(hidden, c_out, 3, padding=1)
     nn.init.zeros_(last.weight)
@@ -191,13 +203,13 @@ def fi_revnet(
         c, h, w = 4 * c, h // 2, w // 2
         for _ in range(conv_blocks):
             split = c // 2
-            layers += [ActNorm(c), AdditiveCoupling(_conv_shift(split, c - split, hidden), c, split)]
+            layers += [_actnorm(c), AdditiveCoupling(_conv_shift(split, c - split, hidden), c, split)]
     d = c * h * w
     layers.append(Flatten((c, h, w)))
     for _ in range(dense_blocks):
         split = d // 2
-        layers += [ActNorm(d), AdditiveCoupling(_dense_shift(split, d - split, dense_hidden), d, split)]
-    layers.append(ActNorm(d))
+        layers += [_actnorm(d), AdditiveCoupling(_dense_shift(split, d - split, dense_hidden), d, split)]
+    layers.append(_actnorm(d))
     return FullyInvertibleClassifier(InvertibleSequential(*layers), input_shape, n_classes)
 
 
@@ -244,7 +256,7 @@ def fi_iresnet(
                 LipSwish(),
                 spectral_norm(nn.Conv2d(hidden, c, 3, padding=1), coeff),
             )
-            layers += [ActNorm(c), block(g)]
+            layers += [_actnorm(c), block(g)]
     d = c * h * w
     layers.append(Flatten((c, h, w)))
     for _ in range(dense_blocks):
@@ -253,6 +265,6 @@ def fi_iresnet(
             LipSwish(),
             spectral_norm(nn.Linear(dense_hidden, d), coeff),
         )
-        layers += [ActNorm(d), block(g)]
-    layers.append(ActNorm(d))
+        layers += [_actnorm(d), block(g)]
+    layers.append(_actnorm(d))
     return FullyInvertibleClassifier(InvertibleSequential(*layers), input_shape, n_classes)
