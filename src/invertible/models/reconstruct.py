@@ -25,7 +25,10 @@ from torch import nn
 from invertible.inverse import Anderson, FixedPoint
 from invertible.nn import InjectivePad, ResidualBlock
 
-__all__ = ["Reconstruction", "invert_features", "reconstruct", "error_vs_iterations", "make_solver"]
+__all__ = [
+    "Reconstruction", "invert_features", "reconstruct", "error_vs_iterations", "make_solver", "plot_reconstructions",
+    "plot_error_vs_iterations",
+]
 
 
 def make_solver(method: str, iterations: int, atol: float = 1e-12) -> FixedPoint | Anderson:
@@ -184,3 +187,56 @@ def error_vs_iterations(
             errs.append(math.inf if info["diverged"] else float((x_hat - xd).abs().max()))
         out[method] = errs
     return out
+
+
+def plot_reconstructions(rows: dict[str, torch.Tensor], title: str | None = None):
+    """A matplotlib figure with one row of images per entry (Fig. 4.3): ``rows`` maps a label to images
+    ``(B, C, H, W)`` with intensities in [0, 1] (NaN, from a diverged inversion, is drawn red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = max(int(v.shape[0]) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n + 1.6, 1.0 * len(rows) + 0.4), squeeze=False)
+    for r, (label, imgs) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= imgs.shape[0]:
+                ax.axis("off")
+                continue
+            img = imgs[c].detach().double().cpu().permute(1, 2, 0).numpy()
+            bad = ~np.isfinite(img).all(axis=2)
+            img = np.clip(np.nan_to_num(img, nan=0.0, posinf=1.0, neginf=0.0), 0, 1)
+            img = np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+            img[bad] = (1.0, 0.0, 0.0)
+            ax.imshow(img, interpolation="nearest")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_error_vs_iterations(curves: dict[str, dict[str, list[float]]], iterations: Sequence[int]):
+    """Log-scale max reconstruction error against solver steps per block (Fig. 4.4); ``curves`` maps a model
+    label to ``{method: errors}`` as returned by :func:`error_vs_iterations`. Diverged points are omitted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    styles = {"fixed-point": "-o", "anderson": "--s"}
+    for label, by_method in curves.items():
+        for method, errs in by_method.items():
+            pts = [(k, max(e, 1e-17)) for k, e in zip(iterations, errs, strict=True) if math.isfinite(e)]
+            if pts:
+                ax.semilogy(*zip(*pts, strict=True), styles.get(method, "-"), ms=3, label=f"{label}, {method}")
+    ax.set_xlabel("solver iterations per block")
+    ax.set_ylabel("max |x_hat - x|")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return fig
