@@ -11,7 +11,7 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce", "invertible.commands.analyze_relu",
-                                   "invertible.commands.classify")
+                                   "invertible.commands.classify", "invertible.commands.ims")
 
 
 def build_parser() -> argparse.ArgumentParser:

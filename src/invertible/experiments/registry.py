@@ -26,6 +26,7 @@ from invertible.training.checkpoint import atomic_write_text
 EXPERIMENT_MODULES: tuple[str, ...] = (
     "invertible.experiments.fig6_3", "invertible.experiments.fig6_5", "invertible.experiments.shiftmnist",
     "invertible.experiments.fig3_1", "invertible.experiments.fig3_4",
+    "invertible.experiments.fig7_3", "invertible.experiments.fig7_5",
 )
 
 

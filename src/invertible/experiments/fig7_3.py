@@ -1,0 +1,153 @@
+"""Fig. 7.3 / 7.4: isotope-pattern size in m/z bins vs the receptive field of IsotopeNet, and the TOF binning.
+
+Writes a small synthetic ``adsq-like`` measurement (27286 TOF bins, 800..5247 Da) as imzML, reads its m/z
+axis back, and on that axis computes (a) the number of bins of averagine isotope patterns (t_iso = 0.005,
+Gaussian peaks of FWHM m/R) over the mass range against the receptive field of IsotopeNet's conv stack
+(Fig. 7.3), (b) the bin width over the mass range with its average and the stride it suggests (Fig. 7.4,
+section 7.3.2). When the real MALDI-TOF spectra (``../shared/data/maldi/fiedler2009_subset.npz``) are present,
+the report adds the calibration comparison of the synthetic generator against them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from invertible.experiments.registry import RunContext, register
+
+THESIS = """\
+Fig. 7.3: the number of m/z bins per isotope pattern (blue) lies below the receptive field of IsotopeNet
+(red, a straight line at **43 bins**) over the whole mass range; it *decreases* with mass because the
+bins widen faster than the patterns grow; jumps come from the threshold t_iso = 0.005.
+Fig. 7.4 / section 7.3.2: bin width grows over the mass range (TOF); average bin **0.163 Da**, i.e.
+**6.14 bins per 1 Da** peak spacing, so stride 6; IsotopeNet uses the slightly lower **stride 5**.
+"""
+
+
+def real_maldi_path() -> Path | None:
+    """The real MALDI-TOF spectra: ``$INVERTIBLE_SHARED_DATA/maldi/...`` or ``<repo>/../shared/data/...``."""
+    roots = [os.environ.get("INVERTIBLE_SHARED_DATA", ""), str(Path(__file__).resolve().parents[3].parent
+                                                                / "shared" / "data"), "../shared/data"]
+    for r in roots:
+        if r and (Path(r) / "maldi" / "fiedler2009_subset.npz").is_file():
+            return Path(r) / "maldi" / "fiedler2009_subset.npz"
+    return None
+
+
+def calibration_table(seed: int = 0, n_synthetic: int = 16) -> tuple[str, dict]:
+    """Markdown table and dict: :func:`spectrum_statistics` of the real spectra vs the adsq-like generator
+    (with peptides, and baseline + noise only, which isolates the noise law from the sharp peaks)."""
+    from invertible.ims.synthetic import generate, preset, spectrum_statistics
+
+    path = real_maldi_path()
+    if path is None:
+        return "Real MALDI spectra not found (../shared/data/maldi); calibration table skipped.", {}
+    d = np.load(path)
+    real = spectrum_statistics(d["mass"][0], d["intensity"])
+    cfg = replace(preset("adsq-like"), n_spectra=max(n_synthetic, 128))
+    syn = generate(cfg, seed=seed)
+    rows = np.linspace(0, len(syn) - 1, n_synthetic).astype(int)
+    s1 = spectrum_statistics(syn.mz, syn.spectra(rows))
+    flat = generate(replace(cfg, peak_height=0.0), seed=seed)
+    s2 = spectrum_statistics(flat.mz, flat.spectra(rows))
+    keys = [("mz_range", "m/z range (Da)"), ("n_bins", "bins"), ("sqrt_step", "step of sqrt(m/z)"),
+            ("sqrt_step_rel_sd", "rel. sd of that step (TOF law)"), ("mean_bin_width", "mean bin width (Da)"),
+            ("baseline_fraction", "baseline share of TIC"), ("baseline_power", "baseline ~ m^-p, p"),
+            ("noise_power", "noise sd ~ c level^q, q"), ("noise_scale", "noise c"),
+            ("tic_cv", "TIC coefficient of variation")]
+
+    def fmt(v):
+        return v if isinstance(v, str) else f"{v:.4g}"
+
+    lines = ["| statistic | real (fiedler2009, 16 spectra) | synthetic adsq-like | synthetic, no peptides |",
+             "|---|---|---|---|"]
+    lines += [f"| {label} | {fmt(real[k])} | {fmt(s1[k])} | {fmt(s2[k])} |" for k, label in keys]
+    lines.append("")
+    lines.append("Peak width is *not* calibrated on these linear-mode serum spectra (resolving power ~400); the "
+                 "generator uses R = 3000 so that isotopes 1 Da apart are resolved, as in the thesis's tissue "
+                 "data. The noise statistics of the synthetic spectra *with* peptides are biased by the dense, "
+                 "sharp isotope peaks (the real peaks are several Da wide); the no-peptide column shows the "
+                 "noise law itself.")
+    return "\n".join(lines), {"real": real, "synthetic": s1, "synthetic_no_peptides": s2}
+
+
+@register("fig7.3", title="Isotope-pattern size vs receptive field; TOF bin width (Fig. 7.3, 7.4)",
+          thesis=THESIS)
+def run(ctx: RunContext) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from invertible.ims.imzml import read_imzml
+    from invertible.ims.isotopes import pattern_bins, receptive_field, suggest_stride
+    from invertible.ims.synthetic import generate, preset, write_imzml
+
+    # a tiny synthetic adsq-like measurement, written and read back as imzML: its axis is the design input
+    cfg = replace(preset("adsq-like"), n_tmas=1, cores_per_tma=2, n_spectra=4)
+    paths = write_imzml(generate(cfg, seed=ctx.seed), ctx.out / "data", name="adsq_axis")
+    data = read_imzml(paths[0])
+    mz = data.mz
+    step = 250.0 if ctx.quick else 10.0
+    masses = np.arange(np.ceil(mz[0] / 50) * 50 + 50, mz[-1] - 20, step)
+    bins = {}
+    for R in (3000.0,) if ctx.quick else (2000.0, 3000.0, 5000.0):
+        bins[R] = pattern_bins(mz, masses, t_iso=0.005, resolving_power=R)
+    rf = receptive_field()
+    stride = suggest_stride(mz)
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for R, b in bins.items():
+        ax.step(masses, b, where="mid", label=f"isotope pattern (R = {R:.0f})", lw=1.5 if R == 3000 else 0.8)
+    ax.axhline(rf, color="red", label=f"receptive field of IsotopeNet ({rf} bins)")
+    ax.axhline(43, color="red", ls=":", lw=0.8, label="thesis: 43 bins")
+    ax.set_xlabel("m/z (Da)")
+    ax.set_ylabel("m/z bins")
+    ax.set_title("Fig. 7.3: bins per isotope pattern (t_iso = 0.005)")
+    ax.legend(fontsize=7)
+    ctx.save_figure(fig, "fig7_3_isotope_bins")
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    ax.plot(mz[1:], np.diff(mz), label="bin width")
+    ax.axhline(stride.mean_bin_width, color="red", label=f"average {stride.mean_bin_width:.3f} Da")
+    ax.set_xlabel("m/z (Da)")
+    ax.set_ylabel("bin width (Da)")
+    ax.set_title("Fig. 7.4: non-equidistant TOF binning")
+    ax.legend(fontsize=8)
+    ctx.save_figure(fig, "fig7_4_bin_width")
+
+    b3 = bins[3000.0]
+    ctx.report(
+        "| quantity | thesis | this run |\n|---|---|---|\n"
+        f"| bins of the axis | 27286 | {len(mz)} ({mz[0]:.0f}-{mz[-1]:.0f} Da, read from imzML) |\n"
+        f"| average bin width | 0.163 Da | {stride.mean_bin_width:.4f} Da |\n"
+        f"| bins per 1 Da | 6.14 | {stride.bins_per_spacing:.2f} |\n"
+        f"| suggested stride (floor / one less) | 6 / 5 | {stride.stride} / {stride.conservative_stride} |\n"
+        f"| receptive field of IsotopeNet | 43 bins | {rf} bins (theoretical, 8 convs of k=3, strides 5, 3) |\n"
+        f"| bins per isotope pattern (R=3000) | below 43, decreasing | {b3.min()}-{b3.max()} "
+        f"(at {masses[0]:.0f} Da: {b3[0]}, at {masses[-1]:.0f} Da: {b3[-1]}) |\n"
+        f"| patterns larger than the receptive field | none | {int((b3 > rf).sum())} of {len(b3)} masses |\n"
+    )
+    ctx.report(
+        "The receptive field here is the theoretical one, r = 1 + sum (k-1) prod(earlier strides), of the 8 "
+        "convolutions on IsotopeNet's main path (the stride sits in the second conv of a residual layer); "
+        "the thesis's 43 may count differently. Our mass axis follows the TOF law calibrated on the real "
+        "spectra (equal steps in sqrt(m/z)); with a constant resolving power the pattern width in bins grows "
+        "slowly with mass here, while the thesis's instrument showed a decrease - their binning or peak "
+        "model is not fully specified."
+    )
+    table, calib = calibration_table(ctx.seed)
+    ctx.report("### Calibration of the synthetic generator against real MALDI-TOF spectra\n\n" + table)
+    return {
+        "n_bins": len(mz),
+        "mean_bin_width": stride.mean_bin_width,
+        "bins_per_da": stride.bins_per_spacing,
+        "suggested_stride": stride.stride,
+        "receptive_field": rf,
+        "pattern_bins_min": int(b3.min()),
+        "pattern_bins_max": int(b3.max()),
+        "calibration": calib,
+    }
