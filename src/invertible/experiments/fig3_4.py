@@ -99,7 +99,7 @@ def run(ctx: RunContext) -> dict:
 
     cfg = (dict(n_train=1024, n_test=256, epochs=1, n_eval=4, window=4) if ctx.quick
            else dict(n_train=50000, n_test=2000, epochs=8, n_eval=50, window=16))
-    cfg.update(batch=64, lr=1e-3)
+    cfg.update(batch=32, lr=1e-3)
     device = torch.device(ctx.device)
     xtr, ytr, xte, yte, data_desc = _load_data(ctx, cfg["n_train"], cfg["n_test"])
     w = cfg["window"]
