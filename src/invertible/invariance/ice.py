@@ -35,7 +35,14 @@ from invertible.models.firevnet import FullyInvertibleClassifier
 
 FORMS = ("minimax", "nonsaturating")
 
-__all__ = ["NuisanceClassifier", "FactorizedGaussian", "ICELosses", "ice_losses", "ice_step"]
+__all__ = [
+    "FactorizedGaussian",
+    "ICELosses",
+    "NuisanceClassifier",
+    "adversarial_nuisance_loss",
+    "ice_losses",
+    "ice_step",
+]
 
 
 class NuisanceClassifier(nn.Module):
@@ -103,6 +110,22 @@ class ICELosses:
     logits: torch.Tensor
 
 
+def adversarial_nuisance_loss(nuisance_logits: torch.Tensor, y: torch.Tensor, form: str = "minimax") -> torch.Tensor:
+    """The network's nuisance term (to be *minimized* by theta), batch mean, from the nuisance logits ``(B, C)``.
+
+    ``"minimax"``: ``mean_i log q(y_i | z_n^(i)) = -CE``, exactly ``L_nCE / N`` of Definition 6.14. Its gradient
+    ``(1 - q_y)`` vanishes once the nuisance classifier is confident, as in the original GAN objective.
+    ``"nonsaturating"``: ``-mean_i log(1 - q(y_i | z_n^(i)))``, the same fixed points (both push ``q_y`` down) but a
+    gradient ``q_y`` that stays large while the nuisance classifier wins (Goodfellow et al. 2014, Section 3).
+    """
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    log_q = F.log_softmax(nuisance_logits, dim=1).gather(1, y[:, None])[:, 0]
+    if form == "minimax":
+        return log_q.mean()
+    return -torch.log1p(-torch.exp(log_q).clamp(max=1 - 1e-6)).mean()
+
+
 def _encode(model: FullyInvertibleClassifier, x: torch.Tensor, with_logdet: bool):
     if with_logdet:
         return model.forward_and_logdet(x)
@@ -125,11 +148,7 @@ def _terms(model, nuisance, prior, z, logdet, y, nuisance_weight: float, mle_wei
     semantic = F.cross_entropy(z_s, y)
     nc_logits = nuisance(z_n)
     nuisance_ce = F.cross_entropy(nc_logits, y)
-    if form == "minimax":
-        adversarial = -nuisance_ce
-    else:  # non-saturating: -log(1 - q_y), finite gradient while the nuisance classifier is winning
-        log_q = F.log_softmax(nc_logits, dim=1).gather(1, y[:, None])[:, 0]
-        adversarial = -torch.log1p(-torch.exp(log_q).clamp(max=1 - 1e-6)).mean()
+    adversarial = -nuisance_ce if form == "minimax" else adversarial_nuisance_loss(nc_logits, y, form)
     nuisance_loss = F.cross_entropy(nuisance(z_n.detach()), y)
     if logdet is not None and prior is not None:
         mle = -(prior.log_prob(z_n) + logdet).mean() / model.dim
