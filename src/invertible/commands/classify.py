@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--shift", type=int, default=None, help="max random shift in pixels (default 2, 1 for 8x8)")
+    p.add_argument("--shift", type=int, default=None, help="max random shift in pixels (default 2*min(H,W)//28)")
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

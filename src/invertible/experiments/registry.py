@@ -25,6 +25,7 @@ from invertible.training.checkpoint import atomic_write_text
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
     "invertible.experiments.fig6_3", "invertible.experiments.fig6_5", "invertible.experiments.shiftmnist",
+    "invertible.experiments.table4_1", "invertible.experiments.fig4_2", "invertible.experiments.fig4_3",
     "invertible.experiments.fig3_1", "invertible.experiments.fig3_4",
     "invertible.experiments.fig7_3", "invertible.experiments.fig7_5",
 )

@@ -58,7 +58,8 @@ class ClassifierConfig:
         model: keyword arguments of the model (``input_shape`` and ``n_classes`` are filled in from the data).
         epochs, batch_size, lr, momentum, weight_decay: SGD settings (A.1: 200, 128, 0.1, 0.9, 5e-4).
         milestones, gamma: the learning rate is multiplied by ``gamma`` after each fraction of all steps.
-        shift: maximal random shift in pixels (``None``: 2 for images of >= 16 pixels, else 1).
+        shift: maximal random shift in pixels (``None``: A.1's 2 pixels at 28x28 scaled to the image size,
+            ``2 * min(H, W) // 28``: 2 for MNIST and CIFAR, 0 for 8x8 digits).
         flip: random horizontal flips (``None``: only for colour images).
         train_subset, test_subset: use a seeded random subset of this many images (``None``: all).
         test_fraction: held-out fraction for data sets without a test split (digits, the MNIST npz).
@@ -236,7 +237,8 @@ def _resolve(cfg: ClassifierConfig, data: ClassificationData) -> ClassifierConfi
     model["input_shape"] = list(model["input_shape"])
     if "blocks" in model:
         model["blocks"] = list(model["blocks"])
-    shift = cfg.shift if cfg.shift is not None else (2 if min(data.input_shape[1:]) >= 16 else 1)
+    # A.1 shifts 28x28 MNIST by up to 2 pixels; scale that to the image size (8x8 digits: no shift).
+    shift = cfg.shift if cfg.shift is not None else (2 * min(data.input_shape[1:])) // 28
     flip = cfg.flip if cfg.flip is not None else data.input_shape[0] == 3
     return ClassifierConfig(**{**asdict(cfg), "model": model, "shift": shift, "flip": flip})
 
