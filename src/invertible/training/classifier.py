@@ -211,10 +211,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """``(mean cross-entropy, error in %)`` of ``model`` in eval mode; non-finite logits count as errors."""
     was_training = model.training
     model.eval()
-    device = _device_of(model)
+    device, dtype = _device_of(model), _dtype_of(model)
     loss, wrong = 0.0, 0
     for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size].to(device)).float()
+        logits = model(x[i : i + batch_size].to(device=device, dtype=dtype)).float()
         target = y[i : i + batch_size].to(device)
         loss += float(F.cross_entropy(logits, target, reduction="sum"))
         ok = (logits.argmax(1) == target) & torch.isfinite(logits).all(1)
@@ -227,6 +227,12 @@ def _device_of(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        return p.dtype
+    return torch.get_default_dtype()
 
 
 def _resolve(cfg: ClassifierConfig, data: ClassificationData) -> ClassifierConfig:
@@ -323,6 +329,7 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_classifier(cfg.arch, cfg.model).to(device)
+        dtype = _dtype_of(model)  # the default dtype at construction (float64 in the tests)
         opt = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
@@ -359,7 +366,7 @@ def train_classifier(
                 xb = random_shift(data.x_train[idx], cfg.shift, gen)
                 if cfg.flip:
                     xb = random_flip(xb, gen)
-                xb, yb = xb.to(device), data.y_train[idx].to(device)
+                xb, yb = xb.to(device=device, dtype=dtype), data.y_train[idx].to(device)
                 lr = learning_rate(step, total_steps, cfg.lr, cfg.milestones, cfg.gamma)
                 for group in opt.param_groups:
                     group["lr"] = lr
