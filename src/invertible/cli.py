@@ -11,7 +11,8 @@ import importlib
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce", "invertible.commands.analyze_relu",
-                                   "invertible.commands.classify", "invertible.commands.ims")
+                                   "invertible.commands.classify", "invertible.commands.ims",
+                                   "invertible.commands.invariance")
 
 
 def build_parser() -> argparse.ArgumentParser:
