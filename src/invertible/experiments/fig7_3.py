@@ -60,7 +60,7 @@ def calibration_table(seed: int = 0, n_synthetic: int = 16) -> tuple[str, dict]:
             ("tic_cv", "TIC coefficient of variation")]
 
     def fmt(v):
-        return v if isinstance(v, str) else f"{v:.4g}"
+        return v if isinstance(v, str | int) else f"{v:.4g}"
 
     lines = ["| statistic | real (fiedler2009, 16 spectra) | synthetic adsq-like | synthetic, no peptides |",
              "|---|---|---|---|"]

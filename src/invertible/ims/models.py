@@ -229,7 +229,7 @@ def train_classifier(
         raise ValueError(f"X and y must be non-empty and equally long, got {len(X)} and {len(y)}")
     if device is not None:
         model.to(device)
-    dev = next(model.parameters()).device
+    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     decay = _l2_weights(model)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
@@ -246,7 +246,7 @@ def train_classifier(
             idx = perm[s:s + config.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            xb = torch.from_numpy(np.ascontiguousarray(X[np.sort(idx.numpy())], np.float32)).to(dev)
+            xb = torch.from_numpy(np.ascontiguousarray(X[np.sort(idx.numpy())])).to(dev, dtype)
             yb = yt[np.sort(idx.numpy())].to(dev)
             loss = F.cross_entropy(model(xb), yb)
             if config.weight_decay:
@@ -265,9 +265,9 @@ def train_classifier(
 def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Class probabilities (n, n_classes) in evaluation mode (dropout off, BatchNorm running stats)."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     out = []
     for s in range(0, len(X), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size], np.float32)).to(dev)
+        xb = torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size])).to(dev, dtype)
         out.append(torch.softmax(model(xb), -1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
