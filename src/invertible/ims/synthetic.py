@@ -168,6 +168,10 @@ class SyntheticTMA:
             out[sel] = np.maximum(noisy, 0.0)
         return out
 
+    def peak_bins(self, tma: int = 0) -> np.ndarray:
+        """Bin of the most abundant isotope of every peptide (k,) on the axis of TMA ``tma``."""
+        return np.asarray(self._patterns[tma].argmax(axis=1)).ravel()
+
     def iter_batches(self, batch: int = 256):
         """Yield ``(rows, spectra)`` over the whole data set in order."""
         for s in range(0, len(self), batch):
