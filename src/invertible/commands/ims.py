@@ -102,7 +102,7 @@ def run_design(args: argparse.Namespace) -> int:
         mz = preset(args.preset).mz
     if args.step <= 0:
         raise ValueError(f"--step must be positive, got {args.step}")
-    masses = np.arange(np.ceil(mz[0] / 50) * 50 + 50, mz[-1] - 20, args.step)
+    masses = np.arange(np.ceil((mz[0] + 10) / args.step) * args.step, mz[-1] - 10, args.step)
     if len(masses) == 0:
         raise ValueError(f"m/z axis {mz[0]:.1f}-{mz[-1]:.1f} is too short for the design table")
     bins = pattern_bins(mz, masses, t_iso=args.t_iso, resolving_power=args.resolving_power)

@@ -92,7 +92,7 @@ def run(ctx: RunContext) -> dict:
     data = read_imzml(paths[0])
     mz = data.mz
     step = 250.0 if ctx.quick else 10.0
-    masses = np.arange(np.ceil(mz[0] / 50) * 50 + 50, mz[-1] - 20, step)
+    masses = np.arange(np.ceil((mz[0] + 10) / step) * step, mz[-1] - 10, step)
     bins = {}
     for R in (3000.0,) if ctx.quick else (2000.0, 3000.0, 5000.0):
         bins[R] = pattern_bins(mz, masses, t_iso=0.005, resolving_power=R)
