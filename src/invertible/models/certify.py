@@ -205,13 +205,25 @@ def gram_norm(m: nn.Module, shape: Sequence[int]) -> float:
 GRAM_LIMIT = 1024  # use the exact Gram eigenvalue when the smaller side of the operator has at most this size
 
 
+def _is_pointwise(m: nn.Module) -> bool:
+    return (
+        isinstance(m, nn.Conv2d | nn.Conv1d) and all(k == 1 for k in m.kernel_size) and all(s == 1 for s in m.stride)
+        and m.groups == 1 and (m.padding_mode == "zeros" or all(p == 0 for p in m.padding))
+        and not isinstance(m.padding, str) and all(p == 0 for p in m.padding)
+    )
+
+
 def _conv_norm(m: nn.Module, shape: Sequence[int], exact: bool) -> tuple[float, float, bool]:
     """``(norm, upper, exact)`` for a Linear/Conv layer acting on per-sample ``shape``.
 
+    1x1 convolutions (stride 1, no padding): exactly the norm of the ``C_out x C_in`` weight matrix.
     ``exact``: the dense SVD (:func:`invertible.operator_norm`) when the input has at most ``DENSE_LIMIT``
     entries. Otherwise the exact Gram eigenvalue when one side of the operator is small (``GRAM_LIMIT``), else
     power iteration to convergence (``norm``) with the certified FFT bound (``upper``)."""
     n_in = math.prod(shape)
+    if _is_pointwise(m):  # a 1x1 convolution applies W (C_out x C_in) at every pixel: ||A||_2 = ||W||_2
+        n = float(torch.linalg.matrix_norm(m.weight.detach().double().flatten(1), ord=2))
+        return n, n, True
     if isinstance(m, nn.Linear) or (exact and n_in <= DENSE_LIMIT):
         n = operator_norm(m, shape)
         return n, n, True

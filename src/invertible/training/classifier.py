@@ -172,8 +172,8 @@ def load_classification_data(
     if test_subset is not None and test_subset < len(test_images):
         keep = np.sort(rng.permutation(len(test_images))[:test_subset])
         test_images, test_labels = test_images[keep], test_labels[keep]
-    x_train = torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
-    x_test = torch.from_numpy(np.ascontiguousarray(test_images)).float() / 255.0
+    x_train = torch.from_numpy(np.array(images, copy=True)).float() / 255.0
+    x_test = torch.from_numpy(np.array(test_images, copy=True)).float() / 255.0
     if x_train.shape[1] == 1:  # grayscale: [-0.5, 0.5] (A.1)
         mean, std = [0.5], [1.0]
     else:  # colour: standardize with the training set's statistics (A.1)
