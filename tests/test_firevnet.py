@@ -67,7 +67,7 @@ def test_fi_revnet_round_trip_and_exact_logdet():
     x = torch.rand(3, 1, 4, 4)
     z, ld = model.forward_and_logdet(x)
     assert z.shape == (3, 16) and ld.shape == (3,)
-    torch.testing.assert_close(model.inverse(z), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(model.inverse(z), x, rtol=0, atol=1e-10)
     torch.testing.assert_close(ld, _autograd_logdet(model, x), rtol=0, atol=1e-9)
     assert float(ld.detach().abs().min()) > 1e-3  # ActNorm scales make it non-trivial
     # the inverse's log-det is minus the forward one
@@ -101,7 +101,7 @@ def test_simplified_read_out_split_and_predict():
     torch.testing.assert_close(torch.cat([z_s, z_n], 1), z, rtol=0, atol=0)
     torch.testing.assert_close(model.logits(x), z[:, :3], rtol=0, atol=0)
     assert torch.equal(model.predict(x), z[:, :3].argmax(1))
-    torch.testing.assert_close(model.decode(z_s, z_n), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(model.decode(z_s, z_n), x, rtol=0, atol=1e-10)
 
 
 def test_gradients_reach_every_parameter():

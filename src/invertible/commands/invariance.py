@@ -39,11 +39,13 @@ def add_parser(sub) -> None:
     t.add_argument("--downsample", action="store_true", help="average-pool 28x28 images to 14x14")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--nuisance-steps", type=int, default=5)
+    t.add_argument("--nuisance-steps", type=int, default=2)
+    t.add_argument("--nuisance-hidden", type=int, default=0, help="0: linear nuisance classifier")
     t.add_argument("--nuisance-lr", type=float, default=3e-3)
     t.add_argument("--nuisance-weight", type=float, default=1.0)
     t.add_argument("--mle-weight", type=float, default=1.0)
-    t.add_argument("--form", choices=("minimax", "nonsaturating"), default="minimax")
+    t.add_argument("--form", choices=("minimax", "nonsaturating"), default="nonsaturating",
+                   help="network's nuisance term: minimax = Definition 6.14 literally")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
     t.add_argument("--out", type=Path, required=True, help="run folder")
@@ -103,7 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
     x_train = to_float(shift_images(splits.x_train, splits.y_train, "train", patch_size=patch)).to(device)
     config = TrainConfig(objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          nuisance_lr=args.nuisance_lr, nuisance_weight=args.nuisance_weight,
-                         mle_weight=args.mle_weight, nuisance_steps=args.nuisance_steps, form=args.form, seed=args.seed)
+                         mle_weight=args.mle_weight, nuisance_steps=args.nuisance_steps, form=args.form,
+                         nuisance_hidden=args.nuisance_hidden, seed=args.seed)
     train_classifier(model, x_train, splits.y_train.to(device), config, run_dir=args.out, resume=args.resume,
                      show_progress=not args.no_progress)
     g = torch.Generator().manual_seed(args.seed + 2)

@@ -46,7 +46,7 @@ def run(ctx: RunContext) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     if ctx.quick:
-        name, n_train, epochs, downsample = quick_dataset(), 4000, 4, True
+        name, n_train, epochs, downsample = quick_dataset(), 3000, 3, True
     else:
         name, n_train, epochs, downsample = "mnist", 8000, 30, False
     splits = load_splits(name, n_train=n_train, n_test=1000, downsample=downsample, seed=ctx.seed)

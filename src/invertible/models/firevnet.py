@@ -34,7 +34,7 @@ from invertible.lipschitz import spectral_norm
 from invertible.logdet import ExactLogDet, PowerSeriesLogDet, RussianRouletteLogDet
 from invertible.nn import ActNorm, AdditiveCoupling, Bijection, InvertibleSequential, LipSwish, ResidualBlock, Squeeze
 
-__all__ = ["Flatten", "FullyInvertibleClassifier", "fi_revnet", "fi_iresnet"]
+__all__ = ["Flatten", "FullyInvertibleClassifier", "fi_revnet", "fi_iresnet", "readout_head"]
 
 
 class Flatten(Bijection):
@@ -189,9 +189,11 @@ def fi_revnet(
     hidden: int = 32,
     dense_blocks: int = 2,
     dense_hidden: int = 256,
+    head_hidden: int = 256,
 ) -> FullyInvertibleClassifier:
     """fi-RevNet (Jacobsen et al. 2019): ``n_squeeze`` stages of [Squeeze, (ActNorm, AdditiveCoupling) x
-    conv_blocks], then Flatten and ``dense_blocks`` x (ActNorm, dense AdditiveCoupling), then a final ActNorm.
+    conv_blocks], then Flatten, ``dense_blocks`` x (ActNorm, dense AdditiveCoupling), the read-out head (see
+    :func:`readout_head`; ``head_hidden=0`` leaves it out) and a final ActNorm.
 
     Exact inverse; ``log|det J|`` = sum of the ActNorm log-scales. ``input_shape = (C, H, W)`` with H, W
     divisible by ``2**n_squeeze``.
@@ -209,8 +211,26 @@ def fi_revnet(
     for _ in range(dense_blocks):
         split = d // 2
         layers += [_actnorm(d), AdditiveCoupling(_dense_shift(split, d - split, dense_hidden), d, split)]
+    if head_hidden:
+        layers += [_actnorm(d), *readout_head(d, n_classes, head_hidden)]
     layers.append(_actnorm(d))
     return FullyInvertibleClassifier(InvertibleSequential(*layers), input_shape, n_classes)
+
+
+def readout_head(dim: int, n_classes: int, hidden: int = 256) -> list[AdditiveCoupling]:
+    """Two additive couplings between the logits and the nuisance, on flat vectors ``(B, dim)``:
+
+        (a, b) -> (s, a) with s = b + t_1(a)        (b: the last C entries; the logits read everything)
+        (s, a) -> (s, n) with n = a + t_2(s)        (z_s = s, z_n = n)
+
+    The second step lets the network remove from ``z_n`` whatever the logits predict (``n = a + t_2(z_s)``), the
+    route by which the nuisance classifier of Definition 6.14 can be defeated without destroying information.
+    Cross-entropy alone never trains ``t_2`` (it starts at zero), so a CE model keeps ``z_n = a``. Both steps are
+    volume preserving and exactly invertible.
+    """
+    t1 = _dense_shift(dim - n_classes, n_classes, hidden)
+    t2 = _dense_shift(n_classes, dim - n_classes, hidden)
+    return [AdditiveCoupling(t1, dim, dim - n_classes, swap=True), AdditiveCoupling(t2, dim, n_classes, swap=False)]
 
 
 LogDetEstimator = ExactLogDet | PowerSeriesLogDet | RussianRouletteLogDet
