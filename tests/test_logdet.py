@@ -162,3 +162,23 @@ def test_generator_makes_estimates_reproducible():
     a = inv.RussianRouletteLogDet(generator=torch.Generator().manual_seed(7))(g, x)[1]
     b = inv.RussianRouletteLogDet(generator=torch.Generator().manual_seed(7))(g, x)[1]
     assert torch.equal(a, b)
+
+
+def test_power_series_neumann_gradient_matches_backprop_through_the_series_in_expectation():
+    """Truncated at n terms, d/dtheta PS(J, n) = sum_{k<n} (-1)^k tr(J^k dJ): both estimators are unbiased for it."""
+    g, x = _contractive(2, 0.6, seed=8)
+    g.eval()
+    params = list(g.parameters())
+    grads = {}
+    for neumann in (False, True):
+        est = inv.PowerSeriesLogDet(n_terms=6, neumann_gradient=neumann, generator=torch.Generator().manual_seed(9))
+        draws = []
+        for _ in range(400):
+            _, ld = est(g, x)
+            gr = torch.autograd.grad(ld.sum(), params, allow_unused=True, materialize_grads=True)
+            draws.append(torch.cat([t.flatten() for t in gr]))
+        grads[neumann] = torch.stack(draws)
+    diff = grads[True].mean(0) - grads[False].mean(0)
+    se = (grads[True].var(0) / 400 + grads[False].var(0) / 400).sqrt()
+    used = se > 0
+    assert (diff[used].abs() < 5 * se[used]).all()

@@ -166,7 +166,8 @@ class _SeriesEstimator:
 
 class PowerSeriesLogDet(_SeriesEstimator):
     """Truncated power series with Hutchinson probes (Algorithm 2; eq. 5.12): biased by at most
-    :func:`power_series_truncation_bound`. Gradients by backpropagation through all ``n_terms``.
+    :func:`power_series_truncation_bound`. Gradients by backpropagation through all ``n_terms`` (the i-ResNet
+    estimator), or with ``neumann_gradient=True`` from the truncated Neumann series of ``(I + J)^{-1}``.
 
     Args:
         n_terms: series terms n. n_probes: Hutchinson vectors averaged per sample.
@@ -174,21 +175,31 @@ class PowerSeriesLogDet(_SeriesEstimator):
     """
 
     exact = False
-    _neumann = False
 
     def __init__(
-        self, n_terms: int = 5, n_probes: int = 1, probe: str = "gaussian", generator: torch.Generator | None = None
+        self,
+        n_terms: int = 5,
+        n_probes: int = 1,
+        probe: str = "gaussian",
+        generator: torch.Generator | None = None,
+        neumann_gradient: bool = False,
     ):
         super().__init__(n_probes, probe, generator)
         if n_terms < 1:
             raise ValueError(f"n_terms must be >= 1, got {n_terms}")
         self.n_terms = int(n_terms)
+        self.neumann_gradient = bool(neumann_gradient)
+
+    @property
+    def _neumann(self) -> bool:
+        return self.neumann_gradient
 
     def _n_terms_and_weights(self, x):
         return self.n_terms, [1.0] * (self.n_terms + 1)
 
     def __repr__(self) -> str:
-        return f"PowerSeriesLogDet(n_terms={self.n_terms}, n_probes={self.n_probes}, probe={self.probe!r})"
+        extra = ", neumann_gradient=True" if self.neumann_gradient else ""
+        return f"PowerSeriesLogDet(n_terms={self.n_terms}, n_probes={self.n_probes}, probe={self.probe!r}{extra})"
 
 
 class RussianRouletteLogDet(_SeriesEstimator):
