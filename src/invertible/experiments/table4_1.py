@@ -131,8 +131,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         "\n".join([
             f"Data: {note}. Models: i-ResNet with {len(base['blocks'])} stages x {base['blocks']} bottleneck blocks "
             f"(hidden {base['hidden']}), {train_kw['epochs']} epochs, batch {train_kw['batch_size']}, SGD 0.1 "
-            "(x0.2 at 30/60/80 %), weight decay 5e-4, random shifts; ResNet: pre-activation bottleneck ResNet "
-            f"with {'[1, 1, 1]' if ctx.quick else '[4, 4, 4]'} blocks.",
+            "(x0.2 at 30/60/80 % of the steps), momentum 0.9, weight decay 5e-4, random shifts of 2 px at 28x28 "
+            "scaled to the image size (none at 8x8); ResNet: pre-activation bottleneck ResNet with "
+            f"{'[1, 1, 1]' if ctx.quick else '[4, 4, 4]'} blocks.",
             "",
             "| | " + " | ".join(labels) + " |",
             "|---|" + "---|" * len(labels),
@@ -141,8 +142,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "| guaranteed inverse | " + " | ".join("Yes" if certified[k] else "No" for k in labels) + " |",
             "| s / epoch | " + " | ".join(f"{seconds[k]:.2f}" for k in labels) + " |",
             "",
-            "'Guaranteed inverse' is the certificate of `invertible certify` (exact power iteration / FFT bounds on "
-            "every convolution operator, eq. 4.6), not the nominal coefficient. Quick-mode models are tiny (3 "
+            "'Guaranteed inverse' is the certificate of `invertible certify` (exact norms of every convolution "
+            "operator, or certified FFT upper bounds for large ones; eq. 4.6), not the nominal coefficient. "
+            "Quick-mode models are tiny (3 "
             "residual blocks, a few hundred SGD steps): a Lipschitz-constrained block can change the features only "
             "a little, so shallow i-ResNets trail their unconstrained twin more than the 39-block networks of the "
             "thesis do; run without --quick for the full comparison.",
