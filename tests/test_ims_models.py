@@ -62,6 +62,7 @@ def test_locally_connected_matches_naive_loop_and_is_unshared():
         lc.bias.normal_()
     x = torch.randn(4, 3, 37, dtype=torch.float64)
     torch.testing.assert_close(lc(x), lc.forward_naive(x))
+    torch.testing.assert_close(lc(x), lc.forward_unfold(x))
     y0 = lc(x).detach()
     with torch.no_grad():
         lc.weight[10].add_(1.0)  # weights of position 10 only
@@ -69,6 +70,8 @@ def test_locally_connected_matches_naive_loop_and_is_unshared():
     assert changed.tolist() == [i == 10 for i in range(37)]
     strided = LocallyConnected1d(37, 3, 2, kernel_size=3, stride=2).double()
     torch.testing.assert_close(strided(x), strided.forward_naive(x))
+    torch.testing.assert_close(strided(x), strided.forward_unfold(x))
+    assert strided(x).shape == (4, 2, 19)
     with pytest.raises(ValueError, match="expected length 37"):
         lc(torch.randn(1, 3, 36, dtype=torch.float64))
 

@@ -91,7 +91,7 @@ def run(ctx: RunContext) -> dict:
     paths = write_imzml(generate(cfg, seed=ctx.seed), ctx.out / "data", name="adsq_axis")
     data = read_imzml(paths[0])
     mz = data.mz
-    step = 250.0 if ctx.quick else 10.0
+    step = 100.0 if ctx.quick else 10.0
     masses = np.arange(np.ceil((mz[0] + 10) / step) * step, mz[-1] - 10, step)
     bins = {}
     for R in (3000.0,) if ctx.quick else (2000.0, 3000.0, 5000.0):
