@@ -147,3 +147,19 @@ def test_annotations_and_mismatched_coordinates(tmp_path, continuous):
 def test_resample_interpolates_and_zero_fills():
     out = resample(np.array([3.0, 1.0, 2.0]), np.array([30.0, 10.0, 20.0]), np.array([0.5, 1.5, 2.5, 3.5]))
     np.testing.assert_allclose(out, [0, 15, 25, 0])
+
+
+def test_compressed_and_incomplete_files_give_one_clear_error(continuous, tmp_path):
+    path = continuous[0]
+    text = path.read_text()
+    z = tmp_path / "z.imzML"
+    z.write_text(text.replace('accession="MS:1000576" name="no compression"',
+                              'accession="MS:1000574" name="zlib compression"'))
+    (tmp_path / "z.ibd").write_bytes(path.with_suffix(".ibd").read_bytes())
+    with pytest.raises(ValueError, match="zlib-compressed"):
+        read_imzml(z)
+    n = tmp_path / "n.imzML"  # an offset parameter missing: neither parser can index it
+    n.write_text(text.replace('accession="IMS:1000102"', 'accession="IMS:9999999"', 1))
+    (tmp_path / "n.ibd").write_bytes(path.with_suffix(".ibd").read_bytes())
+    with pytest.raises(ValueError, match="n.imzML"):
+        read_imzml(n)

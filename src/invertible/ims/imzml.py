@@ -204,6 +204,17 @@ def _index_elementtree(path: Path) -> SpectrumIndex:
     )
 
 
+def _declares_compression(path: Path) -> bool:
+    """Whether the imzML declares zlib compression (MS:1000574) anywhere (streamed, constant memory)."""
+    tail = b""
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            if b"MS:1000574" in tail + chunk:
+                return True
+            tail = chunk[-16:]
+    return False
+
+
 def index_imzml(path: str | os.PathLike) -> SpectrumIndex:
     """Index an imzML file (pyimzML first, our ElementTree parser when pyimzML fails) and check it against
     its ``.ibd``: every array must lie inside the file, coordinates must be unique."""
@@ -215,6 +226,13 @@ def index_imzml(path: str | os.PathLike) -> SpectrumIndex:
             index = _index_elementtree(imzml)
         except ET.ParseError as exc:
             raise ValueError(f"{imzml.name} is not valid imzML XML ({exc}; pyimzML: {first!r})") from None
+        except ValueError:
+            raise
+        except Exception as exc:  # e.g. a missing offset/length parameter or a non-numeric value
+            raise ValueError(f"{imzml.name}: cannot index this imzML ({exc!r}; pyimzML: {first!r})") from None
+    else:
+        if _declares_compression(imzml):
+            raise ValueError(f"{imzml.name}: zlib-compressed arrays are not supported; write uncompressed")
     if len(index) == 0:
         raise ValueError(f"{imzml.name} contains no spectra")
     size = ibd.stat().st_size
