@@ -9,7 +9,7 @@ Targets: i-ResNet within 0.5 points of the vanilla twin, certified invertible, m
 Falls back to MNIST-10k (with a note) when Fashion-MNIST is not installed (`apt-get install
 dataset-fashion-mnist`).
 
-    python benchmarks/classify.py [--epochs 4] [--train-subset 12000] [--json results.json]
+    python benchmarks/classify.py [--epochs 3] [--train-subset 30000] [--json results.json]
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ MODEL = {"blocks": [2, 2], "channels": 16, "hidden": [32, 64], "init_squeeze": T
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--train-subset", type=int, default=12000)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train-subset", type=int, default=30000)
     p.add_argument("--test-subset", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -148,3 +148,19 @@ def test_certify_rejects_models_without_features():
 
     with pytest.raises(ValueError, match="no invertible feature map"):
         certify_classifier(PreActResNet((1, 8, 8), blocks=(1,)))
+
+
+def test_large_operators_get_power_iteration_and_a_certified_upper_bound():
+    from invertible.models.certify import _conv_norm
+
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    shape = (16, 9, 9)  # 1296 inputs and outputs: beyond the Gram limit
+    norm, upper, exact = _conv_norm(conv, shape, exact=False)
+    truth = gram_norm(conv, shape)
+    assert not exact
+    assert norm <= truth * (1 + 1e-9) and norm == pytest.approx(truth, rel=1e-3)
+    assert upper >= truth * (1 - 1e-12)
+    pointwise = nn.Conv2d(16, 8, 1)
+    n, u, e = _conv_norm(pointwise, shape, exact=False)
+    assert e and n == u == pytest.approx(float(torch.linalg.matrix_norm(pointwise.weight.flatten(1), ord=2)))
+    assert n == pytest.approx(power_iteration_norm(pointwise, shape, rtol=1e-10, max_iter=5000), rel=1e-6)
