@@ -12,7 +12,7 @@ import sys
 
 COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce", "invertible.commands.analyze_relu",
                                    "invertible.commands.classify", "invertible.commands.ims",
-                                   "invertible.commands.invariance")
+                                   "invertible.commands.invariance", "invertible.commands.flow")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,9 +55,10 @@ MODES: tuple[str, ...] = ("resflow", "iresnet", "exact")
 def _act_and_grad(m: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``phi(h)`` and ``phi'(h)`` elementwise for the 1-Lipschitz activations used in residual blocks."""
     if isinstance(m, inv.LipSwish):
-        beta = m.beta.to(h.dtype)
-        s = torch.sigmoid(beta * h)
-        return h * s / 1.1, (s + beta * h * s * (1 - s)) / 1.1
+        bh = m.beta.to(h.dtype) * h
+        s = torch.sigmoid(bh)
+        # d/dh [h sigmoid(b h)] / 1.1 = s (1 + b h (1 - s)) / 1.1
+        return h * s / 1.1, s * (1 + bh * (1 - s)) / 1.1
     if isinstance(m, nn.ELU):
         neg = m.alpha * torch.expm1(h.clamp(max=0))
         return torch.where(h > 0, h, neg), torch.where(h > 0, torch.ones_like(h), neg + m.alpha)
@@ -114,7 +115,7 @@ class ForwardJacobianLogDet:
         if d == 1:
             logdet = torch.log(torch.abs(1 + jac[:, 0, 0]))
         elif d == 2:
-            a, b, c, e = jac[:, 0, 0], jac[:, 0, 1], jac[:, 1, 0], jac[:, 1, 1]
+            a, b, c, e = jac.reshape(batch, 4).unbind(1)
             logdet = torch.log(torch.abs((1 + a) * (1 + e) - b * c))
         else:
             eye = torch.eye(d, dtype=jac.dtype, device=jac.device)

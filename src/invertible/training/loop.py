@@ -89,7 +89,11 @@ class TrainConfig:
 
 def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.Adamax
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(params)
+    try:  # the fused kernel: one op per parameter instead of ~10 (same maths)
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
