@@ -79,7 +79,7 @@ def run(ctx: RunContext) -> dict:
     from matplotlib.colors import ListedColormap
 
     cfg = (dict(n=600, steps=400, restarts=16, grid=150) if ctx.quick
-           else dict(n=2000, steps=2000, restarts=64, grid=400))
+           else dict(n=2000, steps=1500, restarts=32, grid=400))
     gen = ctx.generator()
     x, y = two_circles(cfg["n"], factor=0.45, noise=0.06, generator=gen)
     x_test, y_test = two_circles(1000, factor=0.45, noise=0.06, generator=ctx.generator(1))
