@@ -128,6 +128,8 @@ def test_bad_inputs():
     net = ReLUMLP([2, 3, 1]).to(DT)
     with pytest.raises(ValueError, match="NaN"):
         layer_spectra(net, torch.tensor([[float("nan"), 0.0]], dtype=DT))
+    with pytest.raises(ValueError, match="dtype"):
+        local_linear_map(net, torch.zeros(1, 2, dtype=torch.float32))
     with pytest.raises(ValueError, match="batch"):
         local_linear_map(net, torch.zeros(2, dtype=DT))
     with pytest.raises(ValueError, match="unsupported module MaxPool2d"):

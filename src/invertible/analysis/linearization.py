@@ -174,6 +174,10 @@ def local_linear_map(
     ``vmap``. Uses the model's parameters as they are (no copy); the dtype is ``x``'s.
     """
     _check_input(x)
+    if isinstance(model, nn.Module):
+        p = next(iter(model.parameters()), None)
+        if p is not None and p.dtype != x.dtype:
+            raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {p.dtype}; convert one")
     shape = tuple(x.shape[1:])
     idx = window_indices(shape, window).to(x.device)
 
