@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -316,6 +317,11 @@ def train_classifier(
     from tqdm.auto import tqdm
 
     config.validate()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "classifier training does not support torchrun/DDP yet (every rank would write the same run folder); "
+            "run it as a single process"
+        )
     out = Path(out)
     ckpt_path = out / CHECKPOINT_NAME
     if data is None:
