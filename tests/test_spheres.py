@@ -126,7 +126,7 @@ def test_accuracy_vs_budget_curves(setup):
     for attack, sphere in (("perturbation", "outer"), ("invariance", "inner")):
         acc = curves[attack][sphere]
         assert acc[0] == 1.0 and acc[-1] == 0.0
-        assert all(a >= b for a, b in zip(acc, acc[1:]))
+        assert all(a >= b for a, b in zip(acc, acc[1:], strict=False))
 
 
 def test_bad_inputs_raise(setup):

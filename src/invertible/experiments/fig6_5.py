@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 
 from invertible.experiments.registry import RunContext, register
-from invertible.experiments.shiftmnist import ce_config, ice_config, load_splits, make_model, quick_dataset, to_float
+from invertible.experiments.shiftmnist import (
+    ce_config,
+    ice_config,
+    load_splits,
+    make_model,
+    quick_dataset,
+    single_intraop_thread,
+    to_float,
+)
 from invertible.invariance.metameric import logit_deviation, nuisance_interpolation
 from invertible.invariance.training import evaluate_error, train_classifier
 
@@ -39,6 +47,11 @@ def _pairs(y: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.T
 
 @register("fig6.5", title="Metameric interpolations: CE vs iCE fi-RevNet", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
+    with single_intraop_thread():
+        return _run(ctx)
+
+
+def _run(ctx: RunContext) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,6 +66,8 @@ def run(ctx: RunContext) -> dict:
     x_train, x_test = to_float(splits.x_train), to_float(splits.x_test)
     oracle = LogisticRegression(max_iter=300, C=0.5).fit(x_train.flatten(1).numpy(), splits.y_train.numpy())
     oracle_err = 1 - oracle.score(x_test.flatten(1).numpy(), splits.y_test.numpy())
+    dev = torch.device(ctx.device)
+    x_train, x_test, y_train, y_test = x_train.to(dev), x_test.to(dev), splits.y_train.to(dev), splits.y_test.to(dev)
 
     src, tgt = _pairs(splits.y_test, 300, ctx.generator(3))
     shown = 5
@@ -65,7 +80,7 @@ def run(ctx: RunContext) -> dict:
     ):
         torch.manual_seed(ctx.seed)
         model = make_model(splits.shape)
-        train_classifier(model, x_train, splits.y_train, config, run_dir=ctx.out / f"{name}_{objective}",
+        train_classifier(model, x_train, y_train, config, run_dir=ctx.out / f"{name}_{objective}",
                          show_progress=ctx.show_progress, desc=f"fig6.5 {objective}")
         model.eval()
         xs, xt = x_test[src], x_test[tgt]
@@ -73,17 +88,17 @@ def run(ctx: RunContext) -> dict:
             logits = model.logits(xs)
         path = nuisance_interpolation(model, xs, xt, steps=STEPS)  # (STEPS, B, 1, H, W)
         dev = logit_deviation(model, path, logits)
-        met = path[-1].clamp(0, 1).flatten(1).numpy()
+        met = path[-1].clamp(0, 1).flatten(1).cpu().numpy()
         said = torch.from_numpy(oracle.predict(met))
         to_source = float((said == splits.y_test[src]).double().mean())
         to_target = float((said == splits.y_test[tgt]).double().mean())
-        err = evaluate_error(model, x_test, splits.y_test)
+        err = evaluate_error(model, x_test, y_test)
         metrics[objective] = {"test_error": err, "max_logit_deviation": dev, "oracle_source": to_source,
                               "oracle_target": to_target, "pairs": len(src)}
         rows.append(f"| {objective.upper()} | {err:.3f} | {dev:.2e} | {to_source:.3f} | {to_target:.3f} |")
 
         # grid: columns = pairs, rows = t = 0 .. 1, then the target image
-        imgs = torch.cat([path[:, :shown], xt[None, :shown]]).clamp(0, 1)[:, :, 0]  # (STEPS+1, shown, H, W)
+        imgs = torch.cat([path[:, :shown], xt[None, :shown]]).clamp(0, 1)[:, :, 0].cpu()  # (STEPS+1, shown, H, W)
         h, w = imgs.shape[-2:]
         pad = torch.ones(STEPS + 1, shown, h + 2, w + 2)
         pad[:, :, 1:-1, 1:-1] = imgs
