@@ -6,7 +6,7 @@ classified with the three methods on the same
 randomized TMA-level folds. Networks: Table A.2 settings, repeated runs, median and IQR of the pooled
 balanced accuracy; ROC/LDA: worst and best K in 5..100. Box plot of per-fold spot-level balanced accuracy.
 
-Quick mode: 192 spectra x 1024 bins, 2 runs, 12 IsotopeNet epochs and 2 ResidualNet epochs (batch 16),
+Quick mode: 192 spectra x 1024 bins, 2 runs, 10 IsotopeNet epochs and 1 ResidualNet epoch (batch 16),
 one CPU thread: a smoke test of the pipeline whose numbers say little about the methods. Full mode: the
 ``adsq-like`` (4672 x 27286) and ``lp-like`` (27475 x 27286) presets with the epochs of Table A.2 and 4 runs -
 days of CPU time; run it on a GPU (``--device cuda``).
@@ -76,7 +76,7 @@ def run_task(ctx: RunContext, task: str, *, quick: bool) -> tuple[dict, dict]:
     for model in ("residualnet", "isotopenet"):
         tc = TRAIN_CONFIGS[key, model]
         if quick:
-            tc = replace(tc, epochs=12 if model == "isotopenet" else 2, batch_size=16)
+            tc = replace(tc, epochs=10 if model == "isotopenet" else 1, batch_size=16)
         runs = []
         for r in ctx.progress(range(repeats), desc=f"{task} {NAMES[model]}", total=repeats):
             runs.append(cross_validate_net(ds, folds, model, tc, seed=ctx.seed * 1000 + r, device=ctx.device))
