@@ -156,17 +156,16 @@ def test_training_resumes_exactly(tmp_path):
 
     straight = train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "a", show_progress=False)
     half = TrainConfig(**{**cfg.__dict__, "epochs": 1})
-    train_classifier(fresh(), x, y, half, run_dir=tmp_path / "b", show_progress=False)
-    # pretend the one-epoch run was a killed two-epoch run: rewrite its config, then resume
-    from invertible.training.checkpoint import load_checkpoint, save_checkpoint
-
-    tensors, meta = load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
-    meta["config"] = cfg.__dict__
-    save_checkpoint(tmp_path / "b" / "checkpoint.safetensors", tensors, meta)
+    train_classifier(fresh(), x, y, half, run_dir=tmp_path / "b", show_progress=False)  # "killed" after epoch 1
     resumed = train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "b", resume=True, show_progress=False)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    for a, b in zip(straight.nuisance.parameters(), resumed.nuisance.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.history == straight.history
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+    other = TrainConfig(**{**cfg.__dict__, "lr": 0.1})
     with pytest.raises(ValueError, match="different config"):
-        train_classifier(fresh(), x, y, half, run_dir=tmp_path / "b", resume=True, show_progress=False)
+        train_classifier(fresh(), x, y, other, run_dir=tmp_path / "b", resume=True, show_progress=False)
+    with pytest.raises(FileNotFoundError):
+        train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "c", resume=True, show_progress=False)

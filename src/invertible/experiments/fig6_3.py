@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from invertible.experiments.registry import RunContext, register
+from invertible.experiments.shiftmnist import single_intraop_thread
 from invertible.invariance.spheres import MisalignedSphereClassifier, accuracy_vs_budget, sample_sphere, sample_spheres
 
 THESIS = """\
@@ -26,6 +27,11 @@ DIM, N_UNUSED, RADII = 500, 10, (1.0, 1.3)
 
 @register("fig6.3", title="Perturbation vs invariance attacks on adversarial spheres", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
+    with single_intraop_thread():
+        return _run(ctx)
+
+
+def _run(ctx: RunContext) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")

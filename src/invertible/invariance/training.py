@@ -148,7 +148,8 @@ def train_classifier(
 
     Mini-batches are drawn by a ``torch.Generator`` seeded with ``config.seed``; parameters live on the device
     of ``x``. With ``run_dir`` the run is checkpointed after every epoch; ``resume=True`` loads the checkpoint
-    (``FileNotFoundError`` if there is none) and continues with the next epoch.
+    (``FileNotFoundError`` if there is none) and continues with the next epoch up to ``config.epochs`` (which may
+    be larger than before; every other setting must match the checkpoint's).
     """
     from tqdm.auto import tqdm
 
@@ -173,7 +174,8 @@ def train_classifier(
         if run is None:
             raise ValueError("resume=True needs a run_dir")
         tensors, meta = load_checkpoint(run / CHECKPOINT, device=device)
-        if meta.get("config") != asdict(config):
+        saved = {k: v for k, v in (meta.get("config") or {}).items() if k != "epochs"}
+        if saved != {k: v for k, v in asdict(config).items() if k != "epochs"}:  # more epochs may be asked for
             raise ValueError(f"{run / CHECKPOINT} was written with a different config: {meta.get('config')}")
         model.load_state_dict(_unprefixed("model", tensors))
         nuisance.load_state_dict(_unprefixed("nuisance", tensors))
