@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from invertible.analysis import layer_spectra, spectrum_summary
+from invertible.analysis import layer_spectra, relu_stages, spectrum_summary, stage_outputs
 from invertible.analysis._data import load_cifar10, load_mnist_npz, to_rgb32
 from invertible.experiments.registry import RunContext, register
 from invertible.models.relu_nets import ThinCIFAR, WideCIFAR, relu_net_config
@@ -124,7 +124,20 @@ def _run(ctx: RunContext) -> dict:
                          "test_accuracy": acc})
         spectra = layer_spectra(net, x_eval, window=window,
                                 progress=lambda it, name=name: ctx.progress(it, desc=f"fig3.4 spectra {name}"))
-        results[name] = {"loss": loss, "accuracy": acc, "spectra": spectra, "rows": spectrum_summary(spectra)}
+        rows = spectrum_summary(spectra)
+        with torch.no_grad():  # rank(A_P) up to a ReLU <= its active units: the full-input bound, no SVD needed
+            outs = stage_outputs(net, x_eval)
+        bound = torch.full((len(x_eval),), float(x_eval[0].numel()), dtype=torch.float64, device=x_eval.device)
+        for row, st, out in zip(rows, relu_stages(net), outs, strict=True):
+            # rank of a product <= rank of every factor: input size, output sizes, active units so far
+            bound = torch.clamp(bound, max=float(out[0].numel()))
+            active = None
+            if st.kind == "relu":
+                active = (out.flatten(1) > 0).sum(1).double()
+                bound = torch.minimum(bound, active)
+            row["median_active_units"] = float(active.median()) if active is not None else None
+            row["full_input_rank_bound"] = float(bound.median())
+        results[name] = {"loss": loss, "accuracy": acc, "spectra": spectra, "rows": rows}
 
     # left: decay of the median singular values of WideCIFAR over layers (conv + ReLU)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -146,12 +159,15 @@ def _run(ctx: RunContext) -> dict:
     for name, color in (("WideCIFAR", "tab:blue"), ("ThinCIFAR", "tab:red")):
         rows = results[name]["rows"]
         axes[0].semilogy(stages, [r["out_features"] for r in rows], "o-", color=color, label=name)
-        axes[1].plot(stages, [r["median_n_nonzero"] for r in rows], "o-", color=color, label=name)
+        axes[1].semilogy(stages, [r["median_n_nonzero"] for r in rows], "o-", color=color, label=f"{name} (window)")
+        axes[1].semilogy(stages, [r["full_input_rank_bound"] for r in rows], "s--", color=color, alpha=0.6,
+                         label=f"{name}: bound for the full input")
         axes[2].semilogy(stages, [r["median_condition"] for r in rows], "o-", color=color, label=name)
     axes[0].set_ylabel("output units")
     axes[1].set_ylabel("# non-zero singular values")
     axes[2].set_ylabel("condition number")
     axes[0].legend()
+    axes[1].legend(fontsize=7)
     axes[2].tick_params(axis="x", rotation=60)
     ctx.save_figure(fig, "fig3_4_wide_vs_thin")
 
@@ -176,6 +192,20 @@ def _run(ctx: RunContext) -> dict:
             f"{rt['median_sigma_max']:.3g} | {rw['median_sigma_min_nonzero']:.3g} / "
             f"{rt['median_sigma_min_nonzero']:.3g} |"
         )
+    lines += [
+        "",
+        "Active units after each ReLU (median over the same inputs). The full-input linearization up to that "
+        "ReLU has at most min(3072, output and active units of every stage so far) non-zero singular values - "
+        "the mechanism behind the thesis's ThinCIFAR cut-off in layer 5 (a bound from a forward pass, not an "
+        "SVD):",
+        "",
+        "| ReLU | active units W / T | bound on #non-zero (full input) W / T |",
+        "|---|---|---|",
+    ]
+    for rw, rt in zip(results["WideCIFAR"]["rows"], results["ThinCIFAR"]["rows"], strict=True):
+        if rw["kind"] == "relu":
+            lines.append(f"| {rw['stage']} | {rw['median_active_units']:.0f} / {rt['median_active_units']:.0f} | "
+                         f"{rw['full_input_rank_bound']:.0f} / {rt['full_input_rank_bound']:.0f} |")
     wide_relu = [r for r in results["WideCIFAR"]["rows"] if r["kind"] == "relu" and r["layer"] <= 6]
     smax = [r["median_sigma_max"] for r in wide_relu]
     smin = [r["median_sigma_min_nonzero"] for r in wide_relu]
