@@ -17,6 +17,11 @@ removes label information from ``z_n`` (Theorem 6.16: it minimizes a variational
 Here sums over the batch are means, the MLE term is divided by ``d`` (a per-dimension negative log-likelihood,
 so its weight does not depend on image size), and the three terms carry weights
 ``(1, nuisance_weight, mle_weight)``; ``nuisance_weight = mle_weight = 0`` is plain cross-entropy.
+``form="minimax"`` uses the network term ``-CE`` of Definition 6.14 literally; ``form="nonsaturating"`` uses
+``-log(1 - q_y)`` instead (same fixed points, bounded below, non-vanishing gradient while the nuisance
+classifier wins; see :func:`adversarial_nuisance_loss`), which is what the reproductions train with.
+Note that the MLE term leaves ``z_s`` without a prior, so scaling the logits up lowers it; CE bounds this only
+while some training logits are wrong.
 
 References: Jacobsen, Behrmann, Zemel, Bethge (2019) "Excessive Invariance Causes Adversarial Vulnerability";
 Barber & Agakov (2003) for the variational bound of Lemma 6.15.
