@@ -13,8 +13,10 @@ Two backbones:
 
 * :func:`fi_revnet` - RevNet/Glow style (Jacobsen et al. 2019): per stage a :class:`~invertible.Squeeze`,
   :class:`~invertible.ActNorm` and :class:`~invertible.nn.AdditiveCoupling` steps with convolutional shift
-  networks, then a flatten and dense additive couplings so that every logit sees the whole image. The inverse
-  is exact and ``log|det J| = sum of ActNorm log-scales`` (couplings and squeezes are volume preserving).
+  networks, then a flatten, dense additive couplings and a two-coupling read-out head (:func:`readout_head`:
+  the logits read everything, the nuisance is shifted by a function of the logits) so that every logit sees the
+  whole image. The inverse is exact and ``log|det J| = sum of ActNorm log-scales`` (couplings and squeezes are
+  volume preserving). ActNorms start at the identity (see :func:`_actnorm`).
 * :func:`fi_iresnet` - the same layout with i-ResNet blocks ``x + g(x)``, ``Lip(g) < 1`` (Chapter 4), as the
   thesis proposes for future work (Remark 6.10): inverse by fixed-point iteration with the certified error
   bound of Lemma 4.5, log-det by the estimator you pass (exact for tests, unbiased Russian roulette for
