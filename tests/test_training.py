@@ -1,0 +1,147 @@
+"""Trainer: exact resume after a kill, metrics, checkpoints, data sources, EMA."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from invertible.data.dequantize import dequantize, nats_to_bits_per_dim
+from invertible.data.toy2d import sample_toy
+from invertible.models.resflow import image_residual_flow, vector_residual_flow
+from invertible.training.ema import EMA
+from invertible.training.loop import StopTraining, TrainConfig, Trainer, load_model
+from invertible.training.sources import SamplerSource, TensorSource
+
+
+def _toy_trainer(out, mode="resflow", steps=10):
+    torch.manual_seed(0)
+    model = vector_residual_flow(2, n_blocks=2, hidden=(8, 8), mode=mode).double()
+    src = SamplerSource(lambda n, g: sample_toy("8gaussians", n, g), 16, seed=0, epoch_steps=4, dtype=torch.float64)
+    val = sample_toy("8gaussians", 64, torch.Generator().manual_seed(1), torch.float64)
+    cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-2, warmup_steps=3, grad_clip=5.0, ema_decay=0.9,
+                      log_every=2)
+    return Trainer(model, src, cfg, out, val_data=val, show_progress=False)
+
+
+def _kill_at(step):
+    def cb(trainer):
+        if trainer.step == step:
+            raise StopTraining
+    return cb
+
+
+def _assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, equal_nan=True, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["resflow", "exact"])
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path, mode):
+    """Russian roulette draws from the global RNG: resuming must restore it, the data order and Adam/EMA."""
+    full = _toy_trainer(tmp_path / "full", mode)
+    full.fit()
+    killed = _toy_trainer(tmp_path / "killed", mode)
+    assert killed.fit(callback=_kill_at(7)) == {"step": 7, "stopped": True}  # last checkpoint: step 4
+    resumed = _toy_trainer(tmp_path / "killed", mode)
+    torch.manual_seed(123)  # a fresh process would start from another RNG state
+    out = resumed.fit(resume=True)
+    assert out["step"] == 10
+    _assert_same_state(full.model, resumed.model)
+    for k, v in full.ema.state_dict().items():
+        torch.testing.assert_close(v, resumed.ema.state_dict()[k], rtol=0, atol=0)
+    # metrics logged after the checkpoint were dropped on resume: no duplicate steps, same values
+    recs = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    full_recs = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    key = [(r["split"], r["step"]) for r in recs]
+    assert key == [(r["split"], r["step"]) for r in full_recs] and len(set(key)) == len(key)
+    assert [r["nll"] for r in recs] == [r["nll"] for r in full_recs]
+
+
+def test_resume_image_flow_with_dequantization(tmp_path):
+    def make(folder="img"):
+        torch.manual_seed(0)
+        model = image_residual_flow((1, 4, 4), n_scales=1, n_blocks=1, hidden=4, mode="iresnet", n_terms=3).double()
+        data = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        src = TensorSource(data, 8, seed=1, dtype=torch.float64)
+        cfg = TrainConfig(steps=7, batch_size=8, lr=1e-3, optimizer="adamax", checkpoint_every=2, log_every=1)
+        return Trainer(model, src, cfg, tmp_path / folder, val_data=data[:8], show_progress=False)
+
+    a = make("ref")
+    a.fit()
+    make().fit(callback=_kill_at(5))
+    b = make()
+    b.fit(resume=True)
+    _assert_same_state(a.model, b.model)
+    assert b.last_val is not None and "bits_per_dim" in b.last_val
+
+
+def test_checkpoint_reload_and_config(tmp_path):
+    t = _toy_trainer(tmp_path / "run", "exact", steps=4)
+    t.fit()
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model"]["kind"] == "vector_resflow" and cfg["train"]["steps"] == 4
+    model, meta = load_model(tmp_path / "run", use_ema=False)
+    assert meta["step"] == 4 and not model.training
+    x = sample_toy("8gaussians", 5, torch.Generator().manual_seed(2), torch.float64)
+    t.model.eval()
+    torch.testing.assert_close(model.log_prob(x), t.model.log_prob(x), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "nothing")
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(ValueError):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainConfig(grad_clip=0.0)
+
+
+def test_training_reduces_nll():
+    torch.manual_seed(0)
+    model = vector_residual_flow(2, n_blocks=2, hidden=(32, 32), mode="exact").double()
+    src = SamplerSource(lambda n, g: sample_toy("moons", n, g), 128, epoch_steps=60, dtype=torch.float64)
+    val = sample_toy("moons", 500, torch.Generator().manual_seed(1), torch.float64)
+    t = Trainer(model, src, TrainConfig(steps=60, batch_size=128, lr=5e-3), None, val_data=val, show_progress=False)
+    out = t.fit()
+    assert out["val"]["exact"] and out["val"]["nll"] < 3.3  # a 2-D Gaussian fit of moons gives about 3.5
+
+
+def test_sources_are_functions_of_the_step():
+    data = torch.arange(40, dtype=torch.float64)[:, None].repeat(1, 2)
+    src = TensorSource(data, 5, seed=3)
+    assert src.steps_per_epoch(2) == 4
+    b0 = src.batch(6, rank=0, world_size=2)
+    assert torch.equal(b0, TensorSource(data, 5, seed=3).batch(6, rank=0, world_size=2))
+    epoch = torch.cat([src.batch(s, r, 2) for s in range(4) for r in range(2)])[:, 0]
+    assert sorted(epoch.tolist()) == list(range(40))  # ranks' shards partition the epoch
+    with pytest.raises(ValueError):
+        TensorSource(data[:3], 5)
+
+
+def test_dequantize_and_bits_per_dim():
+    x = torch.tensor([[0, 255, 17]], dtype=torch.uint8)
+    y = dequantize(x, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert ((y * 256 - x.double()) >= 0).all() and ((y * 256 - x.double()) < 1).all()
+    assert nats_to_bits_per_dim(0.0, 10) == pytest.approx(8.0)
+    assert nats_to_bits_per_dim(-10 * math.log(256), 10) == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        dequantize(torch.tensor([0.5]))
+
+
+def test_ema_average_and_restore():
+    lin = torch.nn.Linear(2, 2)
+    ema = EMA(lin, decay=0.5)
+    before = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(2.0)
+    ema.update()
+    with ema.average_parameters():
+        torch.testing.assert_close(lin.weight, before + 1.0)
+    torch.testing.assert_close(lin.weight, before + 2.0)
+    with pytest.raises(ValueError):
+        EMA(lin, decay=1.0)
