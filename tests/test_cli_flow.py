@@ -1,0 +1,45 @@
+"""CLI: train-flow -> (stop) -> --resume -> sample -> evaluate, and clear errors."""
+
+import json
+
+import numpy as np
+
+from invertible.cli import main
+
+TRAIN = ["train-flow", "--data", "8gaussians", "--blocks", "2", "--hidden", "8", "8", "--n-test", "300",
+         "--eval-samples", "300", "--no-progress", "--threads", "1"]
+
+
+def test_train_resume_sample_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--steps", "20", "--checkpoint-every", "10"]) == 0
+    for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors", "samples.png", "training_curves.png"):
+        assert (out / name).is_file(), name
+    assert "test NLL" in capsys.readouterr().out
+    # the folder holds a run: refusing to overwrite it, continuing it with --resume
+    assert main([*TRAIN, "--out", str(out), "--steps", "30"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*TRAIN, "--out", str(out), "--steps", "30", "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 30
+
+    assert main(["sample", str(out), "-n", "50", "--out", str(tmp_path / "s.png")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (50, 2)
+    assert "converged: True" in capsys.readouterr().out
+
+    assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert "exact" in text and "true density" in text
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["exact"] and res["n"] == 300 and res["nll"] > res["true_nll"] - 4 * res["se"]
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["train-flow", "--data", "no-such-data", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "unknown data set" in capsys.readouterr().err
+    assert main(["train-flow", "--data", "mnist", "--data-root", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "y")]) == 2
+    assert "MNIST not found" in capsys.readouterr().err
