@@ -22,7 +22,7 @@ __all__ = ["mann_whitney_auc", "roc_lda_predict", "ROCLDA", "DEFAULT_KS"]
 DEFAULT_KS: tuple[int, ...] = tuple(range(5, 101, 5))
 
 
-def mann_whitney_auc(X: np.ndarray, y: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def mann_whitney_auc(X: np.ndarray, y: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """AUC of every column of ``X`` (n, d) for the binary labels ``y`` (n,) in {0, 1}: (d,) in [0, 1].
 
     ``AUC_j = (R_j - n1 (n1 + 1) / 2) / (n0 n1)``, with ``R_j`` the class-1 rank sum (average ranks for
