@@ -191,3 +191,13 @@ def test_lipswish_is_one_lipschitz():
 def test_sequential_refuses_non_bijection():
     with pytest.raises(TypeError, match="not a bijection"):
         inv.InvertibleSequential(nn.Linear(2, 2))
+
+
+def test_actnorm_leaves_constant_channels_at_unit_scale():
+    x = torch.randn(64, 3)
+    x[:, 1] = 0.5  # e.g. an empty border pixel
+    an = inv.ActNorm(3)
+    y = an(x)
+    assert float(an.log_scale[1]) == 0.0
+    assert torch.allclose(y[:, 1], torch.zeros(64))
+    assert y.abs().max() < 10

@@ -59,6 +59,11 @@ class Flow(D.Distribution):
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` of shape ``(batch,)``."""
         z, logdet = self.bijection.forward_and_logdet(x)
+        if tuple(z.shape[1:]) != tuple(self.event_shape):
+            raise ValueError(
+                f"Flow.log_prob: the bijection maps x of shape {tuple(x.shape[1:])} to z of shape "
+                f"{tuple(z.shape[1:])}, but the base distribution has event shape {tuple(self.event_shape)}"
+            )
         return self._base_like(z).log_prob(z) + logdet
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:

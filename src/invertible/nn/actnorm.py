@@ -14,11 +14,12 @@ class ActNorm(Bijection):
     """``y = (x - loc) * exp(log_scale)`` per channel (dim 1), for inputs ``(B, C)``, ``(B, C, L)``, ``(B, C, H, W)``.
 
     On the first forward in training mode ``loc`` and ``log_scale`` are set so that the batch has zero mean and
-    unit variance per channel (Kingma & Dhariwal 2018). The flag ``initialized`` is a *buffer*, so a reloaded
+    unit variance per channel (Kingma & Dhariwal 2018); channels whose std is below ``eps`` times the largest
+    channel std are treated as constant and keep ``log_scale = 0``. The flag ``initialized`` is a *buffer*, so a reloaded
     model keeps its initialization. ``log|det J| = prod(spatial) * sum_c log_scale_c``.
     """
 
-    def __init__(self, n_channels: int, eps: float = 1e-6):
+    def __init__(self, n_channels: int, eps: float = 1e-3):
         super().__init__()
         if n_channels < 1:
             raise ValueError(f"n_channels must be >= 1, got {n_channels}")
@@ -34,8 +35,12 @@ class ActNorm(Bijection):
     @torch.no_grad()
     def _initialize(self, x: torch.Tensor) -> None:
         flat = x.transpose(0, 1).reshape(self.n_channels, -1)
+        std = flat.std(1, unbiased=False)
+        # A channel that is (nearly) constant on the first batch (an empty image border, a zero-padded channel)
+        # keeps unit scale instead of being blown up by 1/std.
+        constant = std <= self.eps * std.max().clamp_min(1e-12) + 1e-12
         self.loc.copy_(flat.mean(1))
-        self.log_scale.copy_(-torch.log(flat.std(1, unbiased=False) + self.eps))
+        self.log_scale.copy_(torch.where(constant, torch.zeros_like(std), -torch.log(std.clamp_min(1e-12))))
         self.initialized.fill_(True)
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
