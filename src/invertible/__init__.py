@@ -24,6 +24,7 @@ from invertible.logdet import (
 )
 from invertible.nn import (
     ActNorm,
+    AdditiveCoupling,
     Bijection,
     InjectivePad,
     InvertibleSequential,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActNorm",
+    "AdditiveCoupling",
     "Anderson",
     "Bijection",
     "ExactLogDet",
