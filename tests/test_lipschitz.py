@@ -139,3 +139,20 @@ def test_lipschitz_constant_refuses_unknown_modules():
 def test_operator_norm_needs_input_shape_for_unseen_conv():
     with pytest.raises(ValueError, match="input_shape"):
         inv.operator_norm(nn.Conv2d(1, 1, 3))
+
+
+def test_converge_spectral_norms_after_weight_updates():
+    """The power-iteration vectors lag behind optimizer steps; converging afterwards restores ||A|| <= c."""
+    torch.manual_seed(0)
+    layers = nn.Sequential(inv.spectral_norm(nn.Conv2d(2, 8, 3, padding=1), 0.5), nn.ELU(),
+                           inv.spectral_norm(nn.Conv2d(8, 2, 3, padding=1), 0.5))
+    layers(torch.randn(4, 2, 6, 6))
+    with torch.no_grad():  # what an optimizer step does to the raw weights
+        for layer in (layers[0], layers[2]):
+            w = layer.parametrizations.weight.original
+            w.add_(0.5 * w.abs().mean() * torch.randn_like(w))
+    layers.eval()
+    assert max(inv.operator_norm(layers[0]), inv.operator_norm(layers[2])) > 0.5 * 1.01  # the lag is real
+    assert inv.converge_spectral_norms(layers) == 2
+    for layer in (layers[0], layers[2]):
+        assert inv.operator_norm(layer) <= 0.5 * (1 + 1e-4)

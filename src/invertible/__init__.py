@@ -8,6 +8,7 @@ from invertible.distributions import Flow, standard_normal
 from invertible.inverse import Anderson, FixedPoint, InverseNotConverged, InverseResult, NotConvergedWarning
 from invertible.lipschitz import (
     SpectralNorm,
+    converge_spectral_norms,
     frozen_spectral_norm,
     lipschitz_constant,
     operator_norm,
@@ -54,6 +55,7 @@ __all__ = [
     "RussianRouletteLogDet",
     "SpectralNorm",
     "Squeeze",
+    "converge_spectral_norms",
     "exact_jacobian",
     "frozen_spectral_norm",
     "lipschitz_constant",
