@@ -55,9 +55,9 @@ def test_checkerboard_support_and_2spirals_mass():
     assert torch.allclose(lp, torch.full_like(lp, -math.log(32)))
     outside = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [5.0, 0.0]], dtype=torch.float64)  # odd cells / off support
     assert torch.isinf(toy_log_prob("checkerboard", outside)).all()
-    pts, area = _grid(4.5, 91)
+    pts, area = _grid(4.5, 61)
     mass = float(toy_log_prob("2spirals", pts).exp().sum()) * area
-    assert abs(mass - 1) < 2e-2
+    assert abs(mass - 1) < 3e-2
 
 
 def test_unknown_and_missing_densities():

@@ -154,7 +154,7 @@ def lipschitz_mlp(
     preact: bool = True,
     beta: float = 4.0,
     orthogonal: bool = True,
-    last_scale: float = 1e-2,
+    last_scale: float = 1.0,
 ) -> nn.Sequential:
     """``g = W_L o phi o ... o phi o W_1`` (or ``W_L o phi o ... o W_1 o phi`` with ``preact``, as in Residual
     Flows) with spectrally normalized ``||W_i||_2 <= coeff`` (eq. 4.5, 4.9), so ``Lip(g) <= coeff^L`` (eq. 4.6).
@@ -162,7 +162,8 @@ def lipschitz_mlp(
 
     Initialization: orthogonal weights (all singular values equal, so normalization does not start rank-deficient),
     LipSwish slope ``beta`` (4: sharper bends than the swish default 1, which trains much faster on 2-D data),
-    and the last layer scaled by ``last_scale`` with zero bias so that every block starts near the identity.
+    and optionally the last layer scaled by ``last_scale`` (< 1: blocks start near the identity; on 8gaussians
+    the default 1 trained slightly faster).
     """
     if len(dims) < 2 or any(int(k) < 1 for k in dims):
         raise ValueError(f"dims must list >= 2 positive layer widths, got {dims}")
