@@ -1,13 +1,22 @@
 """Data sets: images from user files, toy densities, shifted variants (nothing is downloaded)."""
 
+from invertible.data.dequantize import dequantize, nats_to_bits_per_dim
 from invertible.data.images import load_images, read_idx, train_test_split_indices
 from invertible.data.shifted import feature_positions, plant_feature, shift_images
+from invertible.data.toy2d import TOY_DATASETS, best_possible_nll, has_toy_log_prob, sample_toy, toy_log_prob
 
 __all__ = [
+    "TOY_DATASETS",
+    "best_possible_nll",
+    "dequantize",
     "feature_positions",
+    "has_toy_log_prob",
     "load_images",
+    "nats_to_bits_per_dim",
     "plant_feature",
     "read_idx",
+    "sample_toy",
     "shift_images",
+    "toy_log_prob",
     "train_test_split_indices",
 ]
