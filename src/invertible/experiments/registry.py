@@ -25,6 +25,8 @@ from invertible.training.checkpoint import atomic_write_text
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
     "invertible.experiments.fig6_3", "invertible.experiments.fig6_5", "invertible.experiments.shiftmnist",
+    "invertible.experiments.fig4_4",
+    "invertible.experiments.fig5_3",
     "invertible.experiments.table4_1", "invertible.experiments.fig4_2", "invertible.experiments.fig4_3",
     "invertible.experiments.fig3_1", "invertible.experiments.fig3_4",
     "invertible.experiments.fig7_3", "invertible.experiments.fig7_5",
@@ -139,8 +141,15 @@ def run_experiment(
     }
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
     torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    if quick:
+        # Quick runs use tiny models, for which one thread is as fast as two and immune to oversubscription.
+        torch.set_num_threads(1)
     start = time.perf_counter()
-    metrics = exp.run(ctx)
+    try:
+        metrics = exp.run(ctx)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     metrics = {**_jsonable(metrics), "seconds": round(seconds, 2)}
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
