@@ -80,8 +80,10 @@ class Flow(D.Distribution):
             z = loc + scale * eps
         else:
             z = base.sample((n,))
-        dtype = next((p.dtype for p in self.bijection.parameters()), z.dtype)
-        x = self.bijection.inverse(z.to(dtype))
+        param = next(self.bijection.parameters(), None)
+        if param is not None:  # sample where the model lives (the default base is built on the CPU)
+            z = z.to(device=param.device, dtype=param.dtype)
+        x = self.bijection.inverse(z)
         return x.reshape(*shape, *x.shape[1:]) if len(shape) else x[0]
 
     def bits_per_dim(
