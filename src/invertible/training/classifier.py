@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from invertible.lipschitz import converge_spectral_norms
 from invertible.training.augment import random_flip, random_shift
 from invertible.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 
@@ -395,6 +396,7 @@ def train_classifier(
                 last = {**last, "epoch": epoch + 1, "diverged": True, "test_error": 100.0 * (1 - 1 / data.n_classes)}
                 _append_metrics(metrics_path, last)
                 break
+            converge_spectral_norms(model)  # power-iteration vectors for this epoch's final weights (Remark 4.9)
             test_loss, test_error = evaluate(model, data.x_test, data.y_test)
             last = {
                 "epoch": epoch + 1, "step": step, "lr": lr, "train_loss": tot_loss / max(seen, 1),
