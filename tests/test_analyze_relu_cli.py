@@ -17,15 +17,6 @@ from invertible.models.relu_nets import ThinCIFAR, ToyMLP, relu_net_config
 from invertible.training.checkpoint import save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_mnist_npz_and_padding(tmp_path):
     images = np.arange(4 * 28 * 28, dtype=np.uint64).reshape(4, 28, 28).astype(np.uint8)
     np.savez(tmp_path / "m.npz", images=images, labels=np.array([3, 1, 4, 1], dtype=np.uint8))

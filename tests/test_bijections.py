@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-from helpers import autograd_jacobian, conv_g, mlp_g, warm_up
 from torch import nn
 
 import invertible as inv
+from helpers import autograd_jacobian, conv_g, mlp_g, warm_up
 
 
 def _residual_mlp():

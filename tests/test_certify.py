@@ -15,14 +15,6 @@ from invertible.models.certify import (
 from invertible.models.iresnet import IResNetClassifier
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _dense_norm(conv: nn.Module, shape) -> float:
     """Ground truth: the largest singular value of the autograd Jacobian of the bias-free operator."""
     w = conv.weight.detach()

@@ -20,14 +20,6 @@ from invertible.training.classifier import (
 TINY = {"blocks": [1, 1], "channels": 4, "hidden": [8, 8]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_classification_data("digits", train_subset=256, test_subset=128)

@@ -9,16 +9,6 @@ from invertible.models.firevnet import Flatten, FullyInvertibleClassifier, fi_ir
 from invertible.nn import AdditiveCoupling
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-
 def _randomize(model: nn.Module, scale: float = 0.3) -> nn.Module:
     """Non-trivial parameters everywhere (couplings start as the identity, ActNorm at scale 1)."""
     g = torch.Generator().manual_seed(1)

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from helpers import conv_g, mlp_g, warm_up
 
 import invertible as inv
+from helpers import conv_g, mlp_g, warm_up
 
 
 def _flow2d(estimator=None):

@@ -16,16 +16,6 @@ from invertible.invariance.ice import (
 from invertible.invariance.training import TrainConfig, train_classifier
 from invertible.models.firevnet import fi_revnet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 C = 3
 
 

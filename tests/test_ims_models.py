@@ -18,15 +18,6 @@ from invertible.ims.models import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models: one thread avoids contention on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_isotopenet_lengths_and_output_for_27286_bins():
     torch.manual_seed(0)
     net = IsotopeNet(27286).eval()

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from helpers import conv_g, mlp_g, warm_up
 from torch import nn
 
 import invertible as inv
+from helpers import mlp_g, warm_up
 
 
 def _block(coeff, seed, solver=None, dim=4):

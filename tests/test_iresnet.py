@@ -13,15 +13,6 @@ from invertible.models.resnet import PreActResNet
 from invertible.training.augment import random_flip, random_shift
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _trained_like(model: nn.Module, x: torch.Tensor, steps: int = 25) -> nn.Module:
     """Training-mode forwards (ActNorm init, power iterations converge, BN statistics), then eval."""
     model.train()

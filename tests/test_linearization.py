@@ -28,15 +28,6 @@ from invertible.models.relu_nets import (
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _autograd_jacobian(f, x: torch.Tensor) -> torch.Tensor:
     jac = torch.autograd.functional.jacobian
     return torch.stack([jac(lambda v: f(v[None]).flatten(), xi, vectorize=True).flatten(1) for xi in x])

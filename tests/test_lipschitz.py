@@ -144,8 +144,11 @@ def test_operator_norm_needs_input_shape_for_unseen_conv():
 def test_converge_spectral_norms_after_weight_updates():
     """The power-iteration vectors lag behind optimizer steps; converging afterwards restores ||A|| <= c."""
     torch.manual_seed(0)
-    layers = nn.Sequential(inv.spectral_norm(nn.Conv2d(2, 8, 3, padding=1), 0.5), nn.ELU(),
-                           inv.spectral_norm(nn.Conv2d(8, 2, 3, padding=1), 0.5))
+    layers = nn.Sequential(
+        inv.spectral_norm(nn.Conv2d(2, 8, 3, padding=1), 0.5),
+        nn.ELU(),
+        inv.spectral_norm(nn.Conv2d(8, 2, 3, padding=1), 0.5),
+    )
     layers(torch.randn(4, 2, 6, 6))
     with torch.no_grad():  # what an optimizer step does to the raw weights
         for layer in (layers[0], layers[2]):

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from helpers import autograd_jacobian, conv_g, mlp_g, warm_up
 
 import invertible as inv
+from helpers import autograd_jacobian, conv_g, mlp_g, warm_up
 
 
 def _contractive(dim=3, coeff=0.9, seed=0):
@@ -68,8 +68,9 @@ def test_power_series_is_unbiased_for_the_truncated_series(probe):
 def test_russian_roulette_is_unbiased(dist, neumann):
     g, x = _contractive(3, 0.95, seed=2)
     exact = inv.ExactLogDet()(g, x)[1]
-    est = inv.RussianRouletteLogDet(n_exact=1, p=0.6, dist=dist, lam=1.5, neumann_gradient=neumann,
-                                    generator=torch.Generator().manual_seed(3))
+    est = inv.RussianRouletteLogDet(
+        n_exact=1, p=0.6, dist=dist, lam=1.5, neumann_gradient=neumann, generator=torch.Generator().manual_seed(3)
+    )
     draws = torch.stack([est(g, x.repeat(8, 1))[1].view(8, -1).mean(0) for _ in range(1500)])
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(len(draws))
     assert ((mean - exact).abs() < 4 * se).all(), (mean, exact, se)
@@ -86,7 +87,14 @@ def test_neumann_gradient_is_unbiased_and_value_is_not_the_surrogate():
     grads, values = [], []
     for _ in range(1200):
         _, ld = est(g, x)
-        grads.append(torch.cat([gr.flatten() for gr in torch.autograd.grad(ld.sum(), params, allow_unused=True, materialize_grads=True)]))
+        grads.append(
+            torch.cat(
+                [
+                    gr.flatten()
+                    for gr in torch.autograd.grad(ld.sum(), params, allow_unused=True, materialize_grads=True)
+                ]
+            )
+        )
         values.append(ld.detach().sum())
     grads = torch.stack(grads)
     target = torch.cat([gr.flatten() for gr in exact_grad])
@@ -109,7 +117,14 @@ def test_backprop_power_series_gradient_converges_to_exact():
     grads = []
     for _ in range(400):
         _, ld = est(g, x.repeat(4, 1))
-        grads.append(torch.cat([gr.flatten() for gr in torch.autograd.grad(ld.sum() / 4, params, allow_unused=True, materialize_grads=True)]))
+        grads.append(
+            torch.cat(
+                [
+                    gr.flatten()
+                    for gr in torch.autograd.grad(ld.sum() / 4, params, allow_unused=True, materialize_grads=True)
+                ]
+            )
+        )
     grads = torch.stack(grads)
     target = torch.cat([gr.flatten() for gr in exact_grad])
     used = target != 0

@@ -7,16 +7,6 @@ import invertible as inv
 from invertible.invariance.metameric import logit_deviation, metameric_sample, nuisance_interpolation
 from invertible.models.firevnet import fi_iresnet, fi_revnet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 C = 3
 
 

@@ -18,15 +18,6 @@ from invertible.analysis import (
 from invertible.models.relu_nets import ReLUMLP
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Independent references: no null spaces, no omnidirectionality - only LPs over the feasible set itself.
 def brute_force_class(A: np.ndarray, b: np.ndarray, y: np.ndarray, width_tol: float = 1e-6) -> str:

@@ -6,16 +6,6 @@ import torch
 from invertible.data.shifted import feature_positions, plant_feature, shift_images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-
 def _images(n=200, size=14, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.zeros(n, 1, size, size, dtype=torch.uint8)

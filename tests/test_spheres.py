@@ -15,16 +15,6 @@ from invertible.invariance.spheres import (
     sample_spheres,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP/BLAS oversubscription stalls on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 D, N, R1, R2 = 200, 5, 1.0, 1.3
 
 

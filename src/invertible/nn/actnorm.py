@@ -15,8 +15,8 @@ class ActNorm(Bijection):
 
     On the first forward in training mode ``loc`` and ``log_scale`` are set so that the batch has zero mean and
     unit variance per channel (Kingma & Dhariwal 2018); channels whose std is below ``eps`` times the largest
-    channel std are treated as constant and keep ``log_scale = 0``. The flag ``initialized`` is a *buffer*, so a reloaded
-    model keeps its initialization. ``log|det J| = prod(spatial) * sum_c log_scale_c``.
+    channel std are treated as constant and keep ``log_scale = 0``. The flag ``initialized`` is a *buffer*, so a
+    reloaded model keeps its initialization. ``log|det J| = prod(spatial) * sum_c log_scale_c``.
     """
 
     def __init__(self, n_channels: int, eps: float = 1e-3):
