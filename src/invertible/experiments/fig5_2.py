@@ -41,8 +41,10 @@ def _threads(n: int):
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"steps": 250, "blocks": 4, "hidden": (64, 64), "batch": 256, "lr": 3e-3, "n_test": 2000}
-    return {"steps": 5000, "blocks": 8, "hidden": (128, 128), "batch": 256, "lr": 1e-3, "n_test": 10_000}
+        return {"steps": 200, "blocks": 4, "hidden": (64, 64), "batch": 256, "lr": 3e-3, "n_test": 1000,
+                "n_samples": 2000}
+    return {"steps": 5000, "blocks": 8, "hidden": (128, 128), "batch": 256, "lr": 1e-3, "n_test": 10_000,
+            "n_samples": 10_000}
 
 
 def train_toy(name: str, arch: str, s: dict[str, Any], seed: int, show_progress: bool):
@@ -85,7 +87,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 lp = toy_log_prob(name, torch.stack([xx.flatten(), yy.flatten()], 1))
                 true = None if lp is None else lp.exp().reshape(150, 150).numpy()
             fig = plot_density_2d({"i-ResNet flow": models["resflow"], "affine coupling": models["coupling"]},
-                                  test, generator=ctx.generator(7 + i), title=name, true_density=true)
+                                  test, n_samples=s["n_samples"], generator=ctx.generator(7 + i), title=name,
+                                  true_density=true)
             ctx.save_figure(fig, f"fig5_2_{name}")
     lines = ["| data | residual flow NLL | affine coupling NLL | true density NLL |", "|---|---|---|---|"]
     for name, r, rse, c, cse, best in rows:

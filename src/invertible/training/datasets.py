@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from invertible.data.images import load_images, train_test_split_indices
@@ -68,8 +69,11 @@ def load_data(spec: DataSpec) -> LoadedData:
     else:
         train = images
         test, _ = load_images(spec.name, "test", root=spec.root)
+    # Files may be sorted by class (the MNIST npz is): truncate random, seeded subsets, never the first rows.
+    rng = np.random.default_rng(spec.seed + 1)
     if spec.subset is not None:
-        train = train[: spec.subset]
+        train = train[np.sort(rng.permutation(len(train))[: spec.subset])]
+    test = test[rng.permutation(len(test))[: spec.n_test]]
     train_t = torch.from_numpy(train.copy())
-    test_t = torch.from_numpy(test[: spec.n_test].copy())
+    test_t = torch.from_numpy(test.copy())
     return LoadedData(spec, "image", tuple(train_t.shape[1:]), train_t, test_t)
