@@ -35,6 +35,7 @@ __all__ = [
     "lipschitz_constant",
     "frozen_spectral_norm",
     "converge_spectral_norms",
+    "norm_method",
     "LINEAR_TYPES",
 ]
 
@@ -317,6 +318,7 @@ def _input_shape_of(module: nn.Module, input_shape: Sequence[int] | None) -> tup
 
 
 DENSE_LIMIT = 4096  # materialise the operator when the input dimension is at most this
+DENSE_ENTRIES = 2**25  # ... and the materialised matrix has at most this many entries (256 MiB in float64)
 
 
 @torch.no_grad()
@@ -326,35 +328,61 @@ def operator_norm(
     *,
     rtol: float = 1e-6,
     max_iter: int = 5000,
+    method: str | None = None,
 ) -> float:
     """The spectral norm ``||A||_2`` of the linear operator of ``module`` (its current, normalized weight).
 
-    * ``nn.Linear``: exact SVD of the weight.
+    * ``nn.Linear`` and 1x1 stride-1 convolutions: exact SVD of the weight matrix.
     * convolution with circular padding and stride 1: exact, FFT-SVD (Sedghi et al. 2019).
-    * other convolutions with input dimension <= ``DENSE_LIMIT``: exact, from the materialised matrix
-      (largest eigenvalue of its smaller Gram matrix).
+    * other convolutions with input dimension <= ``DENSE_LIMIT`` (and a matrix of at most ``DENSE_ENTRIES``):
+      exact, from the materialised matrix (largest eigenvalue of its smaller Gram matrix).
     * otherwise: Lanczos (scipy ``svds``, ARPACK) on the matrix-free operator to relative tolerance ``rtol``;
       see :func:`operator_norm_upper_bound` for a certificate that needs no convergence.
 
     Args:
         input_shape: per-sample input shape ``(C, L)`` or ``(C, H, W)``; taken from the layer when it has
             seen data.
+        method: force a method (see :func:`norm_method`), e.g. ``"lanczos"`` to skip materialising.
     """
     op = _Operator(module)
     weight = module.weight.detach().double()
-    if op.is_linear:
-        return float(torch.linalg.matrix_norm(weight, ord=2))
     shape = _input_shape_of(module, input_shape)
-    if module.padding_mode == "circular" and all(s == 1 for s in module.stride) and module.groups == 1:
+    if method is None:
+        method = norm_method(module, shape)
+    elif method not in ("matrix", "fft", "dense", "lanczos"):
+        raise ValueError(f"method must be 'matrix', 'fft', 'dense' or 'lanczos', got {method!r}")
+    if method == "matrix":
+        return float(torch.linalg.matrix_norm(weight.flatten(1), ord=2))
+    if method == "fft":
         return _circular_fft_norm(weight, shape[1:], module.dilation)
     n = math.prod(shape)
-    if n <= DENSE_LIMIT:
+    if method == "dense":
         eye = torch.eye(n, dtype=torch.float64, device=weight.device).reshape(n, *shape)
         mat = op.apply(weight, eye).reshape(n, -1)
         # sqrt(lambda_max) of the smaller Gram matrix: exact, and far cheaper than a full SVD.
         gram = mat @ mat.T if mat.shape[0] <= mat.shape[1] else mat.T @ mat
         return float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt())
     return _lanczos_norm(op, weight, shape, rtol, max_iter)
+
+
+def norm_method(module: nn.Module, input_shape: Sequence[int]) -> str:
+    """How :func:`operator_norm` computes ``||A||_2`` for this layer and input shape:
+
+    ``"matrix"`` (Linear, or a 1x1 stride-1 unpadded convolution, which applies the same ``C_out x C_in`` matrix
+    at every position: exact), ``"fft"`` (circular padding, stride 1: exact), ``"dense"`` (the materialised
+    operator is small: exact), ``"lanczos"`` (matrix-free, to a relative tolerance; not a certificate).
+    """
+    if isinstance(module, nn.Linear):
+        return "matrix"
+    unit = all(k == 1 for k in module.kernel_size) and all(s == 1 for s in module.stride)
+    unpadded = isinstance(module.padding, tuple) and all(p == 0 for p in module.padding)
+    if unit and unpadded and module.groups == 1:
+        return "matrix"
+    if module.padding_mode == "circular" and all(s == 1 for s in module.stride) and module.groups == 1:
+        return "fft"
+    n_in = math.prod(input_shape)
+    n_out = module.out_channels * n_in // (input_shape[0] * math.prod(module.stride))  # about, for the size test
+    return "dense" if n_in <= DENSE_LIMIT and n_in * n_out <= DENSE_ENTRIES else "lanczos"
 
 
 def _lanczos_norm(op: _Operator, weight: torch.Tensor, shape: Sequence[int], rtol: float, max_iter: int) -> float:
@@ -490,8 +518,6 @@ def _dtype_of(g: nn.Module) -> torch.dtype:
 
 
 def _certified_norm(m: nn.Module, shape: Sequence[int]) -> float:
-    if isinstance(m, nn.Linear) or math.prod(shape) <= DENSE_LIMIT or (
-        m.padding_mode == "circular" and all(s == 1 for s in m.stride) and m.groups == 1
-    ):
+    if norm_method(m, shape) != "lanczos":
         return operator_norm(m, shape)
     return operator_norm_upper_bound(m, shape)

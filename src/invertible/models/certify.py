@@ -30,12 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from invertible.lipschitz import DENSE_LIMIT, operator_norm, operator_norm_upper_bound
+from invertible.lipschitz import DENSE_ENTRIES, DENSE_LIMIT, norm_method, operator_norm, operator_norm_upper_bound
 from invertible.nn import ActNorm, InjectivePad, LipSwish, ResidualBlock, Squeeze
 
 __all__ = [
-    "LayerNorm", "BlockCertificate", "Certificate", "certify_features", "certify_classifier", "power_iteration_norm",
-    "gram_norm", "VERDICT_OK",
+    "LayerNorm", "BlockCertificate", "Certificate", "certify_features", "certify_classifier", "VERDICT_OK",
 ]
 
 VERDICT_OK = "invertible (certified)"
@@ -156,83 +155,23 @@ def _is_spectral_normalized(m: nn.Module) -> bool:
     )
 
 
-@torch.no_grad()
-def power_iteration_norm(m: nn.Module, shape: Sequence[int], rtol: float = 1e-6, max_iter: int = 1000) -> float:
-    """``||A||_2`` of the (bias-free) operator of ``m`` on per-sample ``shape`` by power iteration on ``A^T A`` in
-    float64, until the estimate changes by less than ``rtol`` relative: a lower bound, accurate to ~``rtol``.
-    The adjoint ``A^T v`` is the vector-Jacobian product of ``A``, so any padding and stride are handled."""
-    weight = m.weight.detach().double()
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        if isinstance(m, nn.Linear):
-            return torch.nn.functional.linear(x, weight)
-        return m._conv_forward(x, weight, None)
-
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    u = torch.randn((1, *shape), generator=gen, dtype=torch.float64).to(weight.device)
-    u = u / u.norm()
-    sigma_old, sigma = 0.0, 0.0
-    for _ in range(max_iter):
-        with torch.enable_grad():
-            x = u.detach().requires_grad_(True)
-            v = apply(x)
-            vn = v.detach() / v.detach().norm().clamp_min(1e-300)
-            (u,) = torch.autograd.grad(v, x, vn)
-        sigma = float(u.norm())
-        u = u / max(sigma, 1e-300)
-        if abs(sigma - sigma_old) <= rtol * sigma:
-            break
-        sigma_old = sigma
-    return sigma
-
-
-@torch.no_grad()
-def gram_norm(m: nn.Module, shape: Sequence[int]) -> float:
-    """``||A||_2`` exactly (float64 round-off) as ``sqrt(lambda_max)`` of the smaller Gram matrix ``A A^T`` or
-    ``A^T A`` of the materialised operator; cheap when one side has at most ~1000 entries."""
-    weight = m.weight.detach().double()
-    n = math.prod(shape)
-    eye = torch.eye(n, dtype=torch.float64, device=weight.device).reshape(n, *shape)
-    if isinstance(m, nn.Linear):
-        mat = torch.nn.functional.linear(eye, weight)
-    else:
-        mat = m._conv_forward(eye, weight, None)
-    mat = mat.reshape(n, -1)
-    gram = mat.T @ mat if mat.shape[1] < mat.shape[0] else mat @ mat.T
-    return float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0).sqrt())
-
-
-GRAM_LIMIT = 1024  # use the exact Gram eigenvalue when the smaller side of the operator has at most this size
-
-
-def _is_pointwise(m: nn.Module) -> bool:
-    return (
-        isinstance(m, nn.Conv2d | nn.Conv1d) and all(k == 1 for k in m.kernel_size) and all(s == 1 for s in m.stride)
-        and m.groups == 1 and (m.padding_mode == "zeros" or all(p == 0 for p in m.padding))
-        and not isinstance(m.padding, str) and all(p == 0 for p in m.padding)
-    )
-
-
 def _conv_norm(m: nn.Module, shape: Sequence[int], exact: bool) -> tuple[float, float, bool]:
     """``(norm, upper, exact)`` for a Linear/Conv layer acting on per-sample ``shape``.
 
-    1x1 convolutions (stride 1, no padding): exactly the norm of the ``C_out x C_in`` weight matrix.
-    ``exact``: the dense SVD (:func:`invertible.operator_norm`) when the input has at most ``DENSE_LIMIT``
-    entries. Otherwise the exact Gram eigenvalue when one side of the operator is small (``GRAM_LIMIT``), else
-    power iteration to convergence (``norm``) with the certified FFT bound (``upper``)."""
+    :func:`invertible.operator_norm` is exact for Linear layers, 1x1 convolutions, circular convolutions and
+    operators small enough to materialise (:func:`invertible.lipschitz.norm_method`); ``exact=True`` also
+    materialises operators up to 4x that size. Otherwise ``norm`` comes from Lanczos to a relative tolerance
+    and ``upper`` is the certified FFT bound, which the certificate uses."""
+    method = norm_method(m, shape)
     n_in = math.prod(shape)
-    if _is_pointwise(m):  # a 1x1 convolution applies W (C_out x C_in) at every pixel: ||A||_2 = ||W||_2
-        n = float(torch.linalg.matrix_norm(m.weight.detach().double().flatten(1), ord=2))
-        return n, n, True
-    if isinstance(m, nn.Linear) or (exact and n_in <= DENSE_LIMIT):
-        n = operator_norm(m, shape)
-        return n, n, True
-    n_out = m.out_channels * n_in // (shape[0] * max(math.prod(m.stride), 1))
-    if min(n_in, n_out) <= GRAM_LIMIT and n_in <= 4 * DENSE_LIMIT:
-        n = gram_norm(m, shape)
+    if method == "lanczos" and exact and n_in <= 4 * DENSE_LIMIT and n_in * n_in * 4 <= 4 * DENSE_ENTRIES:
+        method = "dense"  # exact=True: materialise somewhat larger operators too (costly, but a certificate)
+    if method != "lanczos":
+        n = operator_norm(m, shape, method=method)
         return n, n, True
     upper = operator_norm_upper_bound(m, shape)
-    return min(power_iteration_norm(m, shape), upper), upper, False
+    n = operator_norm(m, shape, method="lanczos")
+    return min(n, upper), upper, False
 
 
 @torch.no_grad()
