@@ -105,7 +105,7 @@ def train_flow(args: argparse.Namespace) -> int:
     import torch
 
     from invertible.training.datasets import DataSpec, load_data
-    from invertible.training.distributed import is_main
+    from invertible.training.distributed import cleanup, is_main
     from invertible.training.loop import TrainConfig, Trainer
 
     if args.threads:
@@ -133,13 +133,16 @@ def train_flow(args: argparse.Namespace) -> int:
                       show_progress=not args.no_progress, tensorboard=args.tensorboard)
     if args.resume and ckpt.is_file() and is_main():
         print(f"resuming {args.out} from step {_ckpt_step(ckpt)}", flush=True)
-    result = trainer.fit(resume=args.resume)
-    if is_main():
-        val = result.get("val")
-        if val:
-            print(_format_result(val, data.kind), flush=True)
-        _plots(trainer, data, args.out)
-        print(f"run folder: {args.out}")
+    try:
+        result = trainer.fit(resume=args.resume)
+        if is_main():
+            val = result.get("val")
+            if val:
+                print(_format_result(val, data.kind), flush=True)
+            _plots(trainer, data, args.out)
+            print(f"run folder: {args.out}")
+    finally:
+        cleanup()
     return 0
 
 
