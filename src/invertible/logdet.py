@@ -207,6 +207,8 @@ class RussianRouletteLogDet(_SeriesEstimator):
     by ``1 / P(N >= k)`` with ``N = n_exact + M`` (Residual Flows, eq. 6 of Chen et al. 2019).
 
     ``E[estimate] = log det(I + J_g)`` exactly (for ``Lip(g) < 1``). One M is drawn per call (per batch).
+    The variance is finite only if the reweighted terms decay: ``Lip(g)^2 < 1 - p`` for the geometric
+    distribution; otherwise estimates are heavy-tailed (raise ``n_exact`` or lower ``p``).
 
     Args:
         n_exact: terms always computed. p: geometric success probability, ``P(M >= j) = (1 - p)^j``.
