@@ -10,6 +10,10 @@ true density on the same test set.
     python benchmarks/toy2d.py [--steps 1000] [--json out.json] [--no-normflows]
 
 normflows is optional (``pip install --no-deps normflows``); without it its column is skipped.
+
+Measured 2026-11-25 on the shared 2-core CPU (``--threads 2``, others' jobs running): invertible 3.060 +- 0.008
+nats at 0.023 s/step (fused Adam), normflows 1.7.3 3.358 nats at 0.038 s/step (its default Adam), ratio 0.61;
+true density 2.821. Issue targets (<= 2.95 nats, ratio <= 0.5) are not met yet.
 """
 
 from __future__ import annotations
