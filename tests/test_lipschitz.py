@@ -159,3 +159,15 @@ def test_converge_spectral_norms_after_weight_updates():
     assert inv.converge_spectral_norms(layers) == 2
     for layer in (layers[0], layers[2]):
         assert inv.operator_norm(layer) <= 0.5 * (1 + 1e-4)
+
+
+def test_zero_initialised_weight_is_normalised_once_it_grows():
+    lin = nn.Linear(4, 4)
+    nn.init.zeros_(lin.weight)
+    inv.spectral_norm(lin, 0.9)
+    lin(torch.randn(2, 4))  # initialisation sees W = 0
+    with torch.no_grad():
+        lin.parametrizations.weight.original.copy_(5 * torch.eye(4))
+    for _ in range(3):
+        lin(torch.randn(2, 4))
+    assert inv.operator_norm(lin) <= 0.9 * (1 + 1e-6)

@@ -186,14 +186,21 @@ class SpectralNorm(nn.Module):
         rtol = self.rtol or 0.0
         limit = self.max_power_iterations if use_tol else n
         u, v = self.u, self.v
+        if not bool(u.norm() > 0):  # e.g. a zero-initialised weight sent the vectors to 0: start afresh
+            u = torch.randn_like(u)
+            u = u / u.norm()
         sigma_old = None
         k = 0
         while k < limit:
-            v = self._op.apply(weight, u)
-            v = v / v.norm().clamp_min(1e-30)
-            u = self._op.adjoint(weight, v, shape)
-            sigma = u.norm()
-            u = u / sigma.clamp_min(1e-30)
+            av = self._op.apply(weight, u)
+            if not bool(av.norm() > 0):
+                break  # A u = 0 (e.g. W = 0): keep the random u so later iterations can still find sigma
+            v = av / av.norm()
+            atv = self._op.adjoint(weight, v, shape)
+            sigma = atv.norm()
+            if not bool(sigma > 0):
+                break
+            u = atv / sigma
             k += 1
             if use_tol and k >= n and sigma_old is not None:
                 if (sigma - sigma_old).abs() <= atol + rtol * sigma:
