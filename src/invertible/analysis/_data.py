@@ -1,52 +1,20 @@
 """Small private image loaders for the chapter-3 experiments (MNIST npz, CIFAR-10 pickles, raw arrays).
 
-CIFAR-10's python batches are pickles; they are read with a restricted unpickler that only rebuilds
-dicts, lists, strings, numbers and numpy arrays - never arbitrary objects.
+The file formats themselves are read by :mod:`invertible.data.images` (CIFAR-10 pickles through a restricted
+unpickler that never rebuilds arbitrary objects).
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from invertible.data.images import load_images as load_image_set
+from invertible.data.images import read_cifar_batch
+
 __all__ = ["load_cifar10", "load_images", "load_mnist_npz", "to_rgb32"]
-
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("_codecs", "encode"),
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise ValueError(f"refusing to unpickle {module}.{name}: not a plain CIFAR-10 batch")
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        d = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError) as exc:
-        raise ValueError(f"{path} is not a CIFAR-10 python batch: {exc}") from exc
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} is not a CIFAR-10 python batch (expected a dict)")
-    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-    if "data" not in d or "labels" not in d:
-        raise ValueError(f"{path} lacks 'data'/'labels'; keys: {sorted(d)}")
-    data = np.asarray(d["data"], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: expected data of shape (N, 3072), got {data.shape}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(d["labels"], dtype=np.int64)
 
 
 def load_cifar10(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -65,7 +33,7 @@ def load_cifar10(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor
     out = {}
     for split, files in groups.items():
         if files:
-            parts = [_read_cifar_batch(f) for f in files]
+            parts = [read_cifar_batch(f) for f in files]
             x = torch.from_numpy(np.concatenate([p[0] for p in parts])).float() / 255.0
             out[split] = (x, torch.from_numpy(np.concatenate([p[1] for p in parts])))
     return out
@@ -77,15 +45,8 @@ def load_mnist_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
-    with np.load(path, allow_pickle=False) as d:
-        if "images" not in d.files or "labels" not in d.files:
-            raise ValueError(f"{path}: expected arrays 'images' and 'labels', found {d.files}")
-        images, labels = d["images"], d["labels"]
-    if images.ndim != 3 or labels.shape != (images.shape[0],):
-        raise ValueError(f"{path}: expected images (N, H, W) and labels (N,), got {images.shape}, {labels.shape}")
-    scale = 255.0 if images.dtype == np.uint8 else 1.0
-    x = torch.from_numpy(images.astype(np.float32) / scale).unsqueeze(1)
-    return x, torch.from_numpy(labels.astype(np.int64))
+    images, labels = load_image_set(path)
+    return torch.from_numpy(images.astype(np.float32) / 255.0), torch.from_numpy(labels)
 
 
 def to_rgb32(x: torch.Tensor) -> torch.Tensor:

@@ -13,15 +13,29 @@ Every loader returns ``(images, labels)``: ``images`` uint8 of shape ``(N, C, H,
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_images", "read_idx", "DEFAULT_MNIST_NPZ", "FASHION_MNIST_DIR", "train_test_split_indices"]
+__all__ = [
+    "load_images", "read_idx", "read_cifar_batch", "DEFAULT_MNIST_NPZ", "default_mnist_npz", "FASHION_MNIST_DIR",
+    "train_test_split_indices",
+]
 
-DEFAULT_MNIST_NPZ = Path("../shared/data/mnist_10k.npz")
+DEFAULT_MNIST_NPZ = Path("../shared/data/mnist_10k.npz")  # relative to the project root (or the working directory)
+
+
+def default_mnist_npz() -> Path:
+    """Where ``"mnist"`` is looked for without ``root``: ``$INVERTIBLE_MNIST``, else ``../shared/data/mnist_10k.npz``
+    relative to the working directory, else relative to the project checkout that holds this package."""
+    env = os.environ.get("INVERTIBLE_MNIST")
+    if env:
+        return Path(env)
+    candidates = [DEFAULT_MNIST_NPZ, Path(__file__).resolve().parents[3] / DEFAULT_MNIST_NPZ]
+    return next((c for c in candidates if c.exists()), candidates[0])
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -74,31 +88,48 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels.astype(np.int64)
 
 
-def _load_cifar(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    xs, ys = [], []
-    for n in names:
-        p = folder / n
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"CIFAR-10 pickle {p} not found: pass the folder 'cifar-10-batches-py' of the python version"
-            )
-        with open(p, "rb") as f:
-            # The CIFAR pickles hold only numpy arrays, lists and bytes; restrict what may be unpickled.
-            d = _SafeUnpickler(f, encoding="bytes").load()
-        xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(d[b"labels"], dtype=np.int64))
-    return np.concatenate(xs), np.concatenate(ys)
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+}
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                ("numpy._core.multiarray", "_reconstruct")}
+    """Rebuilds only dicts, lists, strings, numbers and numpy arrays - never arbitrary objects."""
 
     def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
+        if (module, name) in _CIFAR_GLOBALS:
             return super().find_class(module, name)
-        raise ValueError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 pickle")
+        raise ValueError(f"refusing to unpickle {module}.{name}: not a plain CIFAR-10 batch")
+
+
+def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: uint8 images ``(N, 3, 32, 32)`` and int64 labels ``(N,)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"CIFAR-10 pickle {path} not found: pass the folder 'cifar-10-batches-py' of the python version"
+        )
+    try:
+        d = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch: {exc}") from exc
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 python batch (expected a dict)")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise ValueError(f"{path} lacks 'data'/'labels'; keys: {sorted(d)}")
+    data = np.asarray(d["data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: expected data of shape (N, 3072), got {data.shape}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(d["labels"], dtype=np.int64)
+
+
+def _load_cifar(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    parts = [read_cifar_batch(folder / n) for n in names]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def load_images(name_or_path: str, split: str = "train", root: str | os.PathLike | None = None):
@@ -121,7 +152,7 @@ def load_images(name_or_path: str, split: str = "train", root: str | os.PathLike
         images = np.clip(np.round(d.images * 255.0 / 16.0), 0, 255).astype(np.uint8)[:, None]
         return images, d.target.astype(np.int64)
     if name == "mnist":
-        path = Path(root) if root else DEFAULT_MNIST_NPZ
+        path = Path(root) if root else default_mnist_npz()
         if not path.exists():
             raise FileNotFoundError(
                 f"MNIST not found at {path}: pass the path of an .npz (images, labels) or of a folder with the "

@@ -6,7 +6,7 @@ median over inputs of the sorted singular values (left panel of Fig. 3.4) and, p
 the number of non-zero singular values and the condition number of the non-zero part (right panels).
 
 Data: CIFAR-10 python pickles if the environment variable ``INVERTIBLE_CIFAR10`` names their folder,
-otherwise MNIST-10k (``INVERTIBLE_MNIST_NPZ`` or ``/work/shared/data/mnist_10k.npz``) zero-padded to 32x32
+otherwise MNIST-10k (``INVERTIBLE_MNIST_NPZ`` or ``../shared/data/mnist_10k.npz``) zero-padded to 32x32
 and copied to three channels. On a CPU the Jacobian is taken w.r.t. a centred input window (all channels)
 to keep the SVDs small (4x4 in quick mode, 8x8 otherwise); with ``--device cuda`` the full run uses all
 3072 input coordinates as the thesis does.
@@ -24,11 +24,10 @@ import torch
 
 from invertible.analysis import layer_spectra, relu_stages, spectrum_summary, stage_outputs
 from invertible.analysis._data import load_cifar10, load_mnist_npz, to_rgb32
+from invertible.data.images import default_mnist_npz
 from invertible.experiments.registry import RunContext, register
 from invertible.models.relu_nets import ThinCIFAR, WideCIFAR, relu_net_config
 from invertible.training.checkpoint import save_checkpoint
-
-DEFAULT_MNIST = Path("/work/shared/data/mnist_10k.npz")
 
 THESIS = """\
 Fig. 3.4 (CIFAR-10, Keras `cifar10_cnn` training, median over 50 test samples, full 3072-column Jacobians):
@@ -51,7 +50,7 @@ def _load_data(ctx: RunContext, n_train: int, n_test: int):
         ptr = torch.randperm(len(xtr), generator=gen)[:n_train]
         pte = torch.randperm(len(xte), generator=gen)[:n_test]
         return xtr[ptr], ytr[ptr], xte[pte], yte[pte], f"CIFAR-10 ({cifar})"
-    path = Path(os.environ.get("INVERTIBLE_MNIST_NPZ", DEFAULT_MNIST))
+    path = Path(os.environ.get("INVERTIBLE_MNIST_NPZ") or default_mnist_npz())
     x, y = load_mnist_npz(path)
     perm = torch.randperm(len(x), generator=gen)  # the file is sorted by class
     x, y = to_rgb32(x[perm]), y[perm]
