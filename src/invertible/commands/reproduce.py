@@ -40,19 +40,32 @@ def run(args: argparse.Namespace) -> int:
     unknown = [i for i in ids if i not in registry]
     if unknown:
         raise ValueError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(registry)}")
-    reports = []
+    reports, failures = [], []
     for i, eid in enumerate(ids, 1):
         print(f"[{i}/{len(ids)}] {eid}: {registry[eid].title}", flush=True)
         start = time.perf_counter()
-        report = run_experiment(
-            eid, args.out, quick=args.quick, seed=args.seed, device=args.device,
-            show_progress=not args.no_progress,
-        )
+        try:
+            report = run_experiment(
+                eid, args.out, quick=args.quick, seed=args.seed, device=args.device,
+                show_progress=not args.no_progress,
+            )
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            if len(ids) == 1:
+                raise
+            # One experiment's missing data or failure must not cost the others their results.
+            print(f"      FAILED after {time.perf_counter() - start:.1f} s: {exc}", flush=True)
+            failures.append((eid, str(exc)))
+            continue
         print(f"      done in {time.perf_counter() - start:.1f} s -> {report}", flush=True)
         reports.append((eid, report))
     index = args.out / "report.md"
+    args.out.mkdir(parents=True, exist_ok=True)
     lines = ["# invertible reproduce", ""]
     lines += [f"- [{eid}: {registry[eid].title}]({rep.relative_to(args.out)})" for eid, rep in reports]
+    lines += [f"- {eid}: FAILED - {msg}" for eid, msg in failures]
     atomic_write_text(index, "\n".join(lines) + "\n")
     print(f"Report: {index.resolve()}")
+    if failures:
+        print(f"{len(failures)} of {len(ids)} experiments failed: {', '.join(e for e, _ in failures)}")
+        return 1
     return 0

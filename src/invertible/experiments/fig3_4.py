@@ -25,6 +25,7 @@ import torch
 from invertible.analysis import layer_spectra, relu_stages, spectrum_summary, stage_outputs
 from invertible.analysis._data import load_cifar10, load_mnist_npz, to_rgb32
 from invertible.data.images import default_mnist_npz
+from invertible.data.images import load_images as load_image_set
 from invertible.experiments.registry import RunContext, register
 from invertible.models.relu_nets import ThinCIFAR, WideCIFAR, relu_net_config
 from invertible.training.checkpoint import save_checkpoint
@@ -51,13 +52,20 @@ def _load_data(ctx: RunContext, n_train: int, n_test: int):
         pte = torch.randperm(len(xte), generator=gen)[:n_test]
         return xtr[ptr], ytr[ptr], xte[pte], yte[pte], f"CIFAR-10 ({cifar})"
     path = Path(os.environ.get("INVERTIBLE_MNIST_NPZ") or default_mnist_npz())
-    x, y = load_mnist_npz(path)
+    if path.is_file():
+        x, y = load_mnist_npz(path)
+        source = f"MNIST-10k padded to 32x32x3 ({path.name}; CIFAR-10 pickles not given)"
+    else:  # no data files at all: scikit-learn's digits, upsampled 3x to 24x24, still real images
+        images, labels = load_image_set("digits")
+        x = torch.from_numpy(images.astype("float32") / 255.0).repeat_interleave(3, 2).repeat_interleave(3, 3)
+        y = torch.from_numpy(labels)
+        source = f"scikit-learn digits upsampled to 24x24, padded to 32x32x3 (no CIFAR-10 pickles; {path} missing)"
     perm = torch.randperm(len(x), generator=gen)  # the file is sorted by class
     x, y = to_rgb32(x[perm]), y[perm]
     n_test_avail = min(n_test, len(x) // 10)
     xte, yte = x[:n_test_avail], y[:n_test_avail]
     xtr, ytr = x[n_test_avail:][:n_train], y[n_test_avail:][:n_train]
-    return xtr, ytr, xte, yte, f"MNIST-10k padded to 32x32x3 ({path.name}; CIFAR-10 pickles not given)"
+    return xtr, ytr, xte, yte, source
 
 
 def _train(net, x, y, *, epochs: int, batch: int, lr: float, ctx: RunContext, name: str, device) -> float:
