@@ -169,3 +169,62 @@ def test_training_resumes_exactly(tmp_path):
         train_classifier(fresh(), x, y, other, run_dir=tmp_path / "b", resume=True, show_progress=False)
     with pytest.raises(FileNotFoundError):
         train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "c", resume=True, show_progress=False)
+
+
+def test_confusion_term_is_zero_exactly_at_the_uniform_prediction_and_ignores_labels():
+    uniform = torch.zeros(4, C, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0])
+    loss = adversarial_nuisance_loss(uniform, y, "confusion")
+    torch.testing.assert_close(loss, torch.zeros(()), rtol=0, atol=1e-12)
+    (grad,) = torch.autograd.grad(loss, uniform)
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-12)
+    # confidently right and confidently wrong are penalized alike: relabelling z_n does not remove information
+    right = torch.tensor([[6.0, 0.0, 0.0]])
+    wrong = torch.tensor([[0.0, 6.0, 0.0]])
+    y0 = torch.tensor([0])
+    torch.testing.assert_close(adversarial_nuisance_loss(right, y0, "confusion"),
+                               adversarial_nuisance_loss(wrong, y0, "confusion"))
+    assert float(adversarial_nuisance_loss(right, y0, "confusion")) > 1.0
+    # while the label-based forms reward the confidently wrong classifier
+    for form in ("minimax", "nonsaturating"):
+        assert float(adversarial_nuisance_loss(wrong, y0, form)) < float(adversarial_nuisance_loss(right, y0, form))
+
+
+def test_standardized_nuisance_classifier_is_scale_invariant():
+    torch.manual_seed(0)
+    nc = NuisanceClassifier(5, C, hidden=0, standardize=True)
+    z = torch.randn(32, 5)
+    scaled = z * torch.tensor([0.1, 1.0, 1e3, 3.0, 0.3]) + 7.0
+    torch.testing.assert_close(nc(z), nc(scaled), rtol=1e-3, atol=1e-3)
+    assert not any(p.requires_grad for p in nc.net[0].buffers())
+
+
+def test_refit_gives_a_best_responding_nuisance_classifier():
+    from invertible.invariance.training import _refit_nuisance
+
+    torch.manual_seed(0)
+    model = fi_revnet((1, 4, 4), C, n_squeeze=1, conv_blocks=1, hidden=4, dense_blocks=1, dense_hidden=8)
+    x = torch.rand(60, 1, 4, 4)
+    y = torch.arange(60) % C
+    x[:, 0, 3, :C] = 3.0 * F.one_hot(y, C)  # the label is linearly readable from z_n (the logits are untrained)
+    nc = NuisanceClassifier(16 - C, C, hidden=0, standardize=True)
+    opt = torch.optim.Adam(nc.parameters(), lr=3e-2)
+    _refit_nuisance(model, nc, opt, x, y, steps=300, batch_size=16)
+    with torch.no_grad():
+        acc = float((nc(model.encode(x)[1]).argmax(1) == y).double().mean())
+    assert acc > 0.95
+    assert all(p.grad is None for p in nc.parameters())
+
+
+def test_training_with_refits_and_probe(tmp_path):
+    from invertible.invariance.training import nuisance_probe_accuracy
+
+    _, _, _, x, y = _setup()
+    x, y = x.repeat(3, 1, 1, 1), y.repeat(3)
+    cfg = TrainConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True, nuisance_refit_steps=5,
+                      form="confusion", seed=1)
+    torch.manual_seed(5)
+    model = fi_revnet((1, 4, 4), C, n_squeeze=1, conv_blocks=1, hidden=4, dense_blocks=1, dense_hidden=8)
+    res = train_classifier(model, x, y, cfg, run_dir=tmp_path / "r", show_progress=False)
+    assert len(res.history) == 2 and all(math.isfinite(v) for h in res.history for v in h.values())
+    assert 0.0 <= nuisance_probe_accuracy(model, x, y, x, y) <= 1.0

@@ -38,7 +38,7 @@ from torch import nn
 
 from invertible.models.firevnet import FullyInvertibleClassifier
 
-FORMS = ("minimax", "nonsaturating")
+FORMS = ("minimax", "nonsaturating", "confusion")
 
 __all__ = [
     "FactorizedGaussian",
@@ -52,16 +52,22 @@ __all__ = [
 
 class NuisanceClassifier(nn.Module):
     """``D_nc(z_n)``: logits ``(B, C)`` from nuisance variables ``(B, d - C)``; an MLP with ``hidden`` units
-    (``hidden=0``: a linear classifier). The softmax of its output is the variational posterior q(y | z_n)."""
+    (``hidden=0``: a linear classifier). The softmax of its output is the variational posterior q(y | z_n).
 
-    def __init__(self, n_nuisance: int, n_classes: int, hidden: int = 256, n_hidden_layers: int = 1):
+    ``standardize=True`` puts a batch normalization without affine parameters in front (batch statistics in
+    training mode, running ones in eval mode), so the classifier sees every nuisance dimension at unit scale.
+    Without it the network can hide the label in dimensions whose scale a few Adam steps cannot follow (very
+    small or very large ``z_n,k``) while a probe fitted afterwards on standardized ``z_n`` reads it perfectly."""
+
+    def __init__(self, n_nuisance: int, n_classes: int, hidden: int = 256, n_hidden_layers: int = 1,
+                 standardize: bool = False):
         super().__init__()
         if n_nuisance < 1 or n_classes < 2 or hidden < 0 or n_hidden_layers < 0:
             raise ValueError(
                 f"need n_nuisance >= 1, n_classes >= 2, hidden >= 0, n_hidden_layers >= 0; "
                 f"got {n_nuisance}, {n_classes}, {hidden}, {n_hidden_layers}"
             )
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.BatchNorm1d(n_nuisance, affine=False)] if standardize else []
         width = n_nuisance
         for _ in range(n_hidden_layers if hidden else 0):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
@@ -122,9 +128,18 @@ def adversarial_nuisance_loss(nuisance_logits: torch.Tensor, y: torch.Tensor, fo
     ``(1 - q_y)`` vanishes once the nuisance classifier is confident, as in the original GAN objective.
     ``"nonsaturating"``: ``-mean_i log(1 - q(y_i | z_n^(i)))``, the same fixed points (both push ``q_y`` down) but a
     gradient ``q_y`` that stays large while the nuisance classifier wins (Goodfellow et al. 2014, Section 3).
+    ``"confusion"``: ``mean_i KL(u || q(. | z_n^(i)))`` with ``u`` uniform over the C classes, i.e. the
+    cross-entropy of ``q`` against uniform targets minus ``log C``. It is >= 0 and zero exactly when the nuisance
+    classifier is maximally uncertain, which (against a best-responding classifier, ``q = p(y | z_n)``) is the
+    minimax fixed point I(Y; Z_n) = 0 of Definition 6.14 for balanced classes. Unlike the two label-based forms
+    it cannot be lowered by making the classifier *confidently wrong* (a relabelling of z_n keeps all label
+    information); it does not use ``y`` (Tzeng et al. 2015's domain-confusion loss; Alvi et al. 2018).
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "confusion":
+        log_p = F.log_softmax(nuisance_logits, dim=1)
+        return -(log_p.mean(dim=1) + math.log(nuisance_logits.shape[1])).mean()
     log_q = F.log_softmax(nuisance_logits, dim=1).gather(1, y[:, None])[:, 0]
     if form == "minimax":
         return log_q.mean()

@@ -20,7 +20,14 @@ from invertible.invariance.ice import FactorizedGaussian, NuisanceClassifier, ic
 from invertible.models.firevnet import FullyInvertibleClassifier
 from invertible.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "TrainResult", "train_classifier", "evaluate_error", "nuisance_probe_accuracy"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "evaluate_error",
+    "nuisance_probe",
+    "nuisance_probe_accuracy",
+    "train_classifier",
+]
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -43,9 +50,12 @@ class TrainConfig:
     nuisance_lr: float = 3e-3
     nuisance_weight: float = 1.0
     mle_weight: float = 1.0
-    nuisance_hidden: int = 0  # 0: linear nuisance classifier; > 0: one hidden ReLU layer of this width
+    nuisance_hidden: int = 0  # 0: linear nuisance classifier; > 0: hidden ReLU layers of this width
+    nuisance_layers: int = 1  # number of hidden layers when nuisance_hidden > 0
+    nuisance_standardize: bool = False  # batch-standardize z_n in front of the nuisance classifier
     nuisance_steps: int = 2  # nuisance-classifier steps per network step
     form: str = "nonsaturating"  # the network's nuisance term: "minimax" (literally Definition 6.14) or "nonsaturating"
+    nuisance_refit_steps: int = 0  # full-batch steps of a freshly initialized nuisance classifier per epoch
     seed: int = 0
 
     def __post_init__(self):
@@ -75,17 +85,12 @@ def evaluate_error(model: FullyInvertibleClassifier, x: torch.Tensor, y: torch.T
     return wrong / max(1, len(x))
 
 
-def nuisance_probe_accuracy(
-    model: FullyInvertibleClassifier,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_test: torch.Tensor,
-    y_test: torch.Tensor,
-    max_iter: int = 200,
-) -> float:
-    """How much label information is left in ``z_n``: test accuracy of a fresh multinomial logistic regression
-    (scikit-learn, standardized features) fitted on ``z_n`` of the training inputs. iCE aims to push it towards
-    chance (a variational lower bound on I(Y; Z_n), Theorem 6.16); a CE model keeps the digit in ``z_n``."""
+def nuisance_probe(model: FullyInvertibleClassifier, x_train: torch.Tensor, y_train: torch.Tensor,
+                   max_iter: int = 200):
+    """A fresh multinomial logistic regression (scikit-learn, standardized features) fitted *after training* on
+    ``z_n`` of ``x_train``; returns ``predict(x) -> np.ndarray`` of predicted labels. This is the fresh-restart
+    check of the min-max game: a nuisance classifier that was fooled during training does not mean the label
+    information is gone from ``z_n``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -97,9 +102,25 @@ def nuisance_probe_accuracy(
         model.train(was_training)
         return z_n.double().cpu().numpy()
 
-    scaler = StandardScaler().fit(nuisance(x_train))
-    probe = LogisticRegression(max_iter=max_iter).fit(scaler.transform(nuisance(x_train)), y_train.cpu().numpy())
-    return float(probe.score(scaler.transform(nuisance(x_test)), y_test.cpu().numpy()))
+    z_train = nuisance(x_train)
+    scaler = StandardScaler().fit(z_train)
+    probe = LogisticRegression(max_iter=max_iter).fit(scaler.transform(z_train), y_train.cpu().numpy())
+    return lambda x: probe.predict(scaler.transform(nuisance(x)))
+
+
+def nuisance_probe_accuracy(
+    model: FullyInvertibleClassifier,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    max_iter: int = 200,
+) -> float:
+    """How much label information is left in ``z_n``: test accuracy of :func:`nuisance_probe` fitted on the
+    training inputs. iCE aims to push it towards chance (a variational lower bound on I(Y; Z_n), Theorem 6.16);
+    a CE model keeps the digit in ``z_n``."""
+    predict = nuisance_probe(model, x_train, y_train, max_iter)
+    return float((predict(x_test) == y_test.cpu().numpy()).mean())
 
 
 def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
@@ -160,7 +181,9 @@ def train_classifier(
     device = x.device
     model.to(device)
     n_nuisance = model.dim - model.n_classes
-    nuisance = NuisanceClassifier(n_nuisance, model.n_classes, hidden=config.nuisance_hidden).to(device, x.dtype)
+    nuisance = NuisanceClassifier(n_nuisance, model.n_classes, hidden=config.nuisance_hidden,
+                                  n_hidden_layers=config.nuisance_layers,
+                                  standardize=config.nuisance_standardize).to(device, x.dtype)
     prior = FactorizedGaussian(n_nuisance).to(device, x.dtype)
     model_opt = torch.optim.Adam([*model.parameters(), *prior.parameters()], lr=config.lr)
     nuisance_opt = torch.optim.Adam(nuisance.parameters(), lr=config.nuisance_lr)
@@ -192,6 +215,8 @@ def train_classifier(
     steps = (n + config.batch_size - 1) // config.batch_size
     model.train()
     for epoch in range(start_epoch, config.epochs):
+        if config.objective == "ice" and config.nuisance_refit_steps > 0:
+            _refit_nuisance(model, nuisance, nuisance_opt, x, y, config.nuisance_refit_steps, config.batch_size)
         perm = torch.randperm(n, generator=gen).to(device)
         sums: dict[str, float] = {}
         bar = tqdm(range(steps), desc=f"{desc or config.objective} epoch {epoch + 1}/{config.epochs}",
@@ -213,6 +238,28 @@ def train_classifier(
                 f.write(json.dumps(record) + "\n")
     model.eval()
     return TrainResult(model, nuisance, prior, history)
+
+
+def _refit_nuisance(model, nuisance, nuisance_opt, x, y, steps: int, batch_size: int) -> None:
+    """Best-response step of the min-max game: re-initialize the nuisance classifier and fit it for ``steps``
+    full-batch Adam steps on ``z_n`` of the whole training set under the current (frozen) network.
+
+    Without it the network can keep fooling a classifier that follows it a few SGD steps at a time, while a
+    probe fitted afterwards still reads the label from ``z_n``. The classifier's Adam state is reset too."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        z_n = torch.cat([model.encode(x[i : i + 1000])[1] for i in range(0, len(x), 1000)])
+    model.train(was_training)
+    for module in nuisance.modules():
+        if hasattr(module, "reset_parameters") and module is not nuisance:
+            module.reset_parameters()
+    nuisance_opt.state.clear()
+    for _ in range(steps):
+        nuisance_opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(nuisance(z_n), y).backward()
+        nuisance_opt.step()
+    nuisance_opt.zero_grad(set_to_none=True)
 
 
 def _save(run: Path, model, nuisance, prior, model_opt, nuisance_opt, gen, config, history, epoch: int) -> None:
