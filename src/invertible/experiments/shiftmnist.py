@@ -7,8 +7,8 @@ cross-entropy of Definition 6.14 plus the nuisance maximum-likelihood term of eq
 updates against a nuisance classifier on z_n). Each run keeps its checkpoint, config and per-epoch metrics in
 ``<out>/shiftmnist/<dataset>_<objective>/``.
 
-Quick: MNIST-10k average-pooled to 14x14 (8x8 scikit-learn digits when the npz is absent), 5000 training images,
-a few epochs. Full: MNIST-10k and Fashion-MNIST at 28x28, longer training.
+Quick: MNIST-10k average-pooled to 14x14 (8x8 scikit-learn digits when the npz is absent), 4000 training images,
+12 epochs for both objectives. Full: MNIST-10k and Fashion-MNIST at 28x28, longer training.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from invertible.data.images import load_images, train_test_split_indices
-from invertible.data.shifted import shift_images
+from invertible.data.shifted import plant_feature, shift_images
 from invertible.experiments.registry import RunContext, register
-from invertible.invariance.training import TrainConfig, evaluate_error, nuisance_probe_accuracy, train_classifier
+from invertible.invariance.training import TrainConfig, evaluate_error, nuisance_probe, train_classifier
 from invertible.models.firevnet import FullyInvertibleClassifier, fi_revnet
 
 THESIS = """\
@@ -107,11 +107,23 @@ def make_model(shape: tuple[int, int, int], n_classes: int = 10) -> FullyInverti
 
 
 def ice_config(epochs: int, seed: int) -> TrainConfig:
-    """iCE as used in the reproductions: linear nuisance classifier, 2 of its steps per network step,
-    non-saturating network term, nuisance MLE (eq. 6.13) with weight 1."""
+    """iCE as used here: a linear nuisance classifier on batch-standardized z_n, refitted from scratch on the
+    whole training set (200 full-batch steps) at the start of every epoch - the best response theta_nc* that
+    Theorem 6.16 assumes - and 2 of its steps per network step in between; non-saturating network term,
+    nuisance MLE (eq. 6.13) with weight 1.
+
+    Chosen by reasoning and on a validation split of the *training* distribution (never on the shifted test):
+    without standardization and refits the network hides the label from the in-game classifier in directions it
+    cannot follow (its cross-entropy sits at chance) while a probe fitted afterwards reads it perfectly; an MLP
+    nuisance classifier or 5 inner steps kept the training error above 20% in the quick budget; the ``confusion``
+    form (push q to uniform) gave no lower probe accuracy. The min-max game needs more epochs than CE: on a
+    held-out 20% of the quick training set (patch = label) its validation error was 5.4% after 8 epochs and 1.0%
+    after 12 (CE: 0.3% after 4), so quick mode trains both objectives 12 epochs (CE's shifted error is the same
+    after 4 and 12 epochs)."""
     return TrainConfig(objective="ice", epochs=epochs, batch_size=128, lr=1e-3, nuisance_lr=3e-3,
                        nuisance_weight=1.0, mle_weight=1.0, nuisance_hidden=0, nuisance_steps=2,
-                       form="nonsaturating", seed=seed)
+                       nuisance_standardize=True, nuisance_refit_steps=200, form="nonsaturating", seed=seed)
+
 
 
 def ce_config(epochs: int, seed: int) -> TrainConfig:
@@ -124,27 +136,48 @@ def _run_dataset(ctx: RunContext, splits: ImageSplits, epochs: int) -> dict[str,
     dev = torch.device(ctx.device)
     x_train = to_float(shift_images(splits.x_train, splits.y_train, "train", patch_size=patch)).to(dev)
     y_train, y_test = splits.y_train.to(dev), splits.y_test.to(dev)
+    codes = torch.randint(0, 10, (len(splits.y_test),), generator=g)  # patch positions of the shifted test set
     tests = {
-        mode: to_float(shift_images(splits.x_test, splits.y_test, mode, patch_size=patch, generator=g)).to(dev)
-        for mode in ("train", "shifted", "clean")
+        "train": to_float(shift_images(splits.x_test, splits.y_test, "train", patch_size=patch)).to(dev),
+        "shifted": to_float(plant_feature(splits.x_test, codes, n_codes=10, patch_size=patch)).to(dev),
+        "clean": to_float(shift_images(splits.x_test, splits.y_test, "clean", patch_size=patch)).to(dev),
     }
     errors: dict[str, dict[str, float]] = {}
-    for objective, config in (("ce", ce_config(epochs, ctx.seed)), ("ice", ice_config(epochs, ctx.seed))):
+    configs = (("ce", ce_config(epochs, ctx.seed)), ("ice", ice_config(epochs, ctx.seed)))
+    for objective, config in configs:
         torch.manual_seed(ctx.seed)
         model = make_model(splits.shape)
         train_classifier(model, x_train, y_train, config, run_dir=ctx.out / f"{splits.name}_{objective}",
                          show_progress=ctx.show_progress, desc=f"shiftmnist {splits.name} {objective}")
         errors[objective] = {mode: evaluate_error(model, x, y_test) for mode, x in tests.items()}
-        errors[objective]["probe"] = nuisance_probe_accuracy(model, x_train, y_train, tests["train"], y_test)
+        # fresh-restart check: a linear probe fitted after training on z_n of the training set; on the shifted
+        # test set its prediction tells whether z_n still carries the digit or the planted patch
+        predict = nuisance_probe(model, x_train, y_train)
+        errors[objective]["probe"] = float((predict(tests["train"]) == y_test.cpu().numpy()).mean())
+        shifted_pred = predict(tests["shifted"])
+        errors[objective]["probe_shifted_digit"] = float((shifted_pred == y_test.cpu().numpy()).mean())
+        errors[objective]["probe_shifted_patch"] = float((shifted_pred == codes.numpy()).mean())
     return errors
 
 
 def _verdict(res: dict[str, dict[str, float]]) -> str:
     ce, ice = res["ce"]["shifted"], res["ice"]["shifted"]
-    probe = (f"The linear probe reads the label from z_n with accuracy {res['ce']['probe']:.3f} (CE) vs "
-             f"{res['ice']['probe']:.3f} (iCE).")
-    if ice < ce - 0.05:
+    probe = (f"A linear probe fitted after training reads the label from z_n with accuracy "
+             f"{res['ce']['probe']:.3f} (CE) vs {res['ice']['probe']:.3f} (iCE) on the in-distribution test set; "
+             f"on the shifted test set its predictions match the planted patch for "
+             f"{res['ce']['probe_shifted_patch']:.3f} (CE) / {res['ice']['probe_shifted_patch']:.3f} (iCE) of the "
+             f"images and the digit for {res['ce']['probe_shifted_digit']:.3f} / "
+             f"{res['ice']['probe_shifted_digit']:.3f}, i.e. I(Y; Z_n) = 0 (the premise of Theorem 6.18) is "
+             f"{'not ' if res['ice']['probe'] > 0.2 else ''}reached.")
+    if ice < ce - 0.05 and res["ice"]["probe"] <= 0.2:
         return f"iCE is clearly below CE on the shifted test set, as Theorem 6.18 predicts. {probe}"
+    if ice < ce - 0.05:
+        return (
+            f"iCE is clearly below CE on the shifted test set, but not by the route of Theorem 6.18: {probe} "
+            "The nuisance classifier's pressure makes the logits follow the random patch less often, without "
+            "moving the label information out of z_n and without making the logits better at reading the digit "
+            f"(clean-test error CE {res['ce']['clean']:.3f}, iCE {res['ice']['clean']:.3f})."
+        )
     return (
         f"iCE is NOT clearly below CE on the shifted test set here. {probe} On the training distribution the "
         "planted patch and the digit are perfectly redundant, so none of the training-distribution terms (CE, "
@@ -168,7 +201,7 @@ def _run(ctx: RunContext) -> dict:
 
     if ctx.quick:
         name = quick_dataset()
-        plans = [(name, dict(n_train=4000, n_test=2000, downsample=True), 4)]
+        plans = [(name, dict(n_train=4000, n_test=2000, downsample=True), 12)]
     else:
         plans = [("mnist", dict(n_train=8000, n_test=2000, downsample=False), 30)]
         try:
@@ -186,14 +219,14 @@ def _run(ctx: RunContext) -> dict:
 
     rows = [
         "| data | model | in-distribution test (patch = label) | shifted test (patch random) | clean test (no patch) "
-        "| label from z_n (linear probe acc.) |",
-        "|---|---|---|---|---|---|",
+        "| label from z_n (linear probe acc.) | shifted: probe = patch | shifted: probe = digit |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, res in results.items():
         for obj in ("ce", "ice"):
             e = res[obj]
             rows.append(f"| {name} | {obj.upper()} | {e['train']:.3f} | {e['shifted']:.3f} | {e['clean']:.3f} "
-                        f"| {e['probe']:.3f} |")
+                        f"| {e['probe']:.3f} | {e['probe_shifted_patch']:.3f} | {e['probe_shifted_digit']:.3f} |")
     table = "\n".join(rows)
     print(table)
 
@@ -222,8 +255,9 @@ def _run(ctx: RunContext) -> dict:
     primary = results[first]
     ctx.report(
         f"Test errors (fraction misclassified), fi-RevNet with simplified read-out. iCE = Definition 6.14 with a "
-        f"linear nuisance classifier ({ice_config(1, 0).nuisance_steps} steps per network step, non-saturating "
-        f"network term) and the nuisance MLE term of eq. 6.13.\n\n{table}\n\n"
+        f"linear nuisance classifier on standardized z_n (refitted from scratch every epoch, "
+        f"{ice_config(1, 0).nuisance_steps} steps per network step in between, non-saturating network term) and "
+        f"the nuisance MLE term of eq. 6.13; both models trained for the same number of epochs.\n\n{table}\n\n"
         f"Shifted-test error: CE {primary['ce']['shifted']:.3f}, iCE {primary['ice']['shifted']:.3f} "
         f"(chance 0.9). {_verdict(primary)}"
     )
@@ -232,7 +266,9 @@ def _run(ctx: RunContext) -> dict:
                      "ce_in_distribution_error": primary["ce"]["train"],
                      "ice_in_distribution_error": primary["ice"]["train"],
                      "ce_nuisance_probe_accuracy": primary["ce"]["probe"],
-                     "ice_nuisance_probe_accuracy": primary["ice"]["probe"], "dataset": first}
+                     "ice_nuisance_probe_accuracy": primary["ice"]["probe"],
+                     "ce_probe_shifted_patch": primary["ce"]["probe_shifted_patch"],
+                     "ice_probe_shifted_patch": primary["ice"]["probe_shifted_patch"], "dataset": first}
     if len(results) > 1:
         metrics["per_dataset"] = results
     return metrics
