@@ -14,8 +14,9 @@ normflows is optional (``pip install --no-deps normflows``); without it its colu
 Measured 2026-11-25 on the shared 2-core CPU (``--threads 2``, others' jobs running): invertible 2.920 nats at
 0.016 s/step (preact=False, LipSwish beta 16, training log-det through torch.compile, fused Adam; the first step
 includes about 3 s of compilation and is not in the median), normflows 1.7.3 3.770 nats at 0.039 s/step (its
-default Adam; its NLL varies run to run, 3.2-4.0), ratio 0.42; true density 2.821. Both issue targets
-(<= 2.95 nats, ratio <= 0.5) are met. Previous model (preact=True, beta 4, eager): 3.060 nats, ratio 0.61.
+default Adam; its NLL varies from run to run, 2.9-4.0, as its roulette draws share the global RNG), ratio 0.42;
+true density 2.821. Both issue targets (<= 2.95 nats, ratio <= 0.5) are met. With ``--no-compile``: 2.917 nats,
+ratio 0.59. Previous model (preact=True, beta 4, eager): 3.060 nats, ratio 0.61.
 """
 
 from __future__ import annotations
