@@ -20,29 +20,14 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 import invertible as inv  # noqa: E402
 from _common import median_time, parser, print_table, write_json  # noqa: E402
-from invertible.experiments._conv_iresnet import conv_iresnet, digits_tensors  # noqa: E402
+from invertible.experiments._conv_iresnet import conv_iresnet, digits_tensors, train_digits_flow  # noqa: E402
 
 
 def trained_blocks(coeff: float, steps: int, seed: int):
     torch.manual_seed(seed)
     (xtr, _), (xte, _) = digits_tensors(seed)
     body = conv_iresnet(coeff, blocks_per_stage=1, hidden=32, pad=0).double()
-    for m in body:
-        if isinstance(m, inv.ResidualBlock):
-            m.logdet = inv.PowerSeriesLogDet(n_terms=5)
-    flow = inv.Flow(body, event_shape=(4, 4, 4))
-    opt = torch.optim.Adam(body.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    body.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(xtr), (64,), generator=gen)
-        xb = (xtr[idx] * 255 + torch.rand(xtr[idx].shape, generator=gen, dtype=xtr.dtype)) / 256
-        loss = -flow.log_prob(xb).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    body.eval()
-    inv.converge_spectral_norms(body)
+    train_digits_flow(body, xtr, steps, torch.Generator().manual_seed(seed), lr=2e-3)
     # the input of each residual block on test data, and its output
     cases, x = [], xte[:128]
     with torch.no_grad():

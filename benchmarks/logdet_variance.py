@@ -19,13 +19,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import invertible as inv  # noqa: E402
 from _common import median_time, parser, print_table, write_json  # noqa: E402
-from invertible.experiments._conv_iresnet import conv_iresnet, digits_tensors  # noqa: E402
-
-
-def set_estimator(body, est):
-    for m in body:
-        if isinstance(m, inv.ResidualBlock):
-            m.logdet = est
+from invertible.experiments._conv_iresnet import (  # noqa: E402
+    conv_iresnet,
+    digits_tensors,
+    set_logdet,
+    train_digits_flow,
+)
 
 
 def main() -> None:
@@ -37,21 +36,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     (xtr, _), (xte, _) = digits_tensors(args.seed)
     body = conv_iresnet(0.9, blocks_per_stage=1, hidden=32, pad=0).double()
-    set_estimator(body, inv.PowerSeriesLogDet(n_terms=5))
-    flow = inv.Flow(body, event_shape=(4, 4, 4))
-    opt = torch.optim.Adam(body.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(args.seed)
-    for _ in range(args.train_steps):  # learned weights: Lip(g) close to c
-        idx = torch.randint(0, len(xtr), (64,), generator=gen)
-        xb = (xtr[idx] * 255 + torch.rand(xtr[idx].shape, generator=gen, dtype=xtr.dtype)) / 256
-        loss = -flow.log_prob(xb).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    body.eval()
-    inv.converge_spectral_norms(body)
+    train_digits_flow(body, xtr, args.train_steps, gen, lr=2e-3)  # learned weights: Lip(g) close to c
     x = xte[:64]
-    set_estimator(body, inv.ExactLogDet())
+    set_logdet(body, inv.ExactLogDet())
     with torch.no_grad():
         exact = body.forward_and_logdet(x)[1]
     estimators = {
@@ -64,7 +52,7 @@ def main() -> None:
     }
     rows, results = [], {}
     for name, est in estimators.items():
-        set_estimator(body, est)
+        set_logdet(body, est)
 
         def call():
             with torch.no_grad():

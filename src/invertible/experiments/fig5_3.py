@@ -8,7 +8,7 @@ import math
 import torch
 
 import invertible as inv
-from invertible.experiments._conv_iresnet import conv_iresnet, digits_tensors
+from invertible.experiments._conv_iresnet import conv_iresnet, digits_tensors, set_logdet, train_digits_flow
 from invertible.experiments.registry import RunContext, register
 
 THESIS = """
@@ -16,12 +16,6 @@ Figure 5.3: the bias of the truncated power-series estimator (Algorithm 2, eq. 5
 number of series terms grows, while its standard deviation - due to the stochastic (Hutchinson) trace estimator -
 stays roughly constant. Theorem 5.8 bounds the truncation error by -d (log(1 - L) + sum_{k<=n} L^k / k).
 """
-
-
-def _set_estimator(body, estimator):
-    for m in body:
-        if isinstance(m, inv.ResidualBlock):
-            m.logdet = estimator
 
 
 def _exact_truncation_bias(body, x, terms):
@@ -44,27 +38,6 @@ def _exact_truncation_bias(body, x, terms):
     return bias
 
 
-def _train_density(body, x, steps, ctx):
-    """Maximum likelihood on dequantized digits with the i-ResNet estimator (5 terms, as in the thesis)."""
-    _set_estimator(body, inv.PowerSeriesLogDet(n_terms=5, generator=None))
-    flow = inv.Flow(body, event_shape=tuple(body(x[:1]).shape[1:]))
-    opt = torch.optim.Adam(body.parameters(), lr=1e-3)
-    gen = ctx.generator(2)
-    body.train()
-    bar = ctx.progress(range(steps), desc="train flow")
-    for _ in bar:
-        idx = torch.randint(0, len(x), (64,), generator=gen)
-        xb = (x[idx] * 255 + torch.rand(x[idx].shape, generator=gen, dtype=x.dtype)) / 256
-        loss = -flow.log_prob(xb).mean() / xb[0].numel()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(nll_per_dim=f"{loss.item():.3f}")
-    body.eval()
-    inv.converge_spectral_norms(body)
-
-
 @register("fig5.3", title="Log-det estimator: bias and std vs number of power-series terms", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
     import matplotlib
@@ -77,13 +50,13 @@ def run(ctx: RunContext) -> dict:
     coeff = 0.9
     # No injective padding here: a density model must be bijective on R^64.
     body = conv_iresnet(coeff, blocks_per_stage=1 if ctx.quick else 2, hidden=32, pad=0).double()
-    _train_density(body, xtr, 100 if ctx.quick else 1000, ctx)
+    train_digits_flow(body, xtr, 100 if ctx.quick else 1000, ctx.generator(2), progress=ctx.progress)
     n_points = 8 if ctx.quick else 32
     n_draws = 40 if ctx.quick else 200
     terms = list(range(1, 11)) if ctx.quick else list(range(1, 21))
     x = xte[:n_points]
     with torch.no_grad():
-        _set_estimator(body, inv.ExactLogDet())
+        set_logdet(body, inv.ExactLogDet())
         exact = body.forward_and_logdet(x)[1]
     blocks = [m for m in body if isinstance(m, inv.ResidualBlock)]
     lips = [b.certify() for b in blocks]
@@ -92,7 +65,7 @@ def run(ctx: RunContext) -> dict:
     bias, bias_se, std, bound = [], [], [], []
     gen = ctx.generator(3)
     for n in ctx.progress(terms, desc="series terms"):
-        _set_estimator(body, inv.PowerSeriesLogDet(n_terms=n, generator=gen))
+        set_logdet(body, inv.PowerSeriesLogDet(n_terms=n, generator=gen))
         with torch.no_grad():
             draws = torch.stack([body.forward_and_logdet(x)[1] for _ in range(n_draws)])  # (draws, points)
         bias.append(float((draws.mean(0) - exact).mean()))
