@@ -70,7 +70,8 @@ def _train(x, y, *, steps: int, restarts: int, generator: torch.Generator, progr
     return net, float(final[r])
 
 
-def _run(ctx: RunContext) -> dict:
+@register("fig3.1", title="Preimages and condition of a 2-D ReLU layer (two circles)", thesis=THESIS)
+def run(ctx: RunContext) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,17 +163,3 @@ def _run(ctx: RunContext) -> dict:
         "singleton_iff_condition_gt_1": agree,
         "frac_rank": {str(r): float((n_nz == r).mean()) for r in range(3)},
     }
-
-
-@register("fig3.1", title="Preimages and condition of a 2-D ReLU layer (two circles)", thesis=THESIS)
-def run(ctx: RunContext) -> dict:
-    """Quick mode runs on one intra-op thread: its tensors are small, and on a 2-core machine shared with
-    other jobs OpenMP oversubscription made it several times slower. Full mode keeps PyTorch's default."""
-    if not ctx.quick:
-        return _run(ctx)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(previous)

@@ -98,7 +98,8 @@ def _accuracy(net, x, y, device) -> float:
     return float((pred == y).double().mean())
 
 
-def _run(ctx: RunContext) -> dict:
+@register("fig3.4", title="Singular values over layers: WideCIFAR vs ThinCIFAR", thesis=THESIS)
+def run(ctx: RunContext) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,17 +233,3 @@ def _run(ctx: RunContext) -> dict:
     for name, res in results.items():
         metrics[name] = {"test_accuracy": res["accuracy"], "final_train_loss": res["loss"], "stages": res["rows"]}
     return metrics
-
-
-@register("fig3.4", title="Singular values over layers: WideCIFAR vs ThinCIFAR", thesis=THESIS)
-def run(ctx: RunContext) -> dict:
-    """Quick mode runs on one intra-op thread: its tensors are small, and on a 2-core machine shared with
-    other jobs OpenMP oversubscription made it several times slower. Full mode keeps PyTorch's default."""
-    if not ctx.quick:
-        return _run(ctx)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(ctx)
-    finally:
-        torch.set_num_threads(previous)

@@ -16,7 +16,6 @@ from invertible.experiments.table4_1 import (
     classifier_settings,
     load_data,
     model_config,
-    quick_threads,
     train_cached,
 )
 from invertible.training.classifier import ClassifierConfig, load_classifier
@@ -48,17 +47,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
     certified: dict[str, bool] = {}
     max_lip: dict[str, float] = {}
     errors: dict[str, float] = {}
-    with quick_threads(ctx):
-        data = load_data(ctx, data_name)
-        for label, model in ctx.progress(models, desc="fig4.2 models"):
-            cfg = ClassifierConfig(data=data_name, model=model, seed=ctx.seed, device=ctx.device, **train_kw)
-            summary, folder = train_cached(ctx, label.replace("=", ""), cfg, data)
-            net, _ = load_classifier(folder, device=ctx.device)
-            cert = certify_classifier(net, exact=False)
-            norms[label] = cert.conv_norms()
-            certified[label] = cert.certified
-            max_lip[label] = cert.max_lipschitz
-            errors[label] = summary["test_error"]
+    data = load_data(ctx, data_name)
+    for label, model in ctx.progress(models, desc="fig4.2 models"):
+        cfg = ClassifierConfig(data=data_name, model=model, seed=ctx.seed, device=ctx.device, **train_kw)
+        summary, folder = train_cached(ctx, label.replace("=", ""), cfg, data)
+        net, _ = load_classifier(folder, device=ctx.device)
+        cert = certify_classifier(net, exact=False)
+        norms[label] = cert.conv_norms()
+        certified[label] = cert.certified
+        max_lip[label] = cert.max_lipschitz
+        errors[label] = summary["test_error"]
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
     markers = {"vanilla": "o", "batchnorm": "s"}

@@ -15,7 +15,6 @@ from invertible.experiments.table4_1 import (
     classifier_settings,
     load_data,
     model_config,
-    quick_threads,
     train_cached,
 )
 from invertible.training.classifier import ClassifierConfig, load_classifier
@@ -46,29 +45,28 @@ def run(ctx: RunContext) -> dict[str, Any]:
     rows = {}
     curves: dict[str, dict[str, list[float]]] = {}
     result: dict[str, dict[str, Any]] = {}
-    with quick_threads(ctx):
-        data = load_data(ctx, data_name)
-        x = data.x_test[:n_images]
-        rows["original"] = data.denormalize(x)
-        for label, coeff in (("c=0.9", 0.9), ("vanilla", None)):
-            cfg = ClassifierConfig(data=data_name, model=model_config(base, coeff), seed=ctx.seed, device=ctx.device,
-                                   **train_kw)
-            summary, folder = train_cached(ctx, label.replace("=", ""), cfg, data)
-            net, _ = load_classifier(folder, device=ctx.device)
-            cert = certify_classifier(net, exact=False)
-            rec = reconstruct(net, x.to(ctx.device), iterations=100, lipschitz=[b.lipschitz for b in cert.blocks])
-            rows[f"{label} recons."] = data.denormalize(rec.x_hat.float().cpu())
-            curves[label] = error_vs_iterations(net, x.to(ctx.device), STEPS)
-            result[label] = {
-                "max_abs_error": rec.max_abs_error,
-                "max_rel_error": float(rec.rel_error.max()),
-                "error_bound": float(rec.error_bound.max()),
-                "padding_residual": rec.padding_residual,
-                "diverged": rec.diverged,
-                "certified": cert.certified,
-                "max_lipschitz": cert.max_lipschitz,
-                "test_error": summary["test_error"],
-            }
+    data = load_data(ctx, data_name)
+    x = data.x_test[:n_images]
+    rows["original"] = data.denormalize(x)
+    for label, coeff in (("c=0.9", 0.9), ("vanilla", None)):
+        cfg = ClassifierConfig(data=data_name, model=model_config(base, coeff), seed=ctx.seed, device=ctx.device,
+                               **train_kw)
+        summary, folder = train_cached(ctx, label.replace("=", ""), cfg, data)
+        net, _ = load_classifier(folder, device=ctx.device)
+        cert = certify_classifier(net, exact=False)
+        rec = reconstruct(net, x.to(ctx.device), iterations=100, lipschitz=[b.lipschitz for b in cert.blocks])
+        rows[f"{label} recons."] = data.denormalize(rec.x_hat.float().cpu())
+        curves[label] = error_vs_iterations(net, x.to(ctx.device), STEPS)
+        result[label] = {
+            "max_abs_error": rec.max_abs_error,
+            "max_rel_error": float(rec.rel_error.max()),
+            "error_bound": float(rec.error_bound.max()),
+            "padding_residual": rec.padding_residual,
+            "diverged": rec.diverged,
+            "certified": cert.certified,
+            "max_lipschitz": cert.max_lipschitz,
+            "test_error": summary["test_error"],
+        }
     ctx.save_figure(
         plot_reconstructions(rows, "top: originals; then reconstructions with 100 fixed-point iterations per block"),
         "fig4_3_reconstructions",

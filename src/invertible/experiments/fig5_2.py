@@ -7,7 +7,6 @@ same test set (the best achievable value). Figures: data / density / samples per
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -27,16 +26,6 @@ DATASETS = ("8gaussians", "checkerboard", "2spirals", "rings")
 THESIS = """Fig. 5.2 shows, for 2-D toy densities, data, samples of Glow and samples of an i-ResNet flow: the
 i-ResNet fits multi-modal and disconnected densities that the coupling-based Glow smears out (no numbers;
 details in Behrmann et al. 2019, whose Table 1 / Fig. 2 compare qualitatively)."""
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _settings(quick: bool) -> dict[str, Any]:
@@ -66,30 +55,29 @@ def run(ctx: RunContext) -> dict[str, Any]:
     metrics: dict[str, Any] = {"settings": {**s, "hidden": list(s["hidden"])}, "test_nll": {}, "test_nll_se": {},
                                "best_possible_nll": {}}
     rows = []
-    with _threads(1 if ctx.quick else torch.get_num_threads()):
-        for i, name in enumerate(ctx.progress(DATASETS, desc="fig5.2")):
-            test = sample_toy(name, s["n_test"], ctx.generator(10_000 + i))
-            best = best_possible_nll(name, test.double())
-            metrics["best_possible_nll"][name] = best
-            models = {}
-            for arch in ("resflow", "coupling"):
-                m = train_toy(name, arch, s, ctx.seed, show_progress=False)
-                res = evaluate_nll(m, test, batch_size=2000)
-                metrics["test_nll"][f"{name}/{arch}"] = res["nll"]
-                metrics["test_nll_se"][f"{name}/{arch}"] = res["se"]
-                models[arch] = m
-            rows.append((name, metrics["test_nll"][f"{name}/resflow"], metrics["test_nll_se"][f"{name}/resflow"],
-                         metrics["test_nll"][f"{name}/coupling"], metrics["test_nll_se"][f"{name}/coupling"], best))
-            true = None
-            if name != "checkerboard":  # (the checkerboard panel would be a flat step function)
-                ax = torch.linspace(-4.5, 4.5, 150, dtype=torch.float64)
-                yy, xx = torch.meshgrid(ax, ax, indexing="ij")
-                lp = toy_log_prob(name, torch.stack([xx.flatten(), yy.flatten()], 1))
-                true = None if lp is None else lp.exp().reshape(150, 150).numpy()
-            fig = plot_density_2d({"i-ResNet flow": models["resflow"], "affine coupling": models["coupling"]},
-                                  test, n_samples=s["n_samples"], generator=ctx.generator(7 + i), title=name,
-                                  true_density=true)
-            ctx.save_figure(fig, f"fig5_2_{name}")
+    for i, name in enumerate(ctx.progress(DATASETS, desc="fig5.2")):
+        test = sample_toy(name, s["n_test"], ctx.generator(10_000 + i))
+        best = best_possible_nll(name, test.double())
+        metrics["best_possible_nll"][name] = best
+        models = {}
+        for arch in ("resflow", "coupling"):
+            m = train_toy(name, arch, s, ctx.seed, show_progress=False)
+            res = evaluate_nll(m, test, batch_size=2000)
+            metrics["test_nll"][f"{name}/{arch}"] = res["nll"]
+            metrics["test_nll_se"][f"{name}/{arch}"] = res["se"]
+            models[arch] = m
+        rows.append((name, metrics["test_nll"][f"{name}/resflow"], metrics["test_nll_se"][f"{name}/resflow"],
+                     metrics["test_nll"][f"{name}/coupling"], metrics["test_nll_se"][f"{name}/coupling"], best))
+        true = None
+        if name != "checkerboard":  # (the checkerboard panel would be a flat step function)
+            ax = torch.linspace(-4.5, 4.5, 150, dtype=torch.float64)
+            yy, xx = torch.meshgrid(ax, ax, indexing="ij")
+            lp = toy_log_prob(name, torch.stack([xx.flatten(), yy.flatten()], 1))
+            true = None if lp is None else lp.exp().reshape(150, 150).numpy()
+        fig = plot_density_2d({"i-ResNet flow": models["resflow"], "affine coupling": models["coupling"]},
+                              test, n_samples=s["n_samples"], generator=ctx.generator(7 + i), title=name,
+                              true_density=true)
+        ctx.save_figure(fig, f"fig5_2_{name}")
     lines = ["| data | residual flow NLL | affine coupling NLL | true density NLL |", "|---|---|---|---|"]
     for name, r, rse, c, cse, best in rows:
         b = f"{best:.3f}" if best is not None and math.isfinite(best) else "n/a"

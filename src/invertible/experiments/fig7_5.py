@@ -14,11 +14,9 @@ days of CPU time; run it on a GPU (``--device cuda``).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from invertible.experiments.registry import RunContext, register
 
@@ -34,17 +32,6 @@ IsotopeNet is best on both tasks; 4 runs per network; box plot over folds (spot 
 
 MODELS = ("roc-lda", "residualnet", "isotopenet")
 NAMES = {"roc-lda": "ROC/LDA", "residualnet": "ResidualNet", "isotopenet": "IsotopeNet"}
-
-
-@contextmanager
-def _threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def run_task(ctx: RunContext, task: str, *, quick: bool) -> tuple[dict, dict]:
@@ -98,27 +85,26 @@ def run(ctx: RunContext) -> dict:
     tasks = ("adsq-like",) if ctx.quick else ("adsq-like", "lp-like")
     all_metrics, tables = {}, []
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    with _threads(1 if ctx.quick else None):  # tiny models: extra threads only contend on a shared CPU
-        for ax, task in zip(axes[0], tasks, strict=True):
-            metrics, results = run_task(ctx, task, quick=ctx.quick)
-            all_metrics[task] = metrics
-            tables.append(f"**{task}{' (quick)' if ctx.quick else ''}**: {metrics['n_spectra']} spectra, "
-                          f"{metrics['n_bins']} bins, {metrics['n_cores']} cores, 8 TMAs\n\n"
-                          + fig7_5_table(results, task))
-            data, names = [], []
-            for name, res in results.items():
-                if name == "ROC/LDA":
-                    best = max(range(len(res.runs)), key=lambda i: res.runs[i].spot)
-                    data.append(res.runs[best].fold_spot)
-                    names.append(f"ROC/LDA\n({res.labels[best]})")
-                else:
-                    data.append([v for r in res.runs for v in r.fold_spot])
-                    names.append(name)
-            ax.boxplot(data, medianprops={"color": "red"})
-            ax.set_xticks(range(1, len(names) + 1), names)
-            ax.set_ylabel("balanced accuracy (spot), per fold")
-            ax.set_title(f"task {task}")
-            ax.grid(axis="y", alpha=0.3)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        metrics, results = run_task(ctx, task, quick=ctx.quick)
+        all_metrics[task] = metrics
+        tables.append(f"**{task}{' (quick)' if ctx.quick else ''}**: {metrics['n_spectra']} spectra, "
+                      f"{metrics['n_bins']} bins, {metrics['n_cores']} cores, 8 TMAs\n\n"
+                      + fig7_5_table(results, task))
+        data, names = [], []
+        for name, res in results.items():
+            if name == "ROC/LDA":
+                best = max(range(len(res.runs)), key=lambda i: res.runs[i].spot)
+                data.append(res.runs[best].fold_spot)
+                names.append(f"ROC/LDA\n({res.labels[best]})")
+            else:
+                data.append([v for r in res.runs for v in r.fold_spot])
+                names.append(name)
+        ax.boxplot(data, medianprops={"color": "red"})
+        ax.set_xticks(range(1, len(names) + 1), names)
+        ax.set_ylabel("balanced accuracy (spot), per fold")
+        ax.set_title(f"task {task}")
+        ax.grid(axis="y", alpha=0.3)
     ctx.save_figure(fig, "fig7_5_boxplot")
     ctx.report("\n\n".join(tables))
     if ctx.quick:

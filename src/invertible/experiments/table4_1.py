@@ -11,14 +11,10 @@ blocks, 30 epochs - hours on a CPU, minutes on a GPU (``--device cuda``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from invertible.experiments.registry import RunContext, register
 from invertible.training.classifier import (
@@ -47,21 +43,6 @@ def classifier_settings(ctx: RunContext) -> tuple[str, dict[str, Any], dict[str,
     return "mnist", model, train, (
         "MNIST-10k (8000 train / 2000 test; Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist`)"
     )
-
-
-@contextlib.contextmanager
-def quick_threads(ctx: RunContext) -> Iterator[None]:
-    """Quick runs use one intra-op thread: the tiny models are dominated by per-op overhead, and on a busy
-    two-core machine a second spinning thread slows them down severalfold."""
-    if not ctx.quick:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def load_data(ctx: RunContext, data: str) -> ClassificationData:
@@ -107,25 +88,24 @@ def run(ctx: RunContext) -> dict[str, Any]:
     certified: dict[str, bool] = {}
     max_lip: dict[str, float] = {}
     seconds: dict[str, float] = {}
-    with quick_threads(ctx):
-        data = load_data(ctx, data_name)
-        runs: list[tuple[str, str, dict[str, Any]]] = [
-            ("resnet", "resnet", {"blocks": [1, 1, 1] if ctx.quick else [4, 4, 4]}),
-            ("vanilla", "iresnet", model_config(base, None)),
-        ] + [(f"c={c}", "iresnet", model_config(base, c)) for c in COEFFS]
-        for label, arch, model in ctx.progress(runs, desc="table4.1 models"):
-            cfg = ClassifierConfig(data=data_name, arch=arch, model=model, seed=ctx.seed, device=ctx.device,
-                                   **train_kw)
-            summary, folder = train_cached(ctx, label.replace("=", ""), cfg, data)
-            errors[label] = summary["test_error"]
-            seconds[label] = summary["seconds_per_epoch"]
-            if arch == "resnet":
-                certified[label] = False
-                continue
-            net, _ = load_classifier(folder, device=ctx.device)
-            cert = certify_classifier(net, exact=False)
-            certified[label] = cert.certified
-            max_lip[label] = cert.max_lipschitz
+    data = load_data(ctx, data_name)
+    runs: list[tuple[str, str, dict[str, Any]]] = [
+        ("resnet", "resnet", {"blocks": [1, 1, 1] if ctx.quick else [4, 4, 4]}),
+        ("vanilla", "iresnet", model_config(base, None)),
+    ] + [(f"c={c}", "iresnet", model_config(base, c)) for c in COEFFS]
+    for label, arch, model in ctx.progress(runs, desc="table4.1 models"):
+        cfg = ClassifierConfig(data=data_name, arch=arch, model=model, seed=ctx.seed, device=ctx.device,
+                               **train_kw)
+        summary, folder = train_cached(ctx, label.replace("=", ""), cfg, data)
+        errors[label] = summary["test_error"]
+        seconds[label] = summary["seconds_per_epoch"]
+        if arch == "resnet":
+            certified[label] = False
+            continue
+        net, _ = load_classifier(folder, device=ctx.device)
+        cert = certify_classifier(net, exact=False)
+        certified[label] = cert.certified
+        max_lip[label] = cert.max_lipschitz
     labels = list(errors)
     ctx.report(
         "\n".join([

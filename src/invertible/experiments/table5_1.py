@@ -9,7 +9,6 @@ unbiased Russian-roulette estimate with its standard error for MNIST (d = 784); 
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -53,16 +52,6 @@ def _settings(quick: bool) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _train_eval(data, mode: str, s: dict[str, Any], seed: int) -> tuple[dict[str, Any], Any]:
     torch.manual_seed(seed)
     model = image_residual_flow(data.event_shape, n_scales=s["n_scales"], n_blocks=s["n_blocks"],
@@ -80,27 +69,26 @@ def run(ctx: RunContext) -> dict[str, Any]:
     st = _settings(ctx.quick)
     metrics: dict[str, Any] = {"bits_per_dim": {}, "bits_per_dim_se": {}, "exact": {}, "settings": st}
     rows = []
-    with _threads(1 if ctx.quick else torch.get_num_threads()):
-        for name in ("digits", "mnist"):
-            s = st[name]
-            try:
-                data = load_data(DataSpec(name, n_test=s["n_test"], subset=s["subset"], seed=ctx.seed))
-            except FileNotFoundError as exc:
-                ctx.report(f"- {name}: skipped ({exc})")
-                continue
-            for mode in ctx.progress(st["modes"][name], desc=f"table5.1 {name}"):
-                res, model = _train_eval(data, mode, s, ctx.seed)
-                key = f"{name}/{mode}"
-                metrics["bits_per_dim"][key] = res["bits_per_dim"]
-                metrics["bits_per_dim_se"][key] = res["bits_per_dim_se"]
-                metrics["exact"][key] = res["exact"]
-                rows.append((name, mode, res, s))
-                with torch.no_grad():
-                    model.eval()
-                    samples = model.sample(32, generator=ctx.generator(3)).clamp(0, 1)
-                fig = plot_image_grid(samples, data.test[:32], title=f"{name}, {mode} ({res['bits_per_dim']:.2f} "
-                                      "bits/dim)")
-                ctx.save_figure(fig, f"samples_{name}_{mode}")
+    for name in ("digits", "mnist"):
+        s = st[name]
+        try:
+            data = load_data(DataSpec(name, n_test=s["n_test"], subset=s["subset"], seed=ctx.seed))
+        except FileNotFoundError as exc:
+            ctx.report(f"- {name}: skipped ({exc})")
+            continue
+        for mode in ctx.progress(st["modes"][name], desc=f"table5.1 {name}"):
+            res, model = _train_eval(data, mode, s, ctx.seed)
+            key = f"{name}/{mode}"
+            metrics["bits_per_dim"][key] = res["bits_per_dim"]
+            metrics["bits_per_dim_se"][key] = res["bits_per_dim_se"]
+            metrics["exact"][key] = res["exact"]
+            rows.append((name, mode, res, s))
+            with torch.no_grad():
+                model.eval()
+                samples = model.sample(32, generator=ctx.generator(3)).clamp(0, 1)
+            fig = plot_image_grid(samples, data.test[:32], title=f"{name}, {mode} ({res['bits_per_dim']:.2f} "
+                                  "bits/dim)")
+            ctx.save_figure(fig, f"samples_{name}_{mode}")
     lines = ["| data | mode (training estimator) | bits/dim (test) | evaluation | train images, steps |",
              "|---|---|---|---|---|"]
     for name, mode, res, s in rows:
