@@ -176,15 +176,20 @@ class SpectralNorm(nn.Module):
         v = self._op.apply(weight, self.u)
         self.v = v / v.norm().clamp_min(1e-30)
         # Start from a good estimate: the first steps of training must already be contractive.
-        self._iterate(weight, max(20, self.n_power_iterations), tolerance=True)
+        self._iterate(weight, max(20, self.n_power_iterations))
 
     @torch.no_grad()
-    def _iterate(self, weight: torch.Tensor, n: int, tolerance: bool) -> int:
+    def _iterate(
+        self, weight: torch.Tensor, n: int, atol: float | None = None, rtol: float | None = None,
+        max_iter: int | None = None,
+    ) -> int:
+        """At least ``n`` steps; in tolerance mode (the layer's atol/rtol, or the ones given) up to ``max_iter``."""
         shape = tuple(self.input_shape.tolist())
-        use_tol = tolerance and (self.atol is not None or self.rtol is not None)
-        atol = self.atol or 0.0
-        rtol = self.rtol or 0.0
-        limit = self.max_power_iterations if use_tol else n
+        atol = self.atol if atol is None else atol
+        rtol = self.rtol if rtol is None else rtol
+        use_tol = atol is not None or rtol is not None
+        atol, rtol = atol or 0.0, rtol or 0.0
+        limit = (max_iter or self.max_power_iterations) if use_tol else n
         u, v = self.u, self.v
         if not bool(u.norm() > 0):  # e.g. a zero-initialised weight sent the vectors to 0: start afresh
             u = torch.randn_like(u)
@@ -220,7 +225,7 @@ class SpectralNorm(nn.Module):
                 return weight  # called before the first real forward (e.g. by repr or a shape probe)
             self._init_vectors(weight.detach())
         elif self.training and torch.is_grad_enabled() and not _FROZEN.get():
-            self._iterate(weight.detach(), self.n_power_iterations, tolerance=True)
+            self._iterate(weight.detach(), self.n_power_iterations)
         sigma = self.estimate(weight)
         if not _FROZEN.get():
             with torch.no_grad():
@@ -291,12 +296,7 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
         if sn is None or not sn.initialized:
             continue
         weight = m.parametrizations.weight.original.detach()
-        old = (sn.atol, sn.rtol, sn.max_power_iterations)
-        sn.atol, sn.rtol, sn.max_power_iterations = 0.0, rtol, max_iter
-        try:
-            sn._iterate(weight, 1, tolerance=True)
-        finally:
-            sn.atol, sn.rtol, sn.max_power_iterations = old
+        sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)
         sn.sigma.copy_(sn.estimate(weight))
         count += 1
     return count

@@ -55,13 +55,13 @@ def logdet_bounds(lipschitz: Sequence[float] | float, dim: int) -> tuple[float, 
     return dim * sum(math.log1p(-L) for L in lips), dim * sum(math.log1p(L) for L in lips)
 
 
-def _prepare(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def _prepare(x: torch.Tensor) -> torch.Tensor:
     """The input to differentiate through: x itself when it carries a graph, else a detached leaf."""
     if not torch.is_floating_point(x):
         raise ValueError(f"log-det needs a floating point input, got {x.dtype}")
     if x.requires_grad and torch.is_grad_enabled():
-        return x, True
-    return x.detach().requires_grad_(True), False
+        return x
+    return x.detach().requires_grad_(True)
 
 
 def exact_jacobian(g: Function, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +133,7 @@ class _SeriesEstimator:
         gen = _check_generator(self.generator, x)
         n, weights = self._n_terms_and_weights(x)
         with torch.enable_grad():
-            xin, _ = _prepare(x)
+            xin = _prepare(x)
             gx = g(xin)
             batch = x.shape[0]
             create_graph = outer_grad and not self._neumann
