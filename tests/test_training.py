@@ -148,3 +148,20 @@ def test_ema_average_and_restore():
     torch.testing.assert_close(lin.weight, before + 2.0)
     with pytest.raises(ValueError):
         EMA(lin, decay=1.0)
+
+
+def test_checkpoints_hold_contractive_blocks(tmp_path):
+    """With a large learning rate one power iteration per step lags behind the weights (Remark 4.9); the saved
+    and validated model must nevertheless satisfy ||W_i|| <= coeff exactly."""
+    from invertible.lipschitz import operator_norm
+
+    torch.manual_seed(0)
+    model = vector_residual_flow(2, n_blocks=2, hidden=(16, 16), coeff=0.9, mode="exact").double()
+    src = SamplerSource(lambda n, g: sample_toy("8gaussians", n, g), 32, seed=0, epoch_steps=5, dtype=torch.float64)
+    cfg = TrainConfig(steps=5, batch_size=32, lr=0.2, log_every=5)
+    Trainer(model, src, cfg, tmp_path, show_progress=False).fit()
+    loaded, _ = load_model(tmp_path)
+    linears = [m for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 6
+    norms = [operator_norm(m) for m in linears]
+    assert max(norms) <= 0.9 * (1 + 1e-4), norms

@@ -9,6 +9,10 @@ and are saved with the weights. It writes into its run folder (rank 0 only):
   with standard error, see :mod:`invertible.training.evaluate`);
 * ``checkpoint.safetensors``: atomically, every ``checkpoint_every`` steps, at each epoch end and at the end.
 
+Before each validation and checkpoint the power iterations are run to convergence
+(:func:`~invertible.lipschitz.converge_spectral_norms`), so what is evaluated and saved has ``||W_i|| <= coeff``
+exactly, not up to the one-step lag of training (Remark 4.9).
+
 **Resume is exact.** Batches are a function of the step (:mod:`~invertible.training.sources`); the checkpoint
 holds model, optimizer, EMA and every rank's global RNG state (the estimators' probes), so a run killed at any
 point and resumed from its last checkpoint reproduces the uninterrupted run bit for bit (on the same machine and
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from invertible.lipschitz import converge_spectral_norms
 from invertible.models.resflow import DensityModel
 from invertible.training import distributed as D
 from invertible.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
@@ -321,13 +326,19 @@ class Trainer:
                                      "seconds": round(time.perf_counter() - start, 3)})
                     running, n_run = 0.0, 0
                 epoch_end = self.step % spe == 0
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end):
+                do_val = (cfg.eval_every and self.step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end)
+                do_save = epoch_end or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) \
+                    or self.step == cfg.steps
+                if do_val or do_save:
+                    # power iteration lags one step behind the weights (Remark 4.9): evaluate and save a model whose
+                    # blocks are contractive, Lip(g) < 1, not one whose exact norms may exceed coeff (same on all ranks)
+                    converge_spectral_norms(self.model)
+                if do_val:
                     res = self.validate()
                     self._val_step = self.step
                     if res is not None:
                         bar.set_postfix(nll=f"{loss:.4f}", val=f"{res['nll']:.4f}", refresh=False)
-                if epoch_end or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) \
-                        or self.step == cfg.steps:
+                if do_save:
                     self.save()
                 if callback is not None:
                     callback(self)
