@@ -8,6 +8,7 @@ forward-mode Jacobian, normflows' in eval mode by its brute-force 2x2 determinan
 true density on the same test set.
 
     python benchmarks/toy2d.py [--steps 1000] [--json out.json] [--no-normflows] [--no-compile]
+    python benchmarks/toy2d.py --long    # the long run: 20000 steps, batch 512, cosine decay to 0
 
 normflows is optional (``pip install --no-deps normflows``); without it its column is skipped.
 
@@ -17,6 +18,10 @@ includes about 3 s of compilation and is not in the median), normflows 1.7.3 3.7
 default Adam; its NLL varies from run to run, 2.9-4.0, as its roulette draws share the global RNG), ratio 0.42;
 true density 2.821. Both issue targets (<= 2.95 nats, ratio <= 0.5) are met. With ``--no-compile``: 2.917 nats,
 ratio 0.59. Previous model (preact=True, beta 4, eager): 3.060 nats, ratio 0.61.
+
+Long run (``--long --threads 1``, 2026-11-25, another 1-thread job on the other core): 2.8250 nats against the
+true density's 2.8207 on the same 10k test points, a gap of 0.0043 nats (target <= 0.03) after 533 s of training
+(0.026 s/step at batch 512).
 """
 
 from __future__ import annotations
@@ -64,7 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--n-test", type=int, default=10_000)
     ap.add_argument("--no-compile", action="store_true", help="train with the eager exact log-det")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (protocol: 2)")
+    ap.add_argument("--batch-size", type=int, default=256, help="protocol: 256")
+    ap.add_argument("--cosine", action="store_true",
+                    help="decay the learning rate to 0 on a cosine over the run (not the protocol; for long runs)")
+    ap.add_argument("--long", action="store_true",
+                    help="the long run: 20000 steps, batch 512, cosine decay, no normflows (under 10 min on CPU)")
     args = ap.parse_args(argv)
+    if args.long:
+        args.steps, args.batch_size, args.cosine, args.no_normflows = max(args.steps, 20_000), 512, True, True
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     test = sample_toy("8gaussians", args.n_test, torch.Generator().manual_seed(10_000))
@@ -82,12 +94,15 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.Adam(ours.parameters(), lr=1e-3, fused=True)  # same maths, one kernel per tensor
     theirs = None if args.no_normflows else _normflows_model()
     opt_nf = torch.optim.Adam(theirs.parameters(), lr=1e-3) if theirs is not None else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps) if args.cosine else None
 
     def step_ours(x):
         loss = -ours(x).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
 
     def step_nf(x):
         loss = theirs.forward_kld(x)
@@ -97,12 +112,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_ours, t_nf = [], []
     for step in range(args.steps):
-        x = sample_toy("8gaussians", 256, step_generator(0, step))
+        x = sample_toy("8gaussians", args.batch_size, step_generator(0, step))
         t_ours.append(_timed(lambda x=x: step_ours(x)))
         if theirs is not None:
             t_nf.append(_timed(lambda x=x: step_nf(x)))
-        if (step + 1) % 100 == 0:
-            print(f"step {step + 1}/{args.steps}", flush=True)
+        if (step + 1) % (100 if args.steps <= 5000 else 1000) == 0:
+            print(f"step {step + 1}/{args.steps} ({sum(t_ours) + sum(t_nf):.0f} s)", flush=True)
 
     res_ours = evaluate_nll(ours, test, batch_size=2000)
     result = {
@@ -110,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "s_per_step": statistics.median(t_ours), "first_step_s": t_ours[0],
                        "params": _params(ours)},
         "normflows": None, "true_nll": true_nll, "steps": args.steps,
+        "batch_size": args.batch_size, "cosine": args.cosine, "train_seconds": sum(t_ours),
     }
     if theirs is not None:
         theirs.eval()
@@ -122,14 +138,21 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [("invertible (exact log-det)", result["invertible"])]
     if result["normflows"]:
         rows.append(("normflows Residual (RR)", result["normflows"]))
-    print(f"\n8gaussians, {args.steps} steps, batch 256, Adam 1e-3, 8 blocks 2-128-128-2, {args.n_test} test samples")
+    sched_txt = ", cosine decay" if args.cosine else ""
+    print(f"\n8gaussians, {args.steps} steps, batch {args.batch_size}, Adam 1e-3{sched_txt}, 8 blocks 2-128-128-2, "
+          f"{args.n_test} test samples")
     print(f"{'model':28s} {'params':>8s} {'s/step':>8s} {'test NLL (nats)':>16s}")
     for name, r in rows:
         print(f"{name:28s} {r['params']:8d} {r['s_per_step']:8.4f} {r['test_nll']:16.4f}")
     print(f"{'true density':28s} {'':8s} {'':8s} {true_nll:16.4f}")
     if "time_ratio" in result:
         print(f"time ratio invertible / normflows: {result['time_ratio']:.3f} (target <= 0.5)")
-    print(f"target test NLL <= 2.95: {'met' if result['invertible']['test_nll'] <= 2.95 else 'NOT met'}")
+    gap = result["invertible"]["test_nll"] - true_nll
+    print(f"gap to the true density: {gap:+.4f} nats; training took {sum(t_ours):.0f} s")
+    if args.long:
+        print(f"long-run target (gap <= 0.03 nats, under 10 min): {'met' if gap <= 0.03 else 'NOT met'}")
+    else:
+        print(f"target test NLL <= 2.95: {'met' if result['invertible']['test_nll'] <= 2.95 else 'NOT met'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
