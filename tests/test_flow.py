@@ -101,6 +101,24 @@ def test_residual_block_input_validation(bad, match):
         block.forward_and_logdet(bad)
 
 
+def test_sequential_checks_finiteness_once_at_its_boundary(monkeypatch):
+    """A composition tests isfinite once (a device sync on GPU), its layers only shapes; NaN is still refused."""
+    seq = inv.InvertibleSequential(inv.ActNorm(2), inv.ResidualBlock(mlp_g(2)), inv.ActNorm(2))
+    for call in (seq, seq.forward_and_logdet, seq.inverse):
+        with pytest.raises(ValueError, match="InvertibleSequential.*NaN"):
+            call(torch.tensor([[float("nan"), 0.0]]))
+    with pytest.raises(ValueError, match="channels"):  # shape checks of the layers stay active
+        seq(torch.zeros(2, 3))
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda x: calls.append(1) or real(x))
+    seq.forward_and_logdet(torch.randn(4, 2))
+    assert len(calls) == 1
+    calls.clear()
+    seq[1](torch.randn(4, 2))  # a block on its own still checks
+    assert len(calls) == 1
+
+
 def test_actnorm_and_squeeze_shape_errors():
     with pytest.raises(ValueError, match="channels"):
         inv.ActNorm(3)(torch.randn(2, 4))

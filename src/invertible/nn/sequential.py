@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from invertible.nn.base import Bijection
+from invertible.nn.base import Bijection, check_input, validated_input
 
 __all__ = ["InvertibleSequential"]
 
 
 class InvertibleSequential(Bijection):
     """``F = f_T o ... o f_1``; ``log|det J_F(x)| = sum_t log|det J_{f_t}(x_t)|`` (chain rule, Lemma 5.5's proof);
-    the inverse applies the inverses in reverse order."""
+    the inverse applies the inverses in reverse order.
+
+    The input is checked (finite, batched) once here; the layers then skip their own finiteness test
+    (:func:`~invertible.nn.base.validated_input`)."""
 
     def __init__(self, *bijections: Bijection):
         super().__init__()
@@ -31,18 +34,24 @@ class InvertibleSequential(Bijection):
         return iter(self.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
+        check_input(x, "InvertibleSequential")
+        with validated_input():
+            for layer in self.layers:
+                x = layer(x)
         return x
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_input(x, "InvertibleSequential")
         total = x.new_zeros(x.shape[0])
-        for layer in self.layers:
-            x, ld = layer.forward_and_logdet(x)
-            total = total + ld
+        with validated_input():
+            for layer in self.layers:
+                x, ld = layer.forward_and_logdet(x)
+                total = total + ld
         return x, total
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        for layer in reversed(self.layers):
-            y = layer.inverse(y)
+        check_input(y, "InvertibleSequential.inverse")
+        with validated_input():
+            for layer in reversed(self.layers):
+                y = layer.inverse(y)
         return y
