@@ -171,3 +171,27 @@ def test_zero_initialised_weight_is_normalised_once_it_grows():
     for _ in range(3):
         lin(torch.randn(2, 4))
     assert inv.operator_norm(lin) <= 0.9 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_torch_func_transforms_see_a_fixed_normalization(training):
+    """jvp / jacrev through a spectrally normalized conv work without frozen_spectral_norm() and leave the
+    power-iteration state alone; the Jacobian is that of the normalized weight."""
+    from torch.func import jacrev, jvp
+
+    torch.manual_seed(0)
+    conv = inv.spectral_norm(torch.nn.Conv2d(2, 3, 3, padding=1), coeff=0.5)
+    x = torch.randn(1, 2, 4, 4)
+    conv(x)  # first forward: records the input shape, initializes the vectors
+    conv.train(training)
+    state = {k: v.clone() for k, v in conv.state_dict().items()}
+    jac = jacrev(conv)(x)
+    _, tangent = jvp(conv, (x,), (torch.ones_like(x),))
+    for k, v in conv.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    w = conv.parametrizations.weight.original
+    sigma = conv.parametrizations.weight[0].estimate(w)
+    w_hat = (w / torch.clamp(sigma / 0.5, min=1.0)).detach()
+    expected = torch.autograd.functional.jacobian(lambda z: torch.nn.functional.conv2d(z, w_hat, None, padding=1), x)
+    torch.testing.assert_close(jac, expected)
+    torch.testing.assert_close(tangent, torch.nn.functional.conv2d(torch.ones_like(x), w_hat, None, padding=1))

@@ -220,14 +220,16 @@ class SpectralNorm(nn.Module):
         return (self.v * self._op.apply(weight, self.u)).sum()
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # inside torch.func transforms (jvp, vjp, vmap, jacrev) the buffers must not be mutated: act as frozen
+        frozen = _FROZEN.get() or _functorch_active()
         if not self.initialized:
-            if _FROZEN.get() or not self.input_shape.numel():
+            if frozen or not self.input_shape.numel():
                 return weight  # called before the first real forward (e.g. by repr or a shape probe)
             self._init_vectors(weight.detach())
-        elif self.training and torch.is_grad_enabled() and not _FROZEN.get():
+        elif self.training and torch.is_grad_enabled() and not frozen:
             self._iterate(weight.detach(), self.n_power_iterations)
         sigma = self.estimate(weight)
-        if not _FROZEN.get():
+        if not frozen:
             with torch.no_grad():
                 self.sigma.copy_(sigma.detach())
         return weight / torch.clamp(sigma / self.coeff, min=1.0)
@@ -239,6 +241,13 @@ class SpectralNorm(nn.Module):
     def extra_repr(self) -> str:
         tol = f", atol={self.atol}, rtol={self.rtol}" if self.atol or self.rtol else ""
         return f"coeff={self.coeff}, n_power_iterations={self.n_power_iterations}{tol}"
+
+
+def _functorch_active() -> bool:
+    try:
+        return bool(torch._C._are_functorch_transforms_active())
+    except AttributeError:  # a torch without this query: callers use frozen_spectral_norm() explicitly
+        return False
 
 
 def _record_input_shape(module: nn.Module, args) -> None:
