@@ -129,6 +129,11 @@ def test_cli_train_certify_invert(tmp_path, capsys):
     assert "verdict: invertible (certified)" in text and "Lip(F^-1) <=" in text
     cert = json.loads((out / "certificate.json").read_text())
     assert cert["certified"] is True and len(cert["blocks"]) == 2
+    assert main(["certify", str(out), "--fast", "--data", "--n", "4"]) == 0  # realized local Lip(g_t) on test data
+    assert "Realized on data" in capsys.readouterr().out
+    realized = json.loads((out / "certificate.json").read_text())["realized"]
+    assert len(realized) == 2
+    assert all(0 < r["local_max"] <= b["lipschitz"] for r, b in zip(realized, cert["blocks"], strict=True))
     assert main(["invert", str(out), "--n", "4", "--iterations", "60"]) == 0
     result = json.loads((out / "invert" / "invert.json").read_text())
     assert result["models"]["c=0.9"]["max_abs_error"] < 1e-8

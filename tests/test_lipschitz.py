@@ -195,3 +195,25 @@ def test_torch_func_transforms_see_a_fixed_normalization(training):
     expected = torch.autograd.functional.jacobian(lambda z: torch.nn.functional.conv2d(z, w_hat, None, padding=1), x)
     torch.testing.assert_close(jac, expected)
     torch.testing.assert_close(tangent, torch.nn.functional.conv2d(torch.ones_like(x), w_hat, None, padding=1))
+
+
+def test_local_lipschitz_is_the_jacobian_norm_and_below_the_certified_bound():
+    """Per sample, local_lipschitz equals the largest singular value of the autograd Jacobian, and it never
+    exceeds the certified Lip(g) (eq. 4.6)."""
+    torch.manual_seed(0)
+    g = nn.Sequential(
+        inv.spectral_norm(nn.Conv2d(2, 4, 3, padding=1), coeff=0.9), nn.ELU(),
+        inv.spectral_norm(nn.Conv2d(4, 2, 3, padding=1), coeff=0.9),
+    )
+    x = torch.randn(5, 2, 4, 4) * 2
+    g(x)
+    inv.converge_spectral_norms(g)
+    g.eval()
+    local = inv.local_lipschitz(g, x, n_iter=200)
+    assert local.shape == (5,)
+    for b in range(5):
+        jac = torch.autograd.functional.jacobian(lambda z: g(z.unsqueeze(0))[0], x[b]).reshape(32, 32)
+        assert local[b].item() == pytest.approx(torch.linalg.matrix_norm(jac, 2).item(), rel=1e-6)
+    assert local.max() <= inv.lipschitz_constant(g, (2, 4, 4)) * (1 + 1e-6)
+    with pytest.raises(ValueError, match="batch"):
+        inv.local_lipschitz(g, torch.randn(3))

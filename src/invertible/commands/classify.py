@@ -65,6 +65,10 @@ def add_parser(sub) -> None:
     c.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint.safetensors or its run folder")
     c.add_argument("--fast", action="store_true", help="power iteration + FFT bounds instead of dense SVDs")
     c.add_argument("--json", type=Path, default=None, help="where to save the certificate (JSON)")
+    c.add_argument("--data", nargs="?", const="", default=None, metavar="NAME",
+                   help="also measure the realized local Lip(g_t) on test images (no NAME: the training data set)")
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--n", type=int, default=32, help="test images for --data")
     c.set_defaults(func=certify)
 
     v = sub.add_parser(
@@ -119,8 +123,22 @@ def certify(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint}: {cfg['arch']} ({'vanilla' if coeff is None else f'c = {coeff}'}) on {cfg['data']}, "
           f"epoch {meta['epoch']}, test error {meta['metrics'].get('test_error', math.nan):.2f} %")
     print(cert.format())
+    record = cert.to_dict()
+    if args.data is not None:
+        from invertible.models.certify import format_realized, realized_lipschitz
+        from invertible.training.classifier import load_classification_data
+
+        if args.n < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        name = args.data or cfg["data"]
+        root = args.data_root if args.data else cfg["data_root"]
+        data = load_classification_data(name, root, test_fraction=cfg["test_fraction"])
+        p = next(model.parameters())
+        record["realized"] = realized_lipschitz(model, data.x_test[: args.n].to(device=p.device, dtype=p.dtype))
+        print()
+        print(format_realized(record["realized"], cert))
     path = args.json or (args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent) / "certificate.json"
-    atomic_write_text(path, json.dumps(cert.to_dict(), indent=2))
+    atomic_write_text(path, json.dumps(record, indent=2))
     print(f"saved {path}")
     return 0
 

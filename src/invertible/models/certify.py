@@ -30,11 +30,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from invertible.lipschitz import DENSE_ENTRIES, DENSE_LIMIT, norm_method, operator_norm, operator_norm_upper_bound
+from invertible.lipschitz import (
+    DENSE_ENTRIES,
+    DENSE_LIMIT,
+    local_lipschitz,
+    norm_method,
+    operator_norm,
+    operator_norm_upper_bound,
+)
 from invertible.nn import ActNorm, InjectivePad, LipSwish, ResidualBlock, Squeeze
 
 __all__ = [
     "LayerNorm", "BlockCertificate", "Certificate", "certify_features", "certify_classifier", "VERDICT_OK",
+    "realized_lipschitz", "format_realized",
 ]
 
 VERDICT_OK = "invertible (certified)"
@@ -280,6 +288,47 @@ def certify_classifier(model: nn.Module, input_shape: Sequence[int] | None = Non
     if shape is None:
         raise ValueError("pass input_shape=(C, H, W): the operator norms depend on the input size")
     return certify_features(features, shape, **kwargs)
+
+
+def realized_lipschitz(model: nn.Module, x: torch.Tensor, n_iter: int = 30) -> list[dict[str, float]]:
+    """How much of its certified budget each block uses on data: per residual block ``t`` of ``model.features``
+    (or of ``model`` itself, an ``InvertibleSequential``), statistics over the images ``x`` ``(B, C, H, W)`` of
+
+    * ``local``: ``||J_{g_t}(x_t)||_2``, the realized local Lipschitz constant (:func:`local_lipschitz`; a lower
+      bound on ``Lip(g_t)``, to compare with the certified upper bound of eq. 4.6);
+    * ``relative``: ``||g_t(x_t)|| / ||x_t||``, how far the block moves its input.
+
+    Returns one dict per block with ``local_median``, ``local_max``, ``relative_median``. Runs in eval mode.
+    """
+    features = getattr(model, "features", model)
+    was_training = features.training
+    features.eval()
+    out: list[dict[str, float]] = []
+    try:
+        with torch.no_grad():
+            h = x
+            for layer in features:
+                if isinstance(layer, ResidualBlock):
+                    local = local_lipschitz(layer.g, h, n_iter=n_iter, generator=torch.Generator().manual_seed(0))
+                    rel = layer.g(h).flatten(1).norm(dim=1) / h.flatten(1).norm(dim=1).clamp_min(1e-30)
+                    out.append({"local_median": float(local.median()), "local_max": float(local.max()),
+                                "relative_median": float(rel.median())})
+                h = layer(h)
+    finally:
+        features.train(was_training)
+    return out
+
+
+def format_realized(realized: list[dict[str, float]], certificate: Certificate | None = None) -> str:
+    """A table of :func:`realized_lipschitz` next to the certified bounds (when a certificate is given)."""
+    header = f"{'block':>5}  {'local Lip(g_t) median':>21} {'max':>8} {'certified <=':>12} {'|g(x)|/|x|':>11}"
+    lines = ["Realized on data (local Lipschitz constant of g_t at the images; a lower bound):", header,
+             "-" * len(header)]
+    for t, r in enumerate(realized):
+        cert = f"{certificate.blocks[t].lipschitz:.4f}" if certificate is not None else "-"
+        lines.append(f"{t:>5}  {r['local_median']:>21.4f} {r['local_max']:>8.4f} {cert:>12} "
+                     f"{r['relative_median']:>11.4f}")
+    return "\n".join(lines)
 
 
 def _ranges(idx: list[int]) -> str:
