@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from invertible.data.images import DEFAULT_MNIST_NPZ, FASHION_MNIST_DIR
-from invertible.models.certify import certify_classifier
+from invertible.models.certify import certify_classifier, format_realized, realized_lipschitz
 from invertible.models.reconstruct import reconstruct
 from invertible.training.classifier import ClassifierConfig, load_classification_data, load_classifier, train_classifier
 
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         x = data.x_test[:100].to(args.device)
         rec64 = reconstruct(model, x, iterations=100, lipschitz=[b.lipschitz for b in cert.blocks])
         rec32 = reconstruct(model, x, iterations=100, dtype=None)
+        realized = realized_lipschitz(model, x[:32])
         results[label] = {
             "test_error": summary["test_error"],
             "seconds_per_epoch": summary["seconds_per_epoch"],
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             "recon_max_abs_error_float32": rec32.max_abs_error,
             "recon_diverged": rec64.diverged,
             "certificate": cert.format(),
+            "realized": realized,
+            "realized_table": format_realized(realized, cert),
         }
     total = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
           f"total {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU")
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()))
     print("\ncertificate of the i-ResNet:\n" + sn["certificate"])
+    print("\n" + sn["realized_table"])
+    print("\nvanilla twin, same measurement:\n" + van["realized_table"].split("\n", 1)[1])
     if note:
         print(note)
     if args.json:
