@@ -36,7 +36,9 @@ MODEL = {"blocks": [2, 2], "channels": 16, "hidden": [32, 64], "init_squeeze": T
 MODEL_A1 = {"blocks": [13, 13, 13], "channels": 16, "hidden": [32, 64, 128], "init_squeeze": False}
 
 
-def step_times(data, model: dict, batch_size: int, device: str, n_steps: int = 15, seed: int = 0) -> dict[str, float]:
+def step_times(
+    data, model_cfg: dict, batch_size: int, device: str, n_steps: int = 15, seed: int = 0
+) -> dict[str, float]:
     """Median seconds per SGD step (forward + backward + update, one spectral-norm power iteration per conv)
     for the i-ResNet and the vanilla twin, timed *interleaved* on the same batch so that load from other
     processes affects both alike (the per-epoch times of the training runs are noisy on a shared machine)."""
@@ -49,7 +51,7 @@ def step_times(data, model: dict, batch_size: int, device: str, n_steps: int = 1
     y = data.y_train[:batch_size].to(device)
     models = {}
     for label, coeff in (("i-ResNet c=0.9", 0.9), ("vanilla", None)):
-        net = build_classifier("iresnet", {**model, "coeff": coeff, "input_shape": list(data.input_shape),
+        net = build_classifier("iresnet", {**model_cfg, "coeff": coeff, "input_shape": list(data.input_shape),
                                            "n_classes": data.n_classes}).to(device)
         models[label] = (net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4))
     times: dict[str, list[float]] = {k: [] for k in models}
@@ -85,11 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, nargs="+", default=None, help="override: residual blocks per stage")
     p.add_argument("--hidden", type=int, nargs="+", default=None, help="override: bottleneck width per stage")
     args = p.parse_args(argv)
-    model = dict(MODEL if args.model == "small" else MODEL_A1)
+    model_cfg = dict(MODEL if args.model == "small" else MODEL_A1)
     if args.blocks:
-        model["blocks"] = args.blocks
+        model_cfg["blocks"] = args.blocks
     if args.hidden:
-        model["hidden"] = args.hidden
+        model_cfg["hidden"] = args.hidden
     torch.set_num_threads(args.threads)
 
     note = ""
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     data = load_classification_data(data_name, root, train_subset=args.train_subset, test_subset=args.test_subset)
     print(f"data: {data_name}, {len(data.x_train)} train / {len(data.x_test)} test images {data.input_shape}")
-    steps = step_times(data, model, args.batch_size, args.device)
+    steps = step_times(data, model_cfg, args.batch_size, args.device)
     step_ratio = steps["i-ResNet c=0.9"] / steps["vanilla"]
     print(f"seconds per step (batch {args.batch_size}, interleaved median): "
           + ", ".join(f"{k} {v:.3f}" for k, v in steps.items()) + f"; ratio {step_ratio:.2f}x")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     for label, coeff in (("i-ResNet c=0.9", 0.9), ("vanilla", None)):
         cfg = ClassifierConfig(
-            data=data_name, data_root=root, model={**model, "coeff": coeff}, epochs=args.epochs,
+            data=data_name, data_root=root, model={**model_cfg, "coeff": coeff}, epochs=args.epochs,
             batch_size=args.batch_size, train_subset=args.train_subset, test_subset=args.test_subset,
             seed=args.seed, device=args.device,
         )
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         ("max |x_hat - x| (float32)", e(sn["recon_max_abs_error_float32"]), e(van["recon_max_abs_error_float32"])),
     ]
     print()
-    print(f"{data_name}: {len(data.x_train)} train images, {args.epochs} epochs, model {model}")
+    print(f"{data_name}: {len(data.x_train)} train images, {args.epochs} epochs, model {model_cfg}")
     print(f"| {'':<28} | {'i-ResNet c=0.9':>15} | {'vanilla':>15} |")
     print(f"|{'-' * 30}|{'-' * 17}|{'-' * 17}|")
     for name, a, b in rows:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         out = {
             "data": data_name, "note": note, "epochs": args.epochs, "train_images": len(data.x_train),
-            "test_images": len(data.x_test), "model": model, "results": results, "error_gap": gap,
+            "test_images": len(data.x_test), "model": model_cfg, "results": results, "error_gap": gap,
             "time_ratio": ratio, "step_seconds": steps, "step_time_ratio": step_ratio, "targets": targets,
             "total_seconds": total, "cpu_seconds": cpu,
         }
