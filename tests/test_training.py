@@ -9,6 +9,7 @@ import torch
 from invertible.data.dequantize import dequantize, nats_to_bits_per_dim
 from invertible.data.toy2d import sample_toy
 from invertible.models.resflow import image_residual_flow, vector_residual_flow
+from invertible.training.denormal import flush_denormals
 from invertible.training.ema import EMA
 from invertible.training.evaluate import evaluate_nll
 from invertible.training.loop import StopTraining, TrainConfig, Trainer, load_model
@@ -165,3 +166,14 @@ def test_checkpoints_hold_contractive_blocks(tmp_path):
     assert len(linears) == 6
     norms = [operator_norm(m) for m in linears]
     assert max(norms) <= 0.9 * (1 + 1e-4), norms
+
+
+def test_flush_denormals_zeroes_subnormals_inside_and_restores_after():
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # subnormal in float32
+    with flush_denormals():
+        if not torch.set_flush_denormal(True):
+            pytest.skip("this CPU cannot flush denormals")
+        assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() > 0.0
+    with flush_denormals(enabled=False):
+        assert (tiny * 1.0).item() > 0.0

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from invertible.training.denormal import flush_denormals
+
 COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce", "invertible.commands.analyze_relu",
                                    "invertible.commands.classify", "invertible.commands.ims",
                                    "invertible.commands.invariance", "invertible.commands.flow")
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with flush_denormals():  # subnormals from exp() in ELU/LipSwish slowed CPU training up to 8x
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
         print(f"invertible {args.command}: error: {exc}", file=sys.stderr)
         return 2

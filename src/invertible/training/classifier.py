@@ -29,6 +29,7 @@ from torch import nn
 from invertible.lipschitz import converge_spectral_norms
 from invertible.training.augment import random_flip, random_shift
 from invertible.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from invertible.training.denormal import flush_denormals
 
 __all__ = [
     "ClassifierConfig",
@@ -314,7 +315,16 @@ def train_classifier(
         resume: continue from ``out/checkpoint.safetensors`` (an already finished run returns at once). Without
             it an existing checkpoint is an error, so no run is overwritten by accident.
         data: pre-loaded data (must match ``config``'s data settings); loaded from ``config`` when ``None``.
+
+    On a CPU, subnormal floats are flushed to zero while training (:mod:`invertible.training.denormal`).
     """
+    with flush_denormals(torch.device(config.device).type == "cpu"):
+        return _train_classifier(config, out, resume=resume, progress=progress, data=data)
+
+
+def _train_classifier(
+    config: ClassifierConfig, out: str | Path, *, resume: bool, progress: bool, data: ClassificationData | None
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     config.validate()

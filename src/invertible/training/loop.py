@@ -39,6 +39,7 @@ from invertible.lipschitz import converge_spectral_norms
 from invertible.models.resflow import DensityModel
 from invertible.training import distributed as D
 from invertible.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from invertible.training.denormal import flush_denormals
 from invertible.training.ema import EMA
 from invertible.training.evaluate import evaluate_nll
 from invertible.training.logging import MetricsLogger
@@ -291,8 +292,13 @@ class Trainer:
         """Train to ``cfg.steps`` (continuing from the checkpoint with ``resume``); returns final metrics.
 
         ``callback(trainer)`` runs after every step (after checkpointing); raising :class:`StopTraining` there
-        ends training early without a final checkpoint, like a killed process.
+        ends training early without a final checkpoint, like a killed process. On a CPU, subnormal floats are
+        flushed to zero meanwhile (:mod:`invertible.training.denormal`).
         """
+        with flush_denormals(next(self.model.parameters()).device.type == "cpu"):
+            return self._fit(resume, callback)
+
+    def _fit(self, resume: bool, callback: Callable[[Trainer], None] | None) -> dict[str, Any]:
         cfg = self.cfg
         restored = self.resume() if resume else False
         if not restored:

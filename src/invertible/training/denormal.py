@@ -1,0 +1,31 @@
+"""Flush subnormal floats to zero while training on a CPU.
+
+ELU and LipSwish evaluate ``exp`` of large negative pre-activations; the results and their gradients land in the
+subnormal range (below ~1.2e-38 in float32), which x86 CPUs process in slow microcode. Training an
+unconstrained (vanilla) i-ResNet twin on Fashion-MNIST ran 0.6 s/step instead of 0.075 s/step for this reason,
+with bit-identical losses when subnormals are flushed (they are far below every tolerance that matters here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["flush_denormals"]
+
+
+@contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Within the block, ``torch.set_flush_denormal(True)`` (where the CPU supports it); afterwards it is set back
+    to PyTorch's default, ``False``. A no-op with ``enabled=False``."""
+    if not enabled:
+        yield
+        return
+    supported = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if supported:
+            torch.set_flush_denormal(False)
