@@ -10,6 +10,15 @@ Falls back to MNIST-10k (with a note) when Fashion-MNIST is not installed (`apt-
 dataset-fashion-mnist`).
 
     python benchmarks/classify.py [--epochs 3] [--train-subset 30000] [--json results.json]
+    python benchmarks/classify.py --blocks 4 4 --train-subset 60000 --epochs 5     # deeper, all images
+    python benchmarks/classify.py --model a1 --device cuda --epochs 200 --train-subset 60000   # thesis scale
+
+Measured 2026-11-25 (one thread, machine otherwise idle, 3.5 min in all): test error 25.66 % (i-ResNet) vs
+17.75 % (vanilla), 25.7 vs 23.2 s per epoch (ratio 1.11; 1.18 per step), certified (max Lip(g_t) <= 0.742),
+reconstruction error 1.1e-14 (float64). The 0.5-point target is missed: these shallow i-ResNets use a fraction of
+their Lipschitz budget (realized local Lip(g_t) 0.09-0.41 on test images against the certified 0.73; the blocks
+of stage 2 move their input by 2-3 %), and the gap shrinks with depth (60k images, 5 epochs: [2, 2] blocks 19.56
+vs 11.97 %, [4, 4] 15.68 vs 10.77 %). The thesis's numbers are for 39 blocks and 200 epochs.
 """
 
 from __future__ import annotations
