@@ -291,7 +291,7 @@ def spectral_norm(
     return module
 
 
-@torch.no_grad()
+@torch.no_grad()  # no graph to the parameters; torch.func computes its own derivatives regardless
 def local_lipschitz(
     g: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -328,6 +328,7 @@ def local_lipschitz(
     return jv.flatten(1).norm(dim=1).detach()
 
 
+@torch.no_grad()
 def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int = 2000) -> int:
     """Run every spectral-norm power iteration in ``model`` to convergence on the *current* weights.
 
