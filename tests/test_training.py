@@ -174,6 +174,9 @@ def test_flush_denormals_zeroes_subnormals_inside_and_restores_after():
         if not torch.set_flush_denormal(True):
             pytest.skip("this CPU cannot flush denormals")
         assert (tiny * 1.0).item() == 0.0
+        with flush_denormals():  # nested (e.g. a CLI command around a training run): stays on after the inner
+            pass
+        assert (tiny * 1.0).item() == 0.0
     assert (tiny * 1.0).item() > 0.0
     with flush_denormals(enabled=False):
         assert (tiny * 1.0).item() > 0.0
