@@ -183,3 +183,5 @@ def test_realized_lipschitz_is_below_the_certificate_and_matches_block_jacobians
             t += 1
         h = layer(h)
     assert "certified <=" in format_realized(realized, cert)
+    with pytest.raises(ValueError, match="certified for inputs of shape"):
+        realized_lipschitz(model, torch.randn(2, 1, 4, 4))

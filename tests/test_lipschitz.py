@@ -217,3 +217,24 @@ def test_local_lipschitz_is_the_jacobian_norm_and_below_the_certified_bound():
     assert local.max() <= inv.lipschitz_constant(g, (2, 4, 4)) * (1 + 1e-6)
     with pytest.raises(ValueError, match="batch"):
         inv.local_lipschitz(g, torch.randn(3))
+
+
+def test_frozen_forward_on_a_new_input_shape_still_normalizes():
+    """A layer met with a new input size inside frozen_spectral_norm() (or a torch.func transform) must not fall
+    back to the raw weight: it estimates sigma for that size without touching its buffers."""
+    torch.manual_seed(0)
+    conv = inv.spectral_norm(nn.Conv2d(2, 3, 3, padding=1), coeff=0.5)
+    with torch.no_grad():
+        conv.parametrizations.weight.original.mul_(10)  # far from contractive before normalization
+    conv(torch.randn(1, 2, 8, 8))
+    conv.eval()
+    state = {k: v.clone() for k, v in conv.state_dict().items()}
+
+    def linear_part(z):  # the operator on 4x4 inputs, without the bias
+        return (conv(z.reshape(1, 2, 4, 4)) - conv.bias.view(1, -1, 1, 1)).reshape(-1)
+
+    with inv.frozen_spectral_norm():
+        jac = torch.autograd.functional.jacobian(linear_part, torch.zeros(32))
+    for k, v in conv.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert 0.5 * (1 - 1e-2) <= torch.linalg.matrix_norm(jac, 2) <= 0.5 * (1 + 1e-3)

@@ -139,6 +139,7 @@ class SpectralNorm(nn.Module):
         self.atol, self.rtol = atol, rtol
         self.max_power_iterations = int(max_power_iterations)
         self._op = _Operator(module)
+        self.frozen_shape: tuple[int, ...] | None = None  # input size of the last frozen call (not state)
         w = module.weight
         self.register_buffer("u", torch.empty(0, dtype=w.dtype, device=w.device))
         self.register_buffer("v", torch.empty(0, dtype=w.dtype, device=w.device))
@@ -185,13 +186,24 @@ class SpectralNorm(nn.Module):
         max_iter: int | None = None,
     ) -> int:
         """At least ``n`` steps; in tolerance mode (the layer's atol/rtol, or the ones given) up to ``max_iter``."""
-        shape = tuple(self.input_shape.tolist())
+        u, v, k = self._power_steps(weight, self.u, self.v, n, atol, rtol, max_iter)
+        self.u.copy_(u)
+        self.v.copy_(v)
+        return k
+
+    @torch.no_grad()
+    def _power_steps(
+        self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n: int, atol: float | None = None,
+        rtol: float | None = None, max_iter: int | None = None, shape: tuple[int, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Power iteration from ``(u, v)`` without touching the buffers: returns the new ``(u, v)`` and the steps
+        (``shape``: the per-sample input shape, default the recorded one)."""
+        shape = tuple(self.input_shape.tolist()) if shape is None else shape
         atol = self.atol if atol is None else atol
         rtol = self.rtol if rtol is None else rtol
         use_tol = atol is not None or rtol is not None
         atol, rtol = atol or 0.0, rtol or 0.0
         limit = (max_iter or self.max_power_iterations) if use_tol else n
-        u, v = self.u, self.v
         if not bool(u.norm() > 0):  # e.g. a zero-initialised weight sent the vectors to 0: start afresh
             u = torch.randn_like(u)
             u = u / u.norm()
@@ -212,9 +224,18 @@ class SpectralNorm(nn.Module):
                 if (sigma - sigma_old).abs() <= atol + rtol * sigma:
                     break
             sigma_old = sigma
-        self.u.copy_(u)
-        self.v.copy_(v)
-        return k
+        return u, v, k
+
+    def _stateless_sigma(self, weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """``sigma`` on inputs of per-sample ``shape`` from a seeded power iteration (as many steps as
+        :meth:`_init_vectors`), leaving the buffers alone; differentiable in the weight like :meth:`estimate`."""
+        g = torch.Generator(device=weight.device).manual_seed(0)
+        u = torch.randn((1, *shape), generator=g, dtype=weight.dtype, device=weight.device)
+        u = u / u.norm()
+        v = self._op.apply(weight.detach(), u)
+        v = v / v.norm().clamp_min(1e-30)
+        u, v, _ = self._power_steps(weight.detach(), u, v, max(20, self.n_power_iterations), shape=shape)
+        return (v * self._op.apply(weight, u)).sum()
 
     def estimate(self, weight: torch.Tensor) -> torch.Tensor:
         """sigma = <v, A u> (differentiable in the weight, vectors fixed) - a lower bound on ||A||_2."""
@@ -223,6 +244,10 @@ class SpectralNorm(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         # inside torch.func transforms (jvp, vjp, vmap, jacrev) the buffers must not be mutated: act as frozen
         frozen = _FROZEN.get() or _functorch_active()
+        shape = self.frozen_shape if frozen else None
+        if shape is not None and (not self.initialized or shape != tuple(self.input_shape.tolist())):
+            # an input size the vectors do not belong to, met while frozen: estimate without storing anything
+            return weight / torch.clamp(self._stateless_sigma(weight, shape) / self.coeff, min=1.0)
         if not self.initialized:
             if frozen or not self.input_shape.numel():
                 return weight  # called before the first real forward (e.g. by repr or a shape probe)
@@ -255,7 +280,11 @@ def _record_input_shape(module: nn.Module, args) -> None:
     x = args[0]
     sn = module.parametrizations.weight[0]
     per_sample = tuple(x.shape[1:]) if x.dim() == sn._op.dims + 2 else tuple(x.shape)
-    sn.set_input_shape(per_sample)
+    if _FROZEN.get() or _functorch_active():
+        sn.frozen_shape = per_sample  # frozen: keep the buffers (and the shape they belong to) as they are
+    else:
+        sn.frozen_shape = None
+        sn.set_input_shape(per_sample)
 
 
 def spectral_norm(

@@ -300,6 +300,12 @@ def realized_lipschitz(model: nn.Module, x: torch.Tensor, n_iter: int = 30) -> l
 
     Returns one dict per block with ``local_median``, ``local_max``, ``relative_median``. Runs in eval mode.
     """
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"the model was built and certified for inputs of shape {tuple(expected)}, got images of shape "
+            f"{tuple(x.shape[1:])}: measure it on data of the kind it was trained on"
+        )
     features = getattr(model, "features", model)
     was_training = features.training
     features.eval()
