@@ -238,3 +238,17 @@ def test_frozen_forward_on_a_new_input_shape_still_normalizes():
     for k, v in conv.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert 0.5 * (1 - 1e-2) <= torch.linalg.matrix_norm(jac, 2) <= 0.5 * (1 + 1e-3)
+
+
+def test_recorded_shape_follows_forward_and_load_state_dict():
+    """The host-side copy of input_shape (read on every forward without a device sync) never goes stale."""
+    torch.manual_seed(0)
+    a = inv.spectral_norm(nn.Conv2d(2, 3, 3, padding=1), coeff=0.5)
+    b = inv.spectral_norm(nn.Conv2d(2, 3, 3, padding=1), coeff=0.5)
+    a(torch.randn(1, 2, 6, 6))
+    b(torch.randn(1, 2, 4, 4))
+    sn_b = b.parametrizations.weight[0]
+    assert sn_b.recorded_shape == (2, 4, 4)
+    b.load_state_dict(a.state_dict())
+    assert sn_b.recorded_shape == (2, 6, 6) == tuple(sn_b.input_shape.tolist())
+    torch.testing.assert_close(b(torch.ones(1, 2, 6, 6)), a(torch.ones(1, 2, 6, 6)))

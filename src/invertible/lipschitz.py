@@ -147,16 +147,25 @@ class SpectralNorm(nn.Module):
         self.register_buffer("input_shape", torch.empty(0, dtype=torch.long, device=w.device))
         if self._op.is_linear:
             self.input_shape = torch.tensor([module.in_features], device=w.device)
+        self._shape_cache: tuple[int, ...] | None = None
 
     # -- state -----------------------------------------------------------------------------------------
     @property
     def initialized(self) -> bool:
         return self.u.numel() > 0
 
+    @property
+    def recorded_shape(self) -> tuple[int, ...]:
+        """``input_shape`` as a tuple, cached on the host: read on every forward, it must not cost a device sync."""
+        if self._shape_cache is None:
+            self._shape_cache = tuple(self.input_shape.tolist())
+        return self._shape_cache
+
     def set_input_shape(self, shape: Sequence[int]) -> None:
         shape = tuple(int(s) for s in shape)
-        if tuple(self.input_shape.tolist()) != shape:
+        if self.recorded_shape != shape:
             self.input_shape = torch.tensor(shape, dtype=torch.long, device=self.sigma.device)
+            self._shape_cache = shape
             self.u = torch.empty(0, dtype=self.u.dtype, device=self.u.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -165,12 +174,13 @@ class SpectralNorm(nn.Module):
             key = prefix + name
             if key in state_dict:
                 setattr(self, name, torch.empty_like(state_dict[key], device=self.sigma.device))
+        self._shape_cache = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- power iteration -------------------------------------------------------------------------------
     @torch.no_grad()
     def _init_vectors(self, weight: torch.Tensor) -> None:
-        shape = tuple(self.input_shape.tolist())
+        shape = self.recorded_shape
         if not shape:
             raise RuntimeError("input shape unknown: run a forward pass through the layer first")
         u = torch.randn((1, *shape), dtype=weight.dtype, device=weight.device)
@@ -198,7 +208,7 @@ class SpectralNorm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Power iteration from ``(u, v)`` without touching the buffers: returns the new ``(u, v)`` and the steps
         (``shape``: the per-sample input shape, default the recorded one)."""
-        shape = tuple(self.input_shape.tolist()) if shape is None else shape
+        shape = self.recorded_shape if shape is None else shape
         atol = self.atol if atol is None else atol
         rtol = self.rtol if rtol is None else rtol
         use_tol = atol is not None or rtol is not None
@@ -245,7 +255,7 @@ class SpectralNorm(nn.Module):
         # inside torch.func transforms (jvp, vjp, vmap, jacrev) the buffers must not be mutated: act as frozen
         frozen = _FROZEN.get() or _functorch_active()
         shape = self.frozen_shape if frozen else None
-        if shape is not None and (not self.initialized or shape != tuple(self.input_shape.tolist())):
+        if shape is not None and (not self.initialized or shape != self.recorded_shape):
             # an input size the vectors do not belong to, met while frozen: estimate without storing anything
             return weight / torch.clamp(self._stateless_sigma(weight, shape) / self.coeff, min=1.0)
         if not self.initialized:
@@ -393,7 +403,7 @@ def _input_shape_of(module: nn.Module, input_shape: Sequence[int] | None) -> tup
         return (module.in_features,)
     sn = _spectral_norm_of(module)
     if sn is not None and sn.input_shape.numel():
-        return tuple(sn.input_shape.tolist())
+        return sn.recorded_shape
     raise ValueError(
         f"operator norm of {type(module).__name__} depends on the input size: pass input_shape=(C, H, W) "
         "or run a forward pass through a spectrally normalized layer first"
