@@ -13,13 +13,22 @@ TRAIN = ["train-flow", "--data", "8gaussians", "--blocks", "2", "--hidden", "8",
 def test_train_resume_sample_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*TRAIN, "--out", str(out), "--steps", "20", "--checkpoint-every", "10"]) == 0
-    for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors", "samples.png", "training_curves.png"):
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "report.md", "checkpoint.safetensors",
+                 "figures/samples.png", "figures/training_curves.png"):
         assert (out / name).is_file(), name
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["steps"] == 20 and summary["val"]["exact"] and "true_nll" in summary
+    assert "figures/samples.png" in (out / "report.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["name"] == "8gaussians" and config["model"]["kind"] == "vector_resflow"
     assert "test NLL" in capsys.readouterr().out
     # the folder holds a run: refusing to overwrite it, continuing it with --resume
     assert main([*TRAIN, "--out", str(out), "--steps", "30"]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main([*TRAIN, "--out", str(out), "--steps", "30", "--resume"]) == 0
+    # a changed setting is refused, naming it (the checkpoint interval changes the power-iteration state)
+    assert main([*TRAIN, "--out", str(out), "--steps", "30", "--resume"]) == 2
+    assert "train.checkpoint_every" in capsys.readouterr().err
+    assert main([*TRAIN, "--out", str(out), "--steps", "30", "--checkpoint-every", "10", "--resume"]) == 0
     assert "resuming" in capsys.readouterr().out
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 30

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from invertible.data.toy2d import sample_toy
 from invertible.models.resflow import vector_residual_flow
-from invertible.training.loop import TrainConfig, Trainer
+from invertible.training.density import DensityConfig, density_trainer
 from invertible.training.sources import SamplerSource
 
 
@@ -27,8 +27,8 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     torch.manual_seed(0)
     model = vector_residual_flow(2, n_blocks=2, hidden=(8, 8), mode="resflow").double()
     src = SamplerSource(lambda n, g: sample_toy("8gaussians", n, g), 16, seed=0, epoch_steps=2, dtype=torch.float64)
-    trainer = Trainer(model, src, TrainConfig(steps=4, batch_size=16, lr=1e-2, log_every=1), folder,
-                      show_progress=False)
+    trainer = density_trainer(model, src, DensityConfig(steps=4, batch_size=16, lr=1e-2, log_every=1), folder,
+                              show_progress=False)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     # the ranks see different data
     assert trainer.dist.world_size == world and trainer.dist.rank == rank

@@ -10,20 +10,22 @@ from invertible.data.dequantize import dequantize, nats_to_bits_per_dim
 from invertible.data.toy2d import sample_toy
 from invertible.models.resflow import image_residual_flow, vector_residual_flow
 from invertible.training.denormal import flush_denormals
+from invertible.training.density import DensityConfig, density_trainer
 from invertible.training.ema import EMA
+from invertible.training.engine import StopTraining
 from invertible.training.evaluate import evaluate_nll
-from invertible.training.loop import StopTraining, TrainConfig, Trainer, load_model
+from invertible.training.runs import load_run
 from invertible.training.sources import SamplerSource, TensorSource
 
 
-def _toy_trainer(out, mode="resflow", steps=10):
+def _toy_trainer(out, mode="resflow", steps=10, log_every=2, seed=0):
     torch.manual_seed(0)
     model = vector_residual_flow(2, n_blocks=2, hidden=(8, 8), mode=mode).double()
     src = SamplerSource(lambda n, g: sample_toy("8gaussians", n, g), 16, seed=0, epoch_steps=4, dtype=torch.float64)
     val = sample_toy("8gaussians", 64, torch.Generator().manual_seed(1), torch.float64)
-    cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-2, warmup_steps=3, grad_clip=5.0, ema_decay=0.9,
-                      log_every=2)
-    return Trainer(model, src, cfg, out, val_data=val, show_progress=False)
+    cfg = DensityConfig(steps=steps, batch_size=16, lr=1e-2, warmup_steps=3, grad_clip=5.0, ema_decay=0.9,
+                        log_every=log_every, seed=seed)
+    return density_trainer(model, src, cfg, out, val_data=val, show_progress=False)
 
 
 def _kill_at(step):
@@ -68,8 +70,8 @@ def test_resume_image_flow_with_dequantization(tmp_path):
         model = image_residual_flow((1, 4, 4), n_scales=1, n_blocks=1, hidden=4, mode="iresnet", n_terms=3).double()
         data = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
         src = TensorSource(data, 8, seed=1, dtype=torch.float64)
-        cfg = TrainConfig(steps=5, batch_size=8, lr=1e-3, optimizer="adamax", checkpoint_every=2, log_every=1)
-        return Trainer(model, src, cfg, tmp_path / folder, val_data=data[:8], show_progress=False)
+        cfg = DensityConfig(steps=5, batch_size=8, lr=1e-3, optimizer="adamax", checkpoint_every=2, log_every=1)
+        return density_trainer(model, src, cfg, tmp_path / folder, val_data=data[:8], show_progress=False)
 
     a = make("ref")
     a.fit()
@@ -85,22 +87,23 @@ def test_checkpoint_reload_and_config(tmp_path):
     t.fit()
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["model"]["kind"] == "vector_resflow" and cfg["train"]["steps"] == 4
-    model, meta = load_model(tmp_path / "run", use_ema=False)
-    assert meta["step"] == 4 and not model.training
+    model, ck = load_run(tmp_path / "run", use_ema=False)
+    assert ck.meta["step"] == 4 and not model.training and ck.kind == "vector_resflow"
+    assert ck.config == cfg
     x = sample_toy("8gaussians", 5, torch.Generator().manual_seed(2), torch.float64)
     t.model.eval()
     torch.testing.assert_close(model.log_prob(x), t.model.log_prob(x), rtol=0, atol=0)
     with pytest.raises(FileNotFoundError):
-        load_model(tmp_path / "nothing")
+        load_run(tmp_path / "nothing")
 
 
 def test_train_config_validation():
     with pytest.raises(ValueError, match="optimizer"):
-        TrainConfig(optimizer="sgd")
+        DensityConfig(optimizer="sgd")
     with pytest.raises(ValueError):
-        TrainConfig(steps=0)
+        DensityConfig(steps=0)
     with pytest.raises(ValueError, match="grad_clip"):
-        TrainConfig(grad_clip=0.0)
+        DensityConfig(grad_clip=0.0)
 
 
 def test_training_reduces_nll():
@@ -108,7 +111,8 @@ def test_training_reduces_nll():
     model = vector_residual_flow(2, n_blocks=2, hidden=(16, 16), mode="exact").double()
     src = SamplerSource(lambda n, g: sample_toy("moons", n, g), 64, epoch_steps=100, dtype=torch.float64)
     val = sample_toy("moons", 500, torch.Generator().manual_seed(1), torch.float64)
-    t = Trainer(model, src, TrainConfig(steps=100, batch_size=64, lr=1e-2), None, val_data=val, show_progress=False)
+    t = density_trainer(model, src, DensityConfig(steps=100, batch_size=64, lr=1e-2), None, val_data=val,
+                        show_progress=False)
     model.initialize(src.batch(0))  # what fit() starts from
     before = evaluate_nll(model, val)["nll"]
     out = t.fit()
@@ -159,9 +163,9 @@ def test_checkpoints_hold_contractive_blocks(tmp_path):
     torch.manual_seed(0)
     model = vector_residual_flow(2, n_blocks=2, hidden=(16, 16), coeff=0.9, mode="exact").double()
     src = SamplerSource(lambda n, g: sample_toy("8gaussians", n, g), 32, seed=0, epoch_steps=5, dtype=torch.float64)
-    cfg = TrainConfig(steps=5, batch_size=32, lr=0.2, log_every=5)
-    Trainer(model, src, cfg, tmp_path, show_progress=False).fit()
-    loaded, _ = load_model(tmp_path)
+    cfg = DensityConfig(steps=5, batch_size=32, lr=0.2, log_every=5)
+    density_trainer(model, src, cfg, tmp_path, show_progress=False).fit()
+    loaded, _ = load_run(tmp_path)
     linears = [m for m in loaded.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 6
     norms = [operator_norm(m) for m in linears]
@@ -180,3 +184,76 @@ def test_flush_denormals_zeroes_subnormals_inside_and_restores_after():
     assert (tiny * 1.0).item() > 0.0
     with flush_denormals(enabled=False):
         assert (tiny * 1.0).item() > 0.0
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_mid_logging_interval_gives_identical_metrics(tmp_path):
+    """Checkpoint at step 4 (epoch end) inside the logging interval 4..6: the first record after the resume
+    must average steps 4, 5, 6 as the uninterrupted run does (the accumulators are in the checkpoint)."""
+    _toy_trainer(tmp_path / "full", "exact", log_every=3).fit()
+    _toy_trainer(tmp_path / "killed", "exact", log_every=3).fit(callback=_kill_at(5))
+    torch.manual_seed(99)
+    _toy_trainer(tmp_path / "killed", "exact", log_every=3).fit(resume=True)
+    def strip(records):  # wall-clock seconds differ between runs; everything else must not
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+    assert strip(_records(tmp_path / "killed")) == strip(_records(tmp_path / "full"))
+    assert [r["step"] for r in _records(tmp_path / "full") if r["split"] == "train"] == [3, 6, 9, 10]
+
+
+def test_resume_after_the_final_checkpoint_writes_nothing_twice(tmp_path):
+    _toy_trainer(tmp_path / "run", "exact", steps=4).fit()
+    before = _records(tmp_path / "run")
+    out = _toy_trainer(tmp_path / "run", "exact", steps=4).fit(resume=True)
+    assert out["step"] == 4 and out["val"] is not None
+    assert _records(tmp_path / "run") == before
+    assert [r["step"] for r in before if r["split"] == "val"] == [4]
+
+
+def test_resume_refuses_missing_checkpoint_changed_config_and_overwriting(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _toy_trainer(tmp_path / "empty", "exact", steps=4).fit(resume=True)
+    assert not (tmp_path / "empty" / "metrics.jsonl").exists()
+    _toy_trainer(tmp_path / "run", "exact", steps=4).fit()
+    with pytest.raises(ValueError, match=r"differs in train\.seed"):
+        _toy_trainer(tmp_path / "run", "exact", steps=8, seed=1).fit(resume=True)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        _toy_trainer(tmp_path / "run", "exact", steps=4).fit()
+    out = _toy_trainer(tmp_path / "run", "exact", steps=6).fit(resume=True)  # a longer budget may resume
+    assert out["step"] == 6
+
+
+class _BlowsUp:
+    """A least-squares objective whose loss turns NaN from step 2 on."""
+
+    def __new__(cls):
+        from invertible.training.objective import Objective
+
+        class Obj(Objective):
+            def loss(self, model, batch, trainer):
+                loss = (model(batch) ** 2).mean()
+                return (loss * float("nan") if trainer.step >= 2 else loss), {}
+
+        return Obj()
+
+
+@pytest.mark.parametrize("policy", ["raise", "stop"])
+def test_non_finite_loss_is_caught_at_the_logging_interval(tmp_path, policy):
+    from invertible.io import RunFolder
+    from invertible.training.engine import LoopConfig, Trainer, TrainingDiverged
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1).double()
+    src = SamplerSource(lambda n, g: torch.randn(n, 2, generator=g, dtype=torch.float64), 4, dtype=torch.float64)
+    t = Trainer(model, _BlowsUp(), torch.optim.SGD(model.parameters(), lr=0.1), src,
+                LoopConfig(steps=20, log_every=4, on_nonfinite=policy), RunFolder(tmp_path), show_progress=False)
+    if policy == "raise":
+        with pytest.raises(TrainingDiverged, match="non-finite loss before step 4"):
+            t.fit()
+    else:
+        out = t.fit()
+        assert out["diverged"] and out["step"] == 4
+        assert (tmp_path / "checkpoint.safetensors").is_file()

@@ -314,6 +314,19 @@ class RunFolder:
             atomic_write_text(self.report_path, markdown.rstrip() + "\n")
         return self.report_path
 
+    def report(self, title: str, sections: Mapping[str, str | list[str]]) -> Path:
+        """Write ``report.md``: ``# title``, then one ``## heading`` per section (a paragraph or bullet
+        lines), then every PNG of ``figures/`` embedded."""
+        lines = [f"# {title}", ""]
+        for heading, body in sections.items():
+            lines += [f"## {heading}", ""]
+            lines += [f"- {b}" for b in body] if isinstance(body, list) else [body.rstrip()]
+            lines.append("")
+        figs = self.figures()
+        if figs:
+            lines += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figs] + [""]
+        return self.write_report("\n".join(lines))
+
     # metrics.jsonl
     def log(self, record: Mapping[str, Any]) -> None:
         """Append one record (a line of JSON, flushed at once)."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -104,15 +105,14 @@ def _build(args, data) -> object:
 def train_flow(args: argparse.Namespace) -> int:
     import torch
 
+    from invertible.io import RunFolder
     from invertible.training.datasets import DataSpec, load_data
+    from invertible.training.density import DensityConfig, density_trainer
     from invertible.training.distributed import cleanup, is_main
-    from invertible.training.loop import TrainConfig, Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     ckpt = args.out / "checkpoint.safetensors"
-    if ckpt.is_file() and not args.resume:
-        raise ValueError(f"{args.out} already holds a run: pass --resume to continue it or choose another --out")
     spec = DataSpec(args.data, root=args.data_root, n_test=args.n_test, subset=args.subset, seed=args.seed)
     data = load_data(spec)
     torch.manual_seed(args.seed)
@@ -126,11 +126,13 @@ def train_flow(args: argparse.Namespace) -> int:
         steps = max(1, int(round(args.epochs * src.steps_per_epoch())))
     else:
         steps = 2000 if data.kind == "toy" else 10 * src.steps_per_epoch()
-    cfg = TrainConfig(steps=steps, batch_size=batch, lr=args.lr, optimizer=args.optimizer, warmup_steps=args.warmup,
-                      grad_clip=args.grad_clip, ema_decay=args.ema, checkpoint_every=args.checkpoint_every,
-                      eval_every=args.eval_every, eval_samples=args.eval_samples, seed=args.seed)
-    trainer = Trainer(model, src, cfg, args.out, val_data=data.test, meta={"data": spec.to_dict()},
-                      show_progress=not args.no_progress, tensorboard=args.tensorboard)
+    cfg = DensityConfig(steps=steps, batch_size=batch, lr=args.lr, optimizer=args.optimizer,
+                        warmup_steps=args.warmup, grad_clip=args.grad_clip, ema_decay=args.ema,
+                        checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+                        eval_samples=args.eval_samples, seed=args.seed)
+    run = RunFolder(args.out, writer=is_main(), tensorboard=args.tensorboard)
+    trainer = density_trainer(model, src, cfg, run, val_data=data.test, meta={"data": spec.to_dict()},
+                              show_progress=not args.no_progress)
     if args.resume and ckpt.is_file() and is_main():
         print(f"resuming {args.out} from step {_ckpt_step(ckpt)}", flush=True)
     try:
@@ -139,7 +141,8 @@ def train_flow(args: argparse.Namespace) -> int:
             val = result.get("val")
             if val:
                 print(_format_result(val, data.kind), flush=True)
-            _plots(trainer, data, args.out)
+            _plots(trainer, data, run)
+            _summarize(trainer, data, run, result)
             print(f"run folder: {args.out}")
     finally:
         cleanup()
@@ -147,9 +150,32 @@ def train_flow(args: argparse.Namespace) -> int:
 
 
 def _ckpt_step(path: Path) -> int:
-    from invertible.training.checkpoint import load_checkpoint
+    from invertible.io import load_checkpoint
 
-    return int(load_checkpoint(path)[1].get("step", 0))
+    return int(load_checkpoint(path).meta.get("step", 0))
+
+
+def _summarize(trainer, data, run, result: dict) -> None:
+    """``metrics.json`` and ``report.md`` of a ``train-flow`` run."""
+    val = result.get("val") or {}
+    summary = {"steps": trainer.step, "train_seconds": trainer.seconds, "val": val}
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    sections = {"Run": [f"data: {data.spec.name} ({data.kind}, event shape {tuple(data.event_shape)})",
+                        f"model: {trainer.config['model'].get('kind')}, {n_params} parameters",
+                        f"steps: {trainer.step}, batch {trainer.config['train']['batch_size']}, "
+                        f"{trainer.config['train']['optimizer']} lr {trainer.config['train']['lr']}, "
+                        f"{trainer.seconds:.1f} s of training"]}
+    if val:
+        sections["Result"] = _format_result(val, data.kind).replace("\n", "  \n")
+        if data.kind == "toy":
+            from invertible.data.toy2d import best_possible_nll
+
+            best = best_possible_nll(data.spec.name, data.test)
+            if best is not None and math.isfinite(best):
+                summary["true_nll"] = best
+                sections["Result"] += f"  \ntrue density on the same points: {best:.4f} nats"
+    run.write_summary(summary)
+    run.report(f"train-flow: {data.spec.name}", sections)
 
 
 def _format_result(res: dict, kind: str) -> str:
@@ -160,14 +186,13 @@ def _format_result(res: dict, kind: str) -> str:
     return line
 
 
-def _plots(trainer, data, out: Path) -> None:
+def _plots(trainer, data, run) -> None:
     import torch
 
-    from invertible.training.logging import read_metrics
     from invertible.training.plots_density import plot_density_2d, plot_image_grid, plot_training_curves
 
     model = trainer.model
-    ctx = trainer.ema.average_parameters() if trainer.ema is not None else _null()
+    ctx = trainer.ema.average_parameters() if trainer.ema is not None else contextlib.nullcontext()
     gen = torch.Generator().manual_seed(0)
     with ctx:
         model.eval()
@@ -175,17 +200,8 @@ def _plots(trainer, data, out: Path) -> None:
             fig = plot_density_2d({"model": model}, data.test[:5000], generator=gen, title=data.spec.name)
         else:
             fig = plot_image_grid(model.sample(64, generator=gen).clamp(0, 1), data.test[:64])
-        _save(fig, out / "samples.png")
-    recs = read_metrics(out)
-    _save(plot_training_curves(recs, title=data.spec.name), out / "training_curves.png")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+        run.save_figure(fig, "samples")
+    run.save_figure(plot_training_curves(run.read_metrics(), title=data.spec.name), "training_curves")
 
 
 def _save(fig, path: Path) -> None:
@@ -202,12 +218,12 @@ def sample(args: argparse.Namespace) -> int:
     import torch
 
     from invertible.models.resflow import residual_blocks
-    from invertible.training.loop import load_model
     from invertible.training.plots_density import plot_image_grid
+    from invertible.training.runs import load_run
 
     if args.n < 1:
         raise ValueError(f"-n must be >= 1, got {args.n}")
-    model, meta = load_model(args.checkpoint, use_ema=not args.no_ema)
+    model, _ = load_run(args.checkpoint, use_ema=not args.no_ema)
     x = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     folder = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out or folder / "samples_cli.png"
@@ -240,10 +256,10 @@ def sample(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from invertible.training.datasets import DataSpec, load_data
     from invertible.training.evaluate import evaluate_nll
-    from invertible.training.loop import load_model
+    from invertible.training.runs import load_run
 
-    model, meta = load_model(args.checkpoint, use_ema=not args.no_ema)
-    spec_d = dict(meta.get("data") or {})
+    model, ck = load_run(args.checkpoint, use_ema=not args.no_ema)
+    spec_d = dict(ck.config.get("data") or ck.meta.get("data") or {})
     if args.data is not None:
         spec_d = {"name": args.data, "seed": spec_d.get("seed", 0)}
     if not spec_d:

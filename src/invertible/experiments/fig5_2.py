@@ -16,8 +16,8 @@ from invertible.data.toy2d import best_possible_nll, sample_toy, toy_log_prob
 from invertible.experiments.registry import RunContext, register
 from invertible.models.coupling_baseline import coupling_flow
 from invertible.models.resflow import vector_residual_flow
+from invertible.training.density import DensityConfig, density_trainer
 from invertible.training.evaluate import evaluate_nll
-from invertible.training.loop import TrainConfig, Trainer
 from invertible.training.plots_density import plot_density_2d
 from invertible.training.sources import SamplerSource
 
@@ -44,8 +44,8 @@ def train_toy(name: str, arch: str, s: dict[str, Any], seed: int, show_progress:
     else:
         model = coupling_flow(2, s["blocks"], s["hidden"])
     src = SamplerSource(lambda n, g: sample_toy(name, n, g), s["batch"], seed=seed, epoch_steps=s["steps"])
-    cfg = TrainConfig(steps=s["steps"], batch_size=s["batch"], lr=s["lr"], log_every=50, seed=seed)
-    Trainer(model, src, cfg, out=None, show_progress=show_progress).fit()
+    cfg = DensityConfig(steps=s["steps"], batch_size=s["batch"], lr=s["lr"], log_every=50, seed=seed)
+    density_trainer(model, src, cfg, None, show_progress=show_progress).fit()
     return model
 
 

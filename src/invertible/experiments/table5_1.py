@@ -16,8 +16,8 @@ import torch
 from invertible.experiments.registry import RunContext, register
 from invertible.models.resflow import image_residual_flow
 from invertible.training.datasets import DataSpec, load_data
+from invertible.training.density import DensityConfig, density_trainer
 from invertible.training.evaluate import evaluate_nll
-from invertible.training.loop import TrainConfig, Trainer
 from invertible.training.plots_density import plot_image_grid
 
 THESIS = """| Method | MNIST | CIFAR10 |
@@ -57,9 +57,9 @@ def _train_eval(data, mode: str, s: dict[str, Any], seed: int) -> tuple[dict[str
     model = image_residual_flow(data.event_shape, n_scales=s["n_scales"], n_blocks=s["n_blocks"],
                                 hidden=s["hidden"], mode=mode, n_terms=10 if mode == "iresnet" else 5)
     src = data.source(s["batch"], seed, torch.float32)
-    cfg = TrainConfig(steps=s["steps"], batch_size=s["batch"], lr=3e-3, optimizer="adamax", warmup_steps=10,
-                      grad_clip=100.0, log_every=20, seed=seed)
-    Trainer(model, src, cfg, out=None, show_progress=False).fit()
+    cfg = DensityConfig(steps=s["steps"], batch_size=s["batch"], lr=3e-3, optimizer="adamax", warmup_steps=10,
+                        grad_clip=100.0, log_every=20, seed=seed)
+    density_trainer(model, src, cfg, None, show_progress=False).fit()
     res = evaluate_nll(model, data.test, batch_size=64, n_exact=8, seed=seed)
     return res, model
 

@@ -1,7 +1,7 @@
-"""Training infrastructure: loops, atomic checkpoints, metrics logging, honest evaluation, DDP.
+"""Training: the one engine, its recipes' building blocks, honest evaluation, data sources, DDP, the loader.
 
-``from invertible.training import Trainer, TrainConfig, load_model, evaluate_nll`` (imported lazily, so that
-``invertible.training.checkpoint`` stays light for the experiment registry).
+``from invertible.training import Trainer, LoopConfig, Objective, DensityConfig, density_trainer, load_run``
+(imported lazily, so that importing a submodule stays light).
 """
 
 from __future__ import annotations
@@ -9,16 +9,22 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "Trainer": "invertible.training.loop",
-    "TrainConfig": "invertible.training.loop",
-    "StopTraining": "invertible.training.loop",
-    "load_model": "invertible.training.loop",
+    "Trainer": "invertible.training.engine",
+    "LoopConfig": "invertible.training.engine",
+    "StopTraining": "invertible.training.engine",
+    "TrainingDiverged": "invertible.training.engine",
+    "Objective": "invertible.training.objective",
+    "DensityConfig": "invertible.training.density",
+    "DensityObjective": "invertible.training.density",
+    "density_trainer": "invertible.training.density",
+    "load_run": "invertible.training.runs",
     "evaluate_nll": "invertible.training.evaluate",
     "EMA": "invertible.training.ema",
     "SamplerSource": "invertible.training.sources",
     "TensorSource": "invertible.training.sources",
     "DataSpec": "invertible.training.datasets",
     "load_data": "invertible.training.datasets",
+    "make_optimizer": "invertible.training.optim",
 }
 
 __all__ = sorted(_LAZY)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "is_main", "barrier", "all_gather_tensor", "cleanup"]
+__all__ = ["DistInfo", "all_gather_tensor", "average_gradients", "barrier", "broadcast_buffers", "cleanup",
+           "init_distributed", "is_main"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,27 @@ def all_gather_tensor(t: torch.Tensor) -> list[torch.Tensor]:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Replace every gradient by its mean over ranks (one all-reduce of the flattened gradients)."""
+    if not (dist.is_available() and dist.is_initialized()) or not params:
+        return
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics, power-iteration vectors) to every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for b in module.buffers():
+        if b.dtype != torch.bool:  # flags (ActNorm's "initialized") are set identically on every rank
+            dist.broadcast(b, 0)

@@ -1,0 +1,64 @@
+"""The one loader: ``load_run(folder)`` rebuilds the trained model of any run folder or checkpoint.
+
+The checkpoint (:mod:`invertible.io`) names the model's ``kind`` and stores the run's complete config, whose
+``"model"`` entry rebuilds the architecture through the model registry; the weights (the EMA's when asked and
+present) are loaded into it and verified against their SHA-256. Checkpoints written before the schema load too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from invertible.io import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+
+__all__ = ["load_run", "model_config_of"]
+
+
+def model_config_of(ck: Checkpoint) -> tuple[str, dict[str, Any]]:
+    """``(kind, model config)`` of a checkpoint, for the current schema and the older ones."""
+    cfg = ck.config
+    if isinstance(cfg.get("model"), dict):  # a run: {"model": {...}, "train": {...}, ...}
+        model_cfg = dict(cfg["model"])
+        return str(model_cfg.pop("kind", None) or ck.kind), model_cfg
+    if ck.kind == "invertible.classifier":  # classifier checkpoints before the schema
+        arch = cfg["arch"]
+        return ("iresnet_classifier" if arch == "iresnet" else "preact_resnet"), dict(cfg["model"])
+    if "kind" in cfg:  # flow checkpoints before the schema stored the model config itself
+        model_cfg = dict(cfg)
+        return str(model_cfg.pop("kind")), model_cfg
+    raise ValueError(f"{ck.path} does not say which model it holds (no kind / model config)")
+
+
+def _build(kind: str, config: dict[str, Any]) -> nn.Module:
+    try:
+        from invertible.models.registry import build_model
+    except ImportError:  # before the registry: the flow builders
+        from invertible.models.resflow import build_model as build_flow
+
+        return build_flow({"kind": kind, **config})
+    return build_model(kind, config)
+
+
+def load_run(path: str | os.PathLike, *, use_ema: bool = True,
+             device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """The model of a run folder (or checkpoint file) in eval mode on ``device``, and its :class:`Checkpoint`.
+
+    With ``use_ema`` and an EMA in the checkpoint the averaged parameters are loaded. Raises
+    ``FileNotFoundError`` for a missing checkpoint and ``ValueError`` for a corrupt or foreign one.
+    """
+    path = Path(path)
+    ck = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path, device="cpu")
+    kind, model_cfg = model_config_of(ck)
+    model = _build(kind, model_cfg)
+    dtype = getattr(torch, ck.config.get("dtype") or ck.meta.get("dtype") or "float32")
+    state = ck.group("model")
+    if use_ema:
+        state.update(ck.group("ema"))
+    model.to(dtype=dtype)
+    model.load_state_dict(state)
+    return model.to(device).eval(), ck
