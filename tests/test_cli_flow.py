@@ -52,3 +52,25 @@ def test_clear_errors(tmp_path, capsys):
     assert main(["train-flow", "--data", "mnist", "--data-root", str(tmp_path / "nowhere"), "--out",
                  str(tmp_path / "y")]) == 2
     assert "MNIST not found" in capsys.readouterr().err
+
+
+def test_interrupt_message_is_truthful(tmp_path, capsys, monkeypatch):
+    import invertible.commands.flow as flow
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flow, "train_flow", interrupted)  # the parser is built inside main(): it takes this
+    assert main([*TRAIN, "--out", str(tmp_path / "fresh"), "--steps", "5"]) == 130
+    assert "no checkpoint had been written yet" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.safetensors").write_bytes(b"x")
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), "--steps", "5"]) == 130
+    assert "is intact" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "evaluate", str(tmp_path / "missing")])

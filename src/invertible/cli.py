@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from invertible.training.denormal import flush_denormals
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Invertible neural networks: i-ResNets, residual flows, invertibility analysis, "
         "excessive invariance and IMS tumour typing (reproductions of Behrmann's thesis).",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
@@ -38,12 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with flush_denormals():  # subnormals from exp() in ELU/LipSwish slowed CPU training up to 8x
             return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:  # user errors: one line, no traceback
+        if args.debug:
+            raise
         print(f"invertible {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; checkpoints written so far are intact (use --resume)", file=sys.stderr)
+        print(f"interrupted; {_checkpoint_state(args)}", file=sys.stderr)
         return 130
+
+
+def _checkpoint_state(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves behind, truthfully."""
+    from invertible.io import CHECKPOINT_NAME
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return "nothing was saved"
+    ckpt = Path(out) / CHECKPOINT_NAME
+    if ckpt.is_file():
+        return f"the last checkpoint {ckpt} is intact: rerun the same command with --resume to continue"
+    return f"no checkpoint had been written yet in {out}; rerun the command to start again"
 
 
 if __name__ == "__main__":
