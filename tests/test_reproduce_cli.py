@@ -35,9 +35,10 @@ def test_run_experiment_writes_config_metrics_figures_and_report(tmp_path, toy_e
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["value"] == 41 and metrics["quick"] is True and "seconds" in metrics
     assert json.loads((folder / "config.json").read_text())["quick"] is True
-    assert (folder / "line.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "figures" / "line.png").read_bytes()[:4] == b"\x89PNG"
+    assert (folder / "metrics.jsonl").is_file()
     text = report.read_text()
-    assert "The thesis says 42." in text and "| 41 |" in text and "line.png" in text
+    assert "The thesis says 42." in text and "| 41 |" in text and "figures/line.png" in text
 
 
 def test_cli_lists_and_rejects_unknown(capsys):

@@ -3,14 +3,14 @@
 An experiment is a function ``run(ctx: RunContext) -> dict`` registered under the thesis's own name
 (``"fig4.4"``, ``"table5.1"``, ...). The framework gives it a run folder, a seed, the quick/full switch and a
 progress-bar factory; it writes ``config.json``, ``metrics.json`` and ``report.md`` around the experiment's
-own figures and the markdown it adds with :meth:`RunContext.report`.
+own figures and the markdown it adds with :meth:`RunContext.report`: the one run folder of
+:class:`invertible.io.RunFolder` (``config.json``, ``metrics.jsonl``, ``metrics.json``, ``figures/*.png``,
+``report.md``).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
-import math
 import platform
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from invertible.training.checkpoint import atomic_write_text
+from invertible.io import RunFolder, jsonable
 
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
@@ -54,6 +54,10 @@ class RunContext:
     figures: list[str] = field(default_factory=list)
     _report: list[str] = field(default_factory=list)
 
+    @property
+    def run(self) -> RunFolder:
+        return RunFolder(self.out)
+
     def progress(self, iterable: Iterable, desc: str, total: int | None = None):
         from tqdm.auto import tqdm
 
@@ -63,16 +67,14 @@ class RunContext:
         return torch.Generator().manual_seed(self.seed + offset)
 
     def save_figure(self, fig, name: str) -> Path:
-        """Save a matplotlib figure as PNG in the run folder (atomically) and close it."""
-        import matplotlib.pyplot as plt
-
-        path = self.out / f"{name}.png"
-        tmp = path.with_suffix(".png.tmp")
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-        tmp.replace(path)
-        plt.close(fig)
+        """Save a matplotlib figure as ``figures/<name>.png`` in the run folder (atomically) and close it."""
+        path = self.run.save_figure(fig, name)
         self.figures.append(path.name)
         return path
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append a record (e.g. one trained model's result) to the run's ``metrics.jsonl``."""
+        self.run.log(record)
 
     def report(self, markdown: str) -> None:
         self._report.append(markdown.rstrip() + "\n")
@@ -106,20 +108,6 @@ def _natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if hasattr(obj, "item") and callable(obj.item):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
-
-
 def run_experiment(
     id: str, out: Path, *, quick: bool, seed: int = 0, device: str = "cpu", show_progress: bool = True
 ) -> Path:
@@ -129,7 +117,8 @@ def run_experiment(
         raise ValueError(f"unknown experiment {id!r}; known: {', '.join(registry)}")
     exp = registry[id]
     folder = Path(out) / id
-    folder.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(folder).make()
+    run.reset_metrics()
     ctx = RunContext(out=folder, quick=quick, seed=seed, device=device, show_progress=show_progress)
     config = {
         "experiment": id,
@@ -139,7 +128,7 @@ def run_experiment(
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
+    run.write_config(config)
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
     if quick:
@@ -151,8 +140,9 @@ def run_experiment(
     finally:
         torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
-    metrics = {**_jsonable(metrics), "seconds": round(seconds, 2)}
-    atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))
+    metrics = {**jsonable(metrics), "seconds": round(seconds, 2)}
+    run.write_summary(metrics)
+    run.log({"split": "summary", "experiment": id, "seconds": round(seconds, 2)})
     lines = [
         f"# {id}: {exp.title}",
         "",
@@ -168,7 +158,5 @@ def run_experiment(
         "",
     ]
     if ctx.figures:
-        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in ctx.figures] + [""]
-    report = folder / "report.md"
-    atomic_write_text(report, "\n".join(lines))
-    return report
+        lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in ctx.figures] + [""]
+    return run.write_report("\n".join(lines))
