@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invertible.ims.imzml import align_annotations, index_imzml, read_annotations, read_imzml, resample
+from invertible.ims.annotations import align_annotations, read_annotations
+from invertible.ims.imzml import index_imzml, read_imzml, resample
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imzml"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invertible.ims.imzml import align_annotations, read_annotations, read_imzml
+from invertible.ims.annotations import align_annotations, read_annotations
+from invertible.ims.imzml import read_imzml
 from invertible.ims.synthetic import generate, preset, spectrum_statistics, tof_axis, write_imzml
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "maldi" / "fiedler2009_subset.npz"

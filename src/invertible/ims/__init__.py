@@ -10,6 +10,7 @@ Typical use::
     print(run.spot, run.core)                                           # balanced accuracy per spot / core
 """
 
+from invertible.ims.annotations import Annotations, align_annotations, read_annotations
 from invertible.ims.baseline import DEFAULT_KS, ROCLDA, mann_whitney_auc, roc_lda_predict
 from invertible.ims.evaluate import (
     CVRun,
@@ -26,15 +27,7 @@ from invertible.ims.evaluate import (
     summarize,
     tma_folds,
 )
-from invertible.ims.imzml import (
-    Annotations,
-    ImzMLData,
-    align_annotations,
-    index_imzml,
-    read_annotations,
-    read_imzml,
-    resample,
-)
+from invertible.ims.imzml import ImzMLData, index_imzml, read_imzml, resample
 from invertible.ims.isotopes import (
     ISOTOPENET_CONVS,
     averagine_formula,

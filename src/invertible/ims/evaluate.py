@@ -75,7 +75,8 @@ def load_dataset(
 ) -> IMSDataset:
     """imzML + annotation CSV -> :class:`IMSDataset`: read (streamed into ``cache`` if given), keep annotated
     spots, crop, optional baseline removal, TIC normalisation (into ``cache/preprocessed.npy`` if given)."""
-    from invertible.ims.imzml import align_annotations, read_annotations, read_imzml
+    from invertible.ims.annotations import align_annotations, read_annotations
+    from invertible.ims.imzml import read_imzml
     from invertible.ims.preprocess import crop, remove_baseline, tic_normalize
 
     ann = read_annotations(annotations)
