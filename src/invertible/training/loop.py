@@ -216,7 +216,7 @@ class Trainer:
         tensors.update(opt_tensors)
         tensors.update({f"rng.{r}": s for r, s in enumerate(rng)})
         meta = {
-            "step": self.step, "model": self.model.config, "train": asdict(self.cfg), "optimizer": opt_meta,
+            "step": self.step, "model": self.model.config_dict, "train": asdict(self.cfg), "optimizer": opt_meta,
             "dtype": self._dtype_name(), "world_size": self.dist.world_size, **self.meta,
         }
         save_checkpoint(self.checkpoint_path, tensors, meta)
@@ -228,8 +228,9 @@ class Trainer:
         if path is None or not path.is_file():
             return False
         tensors, meta = load_checkpoint(path, device=next(self.model.parameters()).device)
-        if meta.get("model") != self.model.config:
-            raise ValueError(f"{path} was written for a different model: {meta.get('model')} != {self.model.config}")
+        if meta.get("model") != self.model.config_dict:
+            raise ValueError(f"{path} was written for a different model: {meta.get('model')} != "
+                             f"{self.model.config_dict}")
         if meta.get("world_size", 1) != self.dist.world_size:
             raise ValueError(f"{path} was written with {meta.get('world_size')} processes, now {self.dist.world_size}")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -245,7 +246,7 @@ class Trainer:
     def _write_config(self) -> None:
         if self.out is None or not self.dist.is_main:
             return
-        cfg = {"model": self.model.config, "train": asdict(self.cfg), "dtype": self._dtype_name(),
+        cfg = {"model": self.model.config_dict, "train": asdict(self.cfg), "dtype": self._dtype_name(),
                "world_size": self.dist.world_size, **self.meta}
         atomic_write_text(self.out / "config.json", json.dumps(cfg, indent=2))
 
