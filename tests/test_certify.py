@@ -141,9 +141,8 @@ def test_certify_rejects_models_without_features():
 
 
 def test_large_operators_get_lanczos_and_a_certified_upper_bound(monkeypatch):
-    from invertible.models.certify import _conv_norm
-
     import invertible.norms
+    from invertible.models.certify import _conv_norm
 
     monkeypatch.setattr(invertible.norms, "DENSE_LIMIT", 100)  # treat this operator as too large to materialise
     conv = nn.Conv2d(16, 16, 3, padding=1)

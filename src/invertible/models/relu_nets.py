@@ -33,6 +33,11 @@ WIDE_CONVS: tuple[tuple[int, int], ...] = ((1, 32), (2, 64), (1, 64), (1, 32), (
 THIN_CONVS: tuple[tuple[int, int], ...] = ((1, 32), (2, 32), (1, 16), (1, 16), (1, 16), (2, 32))
 
 
+def _set_config(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    model.kind = "relu_net"
+    model.config = ReluNetConfig(type(model).__name__, kwargs, tuple(model.input_shape))
+
+
 class _CIFARNet(nn.Sequential):
     """Six 3x3 convolutions ("same" padding 1, strides of Table 3.1) with ReLU, then Flatten, Dense(512) +
     ReLU and Dense(n_classes) (logits; the softmax lives in the loss). Input ``(B, in_channels, 32, 32)``.
@@ -52,12 +57,8 @@ class _CIFARNet(nn.Sequential):
         layers += [nn.Flatten(), nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)]
         super().__init__(*layers)
         self.input_shape = (in_channels, image_size, image_size)
-        self._set_config({"in_channels": in_channels, "n_classes": n_classes, "image_size": image_size,
+        _set_config(self, {"in_channels": in_channels, "n_classes": n_classes, "image_size": image_size,
                           "hidden": hidden})
-
-    def _set_config(self, kwargs: dict[str, Any]) -> None:
-        self.kind = "relu_net"
-        self.config = ReluNetConfig(type(self).__name__, kwargs, tuple(self.input_shape))
 
 
 class WideCIFAR(_CIFARNet):
@@ -92,11 +93,7 @@ class ReLUMLP(nn.Sequential):
                 layers.append(nn.ReLU())
         super().__init__(*layers)
         self.input_shape = (sizes[0],)
-        self._set_config({"sizes": sizes})
-
-    def _set_config(self, kwargs: dict[str, Any]) -> None:
-        self.kind = "relu_net"
-        self.config = ReluNetConfig(type(self).__name__, kwargs, tuple(self.input_shape))
+        _set_config(self, {"sizes": sizes})
 
 
 class ToyMLP(ReLUMLP):
@@ -104,7 +101,7 @@ class ToyMLP(ReLUMLP):
 
     def __init__(self, hidden: int = 3, n_classes: int = 2):
         super().__init__([2, hidden, n_classes])
-        self._set_config({"hidden": hidden, "n_classes": n_classes})
+        _set_config(self, {"hidden": hidden, "n_classes": n_classes})
 
 
 _MODELS = {"WideCIFAR": WideCIFAR, "ThinCIFAR": ThinCIFAR, "ReLUMLP": ReLUMLP, "ToyMLP": ToyMLP}
