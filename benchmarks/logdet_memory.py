@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import invertible as inv  # noqa: E402
 from _common import median_time, parser, print_table, write_json  # noqa: E402
-from invertible.experiments._conv_iresnet import residual_function  # noqa: E402
+from invertible.models.blocks import residual_function  # noqa: E402
 
 
 def graph_bytes(step) -> int:

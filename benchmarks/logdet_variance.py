@@ -19,12 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import invertible as inv  # noqa: E402
 from _common import median_time, parser, print_table, write_json  # noqa: E402
-from invertible.experiments._conv_iresnet import (  # noqa: E402
-    conv_iresnet,
-    digits_tensors,
-    set_logdet,
-    train_digits_flow,
-)
+from invertible.data import digits_tensors  # noqa: E402
+from invertible.experiments._conv_iresnet import train_digits_flow  # noqa: E402
+from invertible.logdet import set_estimators  # noqa: E402
+from invertible.models.conv_iresnet import conv_iresnet  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +37,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     train_digits_flow(body, xtr, args.train_steps, gen, lr=2e-3)  # learned weights: Lip(g) close to c
     x = xte[:64]
-    set_logdet(body, inv.ExactLogDet())
+    set_estimators(body, inv.ExactLogDet())
     with torch.no_grad():
         exact = body.forward_and_logdet(x)[1]
     estimators = {
@@ -52,7 +50,7 @@ def main() -> None:
     }
     rows, results = [], {}
     for name, est in estimators.items():
-        set_logdet(body, est)
+        set_estimators(body, est)
 
         def call():
             with torch.no_grad():

@@ -34,7 +34,8 @@ import time
 import torch
 
 from invertible.data.toy2d import best_possible_nll, sample_toy
-from invertible.models.resflow import ForwardJacobianLogDet, residual_blocks, vector_residual_flow
+from invertible.logdet import ForwardJacobianLogDet
+from invertible.models.resflow import residual_blocks, vector_residual_flow
 from invertible.training.evaluate import evaluate_nll
 from invertible.training.sources import step_generator
 

@@ -46,6 +46,49 @@ def _sequential():
     return seq, torch.randn(2, 2, 4, 4)
 
 
+def _logit():
+    return inv.LogitTransform(alpha=0.05), torch.rand(3, 2, 2, 2) * 0.98 + 0.01
+
+
+def _flatten():
+    return inv.Flatten((2, 2, 2)), torch.randn(3, 2, 2, 2)
+
+
+def _affine_coupling():
+    torch.manual_seed(11)
+    c = inv.AffineCoupling(torch.tensor([True, False, True]), hidden=(8,), scale=2.0)
+    with torch.no_grad():  # the last layer starts at zero (identity map); make s and t non-trivial
+        c.net[-1].weight.normal_(0, 0.5)
+        c.net[-1].bias.normal_(0, 0.5)
+    return c, torch.randn(4, 3)
+
+
+def _additive_coupling():
+    torch.manual_seed(12)
+    return inv.AdditiveCoupling(nn.Conv2d(1, 2, 3, padding=1), n_channels=3, split=1), torch.randn(3, 3, 2, 2)
+
+
+def _stage(c):
+    return inv.InvertibleSequential(inv.ActNorm(c), inv.AdditiveCoupling(nn.Conv2d(c // 2, c - c // 2, 1), c))
+
+
+def _multiscale(factor_out, squeeze_before_split, c=2):
+    torch.manual_seed(13)
+    channels = [c]
+    for _ in range(2):
+        c4 = 4 * channels[-1] if not factor_out else (
+            (4 * channels[-1]) // 2 if squeeze_before_split else 4 * (channels[-1] // 2))
+        channels.append(c4)
+    stages = [_stage(k) for k in channels]
+    ms = inv.MultiScale(stages, (channels[0], 4, 4), factor_out, squeeze_before_split=squeeze_before_split)
+    return ms, torch.randn(2, channels[0], 4, 4)
+
+
+def _pre_then():
+    ms, _ = _multiscale(True, True)
+    return inv.PreThen(inv.LogitTransform(0.05), ms), torch.rand(2, 2, 4, 4) * 0.98 + 0.01
+
+
 REGISTRY = {
     "residual-mlp": _residual_mlp,
     "residual-conv": _residual_conv,
@@ -54,6 +97,14 @@ REGISTRY = {
     "actnorm-2d": _actnorm_img,
     "squeeze": _squeeze,
     "sequential": _sequential,
+    "logit": _logit,
+    "flatten": _flatten,
+    "affine-coupling": _affine_coupling,
+    "additive-coupling": _additive_coupling,
+    "multiscale": lambda: _multiscale(False, False),
+    "multiscale-factor-out": lambda: _multiscale(True, True),
+    "multiscale-factor-out-legacy": lambda: _multiscale(True, False),
+    "pre-then": _pre_then,
 }
 
 
@@ -100,6 +151,8 @@ def test_inverse_logdet_is_minus_forward(name):
 
 def _unrolled_inverse(bij, y):
     """The inverse written with differentiable operations (fixed-point iterations unrolled)."""
+    if not any(isinstance(m, inv.ResidualBlock) for m in bij.modules()):
+        return bij.inverse(y)  # analytic inverses are differentiable as they stand
     layers = list(bij) if isinstance(bij, inv.InvertibleSequential) else [bij]
     for layer in reversed(layers):
         if isinstance(layer, inv.ResidualBlock):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import invertible as inv
-from invertible.models.firevnet import Flatten, FullyInvertibleClassifier, fi_iresnet, fi_revnet
-from invertible.nn import AdditiveCoupling
+from invertible.models.firevnet import FullyInvertibleClassifier, fi_iresnet, fi_revnet
+from invertible.nn import AdditiveCoupling, Flatten
 
 
 def _randomize(model: nn.Module, scale: float = 0.3) -> nn.Module:

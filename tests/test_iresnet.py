@@ -141,7 +141,7 @@ def test_state_dict_round_trip_keeps_outputs():
     model = IResNetClassifier((1, 8, 8), blocks=(1, 1), channels=8, hidden=8, coeff=0.8)
     x = torch.randn(5, 1, 8, 8)
     _trained_like(model, x, steps=3)
-    twin = IResNetClassifier(**{k: v for k, v in model.config.items()})
+    twin = IResNetClassifier(**model.config.kwargs())
     twin.load_state_dict(model.state_dict())
     twin.eval()
     assert torch.equal(model(x), twin(x))

@@ -6,17 +6,11 @@ import pytest
 import torch
 
 import invertible as inv
+from invertible.logdet import ForwardJacobianLogDet, make_estimator, override_estimators
+from invertible.models.blocks import lipschitz_mlp
 from invertible.models.coupling_baseline import coupling_flow
-from invertible.models.resflow import (
-    ForwardJacobianLogDet,
-    LogitTransform,
-    build_model,
-    image_residual_flow,
-    lipschitz_mlp,
-    make_estimator,
-    override_estimators,
-    vector_residual_flow,
-)
+from invertible.models.resflow import build_model, image_residual_flow, vector_residual_flow
+from invertible.nn import LogitTransform
 from invertible.training.evaluate import evaluate_nll
 
 
@@ -107,6 +101,46 @@ def test_image_flow_exact_density_and_inverse(factor_out, squeeze_first):
         assert z.shape == (2, 16)
         torch.testing.assert_close(m.bijection.inverse(z), x, rtol=0, atol=1e-5)
         assert m.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, 1, 4, 4)
+
+
+def test_image_flow_factors_out_one_channel_images():
+    """Issue 13: a 1-channel image at 3 scales with factor_out squeezes before it splits (Residual Flows order);
+    splitting first left 0 channels ("n_channels must be >= 1, got 0")."""
+    torch.manual_seed(3)
+    big = image_residual_flow((1, 28, 28), n_scales=3, n_blocks=1, hidden=4, factor_out=True)
+    assert [s[0] for s in big.bijection.ms.shapes] == [1, 2, 4]
+    m = image_residual_flow((1, 8, 8), n_scales=3, n_blocks=1, hidden=4, mode="resflow", factor_out=True,
+                            logit_alpha=0.05).double()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    m.initialize(x)
+    m.eval()
+    with override_estimators(m, inv.ExactLogDet()):
+        lp = m.log_prob(x)
+    torch.testing.assert_close(lp, _full_log_prob(m, x), rtol=1e-9, atol=1e-8)
+    with torch.no_grad():
+        torch.testing.assert_close(m.bijection.inverse(m.bijection(x)), x, rtol=0, atol=1e-5)
+
+
+def test_old_factor_out_configs_keep_their_layout():
+    """Checkpoints written before ``squeeze_before_split`` factored out first; their configs rebuild that layout."""
+    old = {"kind": "image_resflow", "shape": [2, 8, 8], "n_scales": 3, "n_blocks": 1, "hidden": 4, "coeff": 0.9,
+           "mode": "resflow", "activation": "lipswish", "factor_out": True, "logit_alpha": 1e-5,
+           "n_power_iterations": 1, "n_terms": 10, "n_exact": 2, "squeeze_first": False, "inverse_atol": 1e-5}
+    m = build_model(old)
+    assert m.config.squeeze_before_split is False and not m.bijection.ms.squeeze_before_split
+    assert [s[0] for s in m.bijection.ms.shapes] == [2, 4, 8]
+    torch.manual_seed(0)
+    legacy = build_model(old)
+    torch.manual_seed(0)
+    direct = image_residual_flow((2, 8, 8), n_scales=3, n_blocks=1, hidden=4, factor_out=True,
+                                 squeeze_before_split=False)
+    x = torch.rand(3, 2, 8, 8)
+    torch.manual_seed(1)
+    a = legacy.log_prob(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, direct.log_prob(x), rtol=0, atol=0)
+    new = image_residual_flow((2, 8, 8), n_scales=3, n_blocks=1, hidden=4, factor_out=True)
+    assert new.bijection.ms.squeeze_before_split and [s[0] for s in new.bijection.ms.shapes] == [2, 4, 8]
 
 
 def test_logit_transform_logdet():

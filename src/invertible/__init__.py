@@ -4,8 +4,16 @@ i-ResNets (spectral normalization, fixed-point inverses), residual flows (log-de
 invertibility analysis of ReLU networks, excessive invariance and IMS tumour typing.
 """
 
-from invertible.distributions import Flow, standard_normal
-from invertible.inverse import Anderson, FixedPoint, InverseNotConverged, InverseResult, NotConvergedWarning
+from invertible.activations import LipSwish
+from invertible.distributions import Flow, FlowModel, StandardNormal, standard_normal
+from invertible.inverse import (
+    AbstractSolver,
+    Anderson,
+    FixedPoint,
+    InverseNotConverged,
+    InverseResult,
+    NotConvergedWarning,
+)
 from invertible.lipschitz import (
     SpectralNorm,
     converge_spectral_norms,
@@ -17,20 +25,30 @@ from invertible.lipschitz import (
     spectral_norm,
 )
 from invertible.logdet import (
+    AbstractLogDet,
     ExactLogDet,
+    ForwardJacobianLogDet,
     PowerSeriesLogDet,
     RussianRouletteLogDet,
+    evaluation_estimator,
     exact_jacobian,
     logdet_bounds,
+    make_estimator,
+    override_estimators,
     power_series_truncation_bound,
+    set_estimators,
 )
 from invertible.nn import (
     ActNorm,
     AdditiveCoupling,
+    AffineCoupling,
     Bijection,
+    Flatten,
     InjectivePad,
     InvertibleSequential,
-    LipSwish,
+    LogitTransform,
+    MultiScale,
+    PreThen,
     ResidualBlock,
     Squeeze,
 )
@@ -38,33 +56,47 @@ from invertible.nn import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbstractLogDet",
+    "AbstractSolver",
     "ActNorm",
     "AdditiveCoupling",
+    "AffineCoupling",
     "Anderson",
     "Bijection",
     "ExactLogDet",
     "FixedPoint",
+    "Flatten",
     "Flow",
+    "FlowModel",
+    "ForwardJacobianLogDet",
     "InjectivePad",
     "InverseNotConverged",
     "InverseResult",
     "InvertibleSequential",
     "LipSwish",
+    "LogitTransform",
+    "MultiScale",
     "NotConvergedWarning",
     "PowerSeriesLogDet",
+    "PreThen",
     "ResidualBlock",
     "RussianRouletteLogDet",
     "SpectralNorm",
     "Squeeze",
+    "StandardNormal",
     "converge_spectral_norms",
+    "evaluation_estimator",
     "exact_jacobian",
     "frozen_spectral_norm",
     "lipschitz_constant",
     "local_lipschitz",
     "logdet_bounds",
+    "make_estimator",
     "operator_norm",
     "operator_norm_upper_bound",
+    "override_estimators",
     "power_series_truncation_bound",
+    "set_estimators",
     "spectral_norm",
     "standard_normal",
 ]

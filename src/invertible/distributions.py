@@ -1,21 +1,43 @@
-"""Normalizing flows as ``torch.distributions.Distribution`` (change of variables, eq. 5.4)."""
+"""Normalizing flows as ``torch.distributions.Distribution`` (change of variables, eq. 5.4), and their module face.
+
+:class:`Flow` is THE density: ``log p(x) = log p_Z(F(x)) + log|det J_F(x)|``. :class:`FlowModel` is the same
+density as an ``nn.Module`` for training (``forward(x) = log p(x)``, wrappable in ``DistributedDataParallel``);
+it holds the bijection and delegates ``log_prob`` and ``sample`` to :meth:`FlowModel.distribution`.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import distributions as D
+from torch import nn
 
 from invertible.nn.base import Bijection
 
-__all__ = ["Flow", "standard_normal"]
+__all__ = ["Flow", "FlowModel", "StandardNormal", "standard_normal"]
+
+
+class StandardNormal(D.Independent):
+    """``N(0, I)`` over an event shape; ``log_prob(z) = -|z|^2 / 2 - (D / 2) log(2 pi)`` summed over the event
+    (the closed form, cheaper than the generic Normal), shape ``(B,)`` for ``z`` of shape ``(B, *event_shape)``."""
+
+    def __init__(self, event_shape: Sequence[int], device=None, dtype=None):
+        shape = tuple(int(s) for s in event_shape)
+        loc = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
+        super().__init__(D.Normal(loc, torch.ones_like(loc)), len(shape))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        n = len(self.event_shape)
+        z = value.flatten(-n) if n else value.unsqueeze(-1)
+        return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 
 
 def standard_normal(event_shape: tuple[int, ...], device=None, dtype=None) -> D.Distribution:
-    """``N(0, I)`` over ``event_shape`` as an ``Independent`` distribution."""
-    loc = torch.zeros(event_shape, device=device, dtype=dtype or torch.get_default_dtype())
-    return D.Independent(D.Normal(loc, torch.ones_like(loc)), len(event_shape))
+    """``N(0, I)`` over ``event_shape`` as an ``Independent`` distribution (:class:`StandardNormal`)."""
+    return StandardNormal(event_shape, device=device, dtype=dtype)
 
 
 class Flow(D.Distribution):
@@ -50,6 +72,8 @@ class Flow(D.Distribution):
 
     def _base_like(self, x: torch.Tensor) -> D.Distribution:
         b = self.base
+        if isinstance(b, StandardNormal):
+            return b  # closed form: needs no loc / scale on x's device
         if isinstance(b, D.Independent) and isinstance(b.base_dist, D.Normal):
             loc = b.base_dist.loc.to(device=x.device, dtype=x.dtype)
             scale = b.base_dist.scale.to(device=x.device, dtype=x.dtype)
@@ -74,7 +98,10 @@ class Flow(D.Distribution):
         shape = torch.Size(sample_shape)
         n = math.prod(shape) if len(shape) else 1
         base = self.base
-        if isinstance(base, D.Independent) and isinstance(base.base_dist, D.Normal):
+        if isinstance(base, StandardNormal):
+            loc = base.base_dist.loc
+            z = torch.randn((n, *loc.shape), generator=generator, dtype=loc.dtype, device=loc.device)
+        elif isinstance(base, D.Independent) and isinstance(base.base_dist, D.Normal):
             loc, scale = base.base_dist.loc, base.base_dist.scale
             eps = torch.randn((n, *loc.shape), generator=generator, dtype=loc.dtype, device=loc.device)
             z = loc + scale * eps
@@ -103,3 +130,74 @@ class Flow(D.Distribution):
         d = x[0].numel()
         logp = self.log_prob(y) - d * math.log(n_bins)
         return -logp / (d * math.log(2))
+
+
+class FlowModel(nn.Module):
+    """A normalizing flow as an ``nn.Module``: ``forward(x)`` returns ``log p(x)`` of shape ``(B,)`` (eq. 5.4), so it
+    can be wrapped in ``DistributedDataParallel``. The density is :meth:`distribution`, a :class:`Flow` with a
+    standard normal base over the flat latent ``(latent_dim,)``; there is no second change-of-variables formula.
+
+    Args:
+        bijection: data -> latent map F; it maps ``(B, *event_shape)`` to flat latents ``(B, latent_dim)``.
+        event_shape: the data shape of one sample. config: the typed config that rebuilds the model
+            (:func:`invertible.models.registry.build_model`); ``kind``: its registry kind.
+
+    Attributes:
+        latent_dim (= ``dim``): ``prod(event_shape)``. config_dict: ``{"kind": kind, **config}``, JSON-able (the
+        checkpoint schema).
+    """
+
+    def __init__(self, bijection: Bijection, event_shape: Sequence[int], config: Any = None, kind: str | None = None):
+        super().__init__()
+        self.bijection = bijection
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.latent_dim = math.prod(self.event_shape)
+        self.config = config
+        self.kind = kind
+
+    @property
+    def dim(self) -> int:
+        return self.latent_dim
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        """The config as stored in checkpoints: ``{"kind": ..., field: value, ...}``, JSON-able (a typed config's
+        ``to_dict()``, see :mod:`invertible.models.registry`; a plain mapping is copied)."""
+        fields = {} if self.config is None else (
+            self.config.to_dict() if hasattr(self.config, "to_dict") else dict(self.config)
+        )
+        return {"kind": self.kind, **{k: v for k, v in fields.items() if k != "kind"}}
+
+    def distribution(self) -> Flow:
+        """The model as a :class:`Flow` with a standard normal base, on the device and dtype of its parameters."""
+        p = next(self.parameters())
+        return Flow(self.bijection, base=standard_normal((self.latent_dim,), device=p.device, dtype=p.dtype))
+
+    def flow(self) -> Flow:
+        """Alias of :meth:`distribution`."""
+        return self.distribution()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob(x)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x) = log N(F(x); 0, I) + log|det J_F(x)|`` per sample (natural log), shape ``(B,)``."""
+        if tuple(x.shape[1:]) != self.event_shape:
+            shape = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"expected data of shape (B, {shape}), got {tuple(x.shape)}")
+        return self.distribution().log_prob(x)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples ``F^{-1}(z)``, ``z ~ N(0, I)`` (fixed-point inverse per block, Algorithm 1), shape
+        ``(n, *event_shape)``."""
+        return self.distribution().sample((int(n),), generator=generator)
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Data-dependent initialization (ActNorm, spectral-norm vectors) from one batch, in training mode."""
+        was = self.training
+        self.train()
+        self.log_prob(x)
+        self.train(was)
+

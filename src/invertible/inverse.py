@@ -14,6 +14,7 @@ References: Behrmann et al. (2019); Walker & Ni (2011) "Anderson acceleration fo
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import torch
 
 from invertible.lipschitz import frozen_spectral_norm
 
-__all__ = ["InverseResult", "FixedPoint", "Anderson", "InverseNotConverged", "NotConvergedWarning"]
+__all__ = ["AbstractSolver", "InverseResult", "FixedPoint", "Anderson", "InverseNotConverged", "NotConvergedWarning"]
 
 
 class InverseNotConverged(RuntimeError):
@@ -65,7 +66,14 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
-class _Solver:
+class AbstractSolver(abc.ABC):
+    """A solver of ``x + g(x) = y`` per sample: ``solver(g, y, lipschitz=None) -> InverseResult`` (Lemma 4.5).
+
+    Subclasses implement ``_solve(g, y, lipschitz) -> InverseResult`` (using ``_tolerance`` and ``_finish``); the
+    base validates the tolerances, runs the solve without gradients under frozen spectral norms and reports
+    samples that miss the tolerance (``on_failure``: ``"warn"``, ``"raise"`` or ``"ignore"``).
+    """
+
     def __init__(self, atol: float, rtol: float, max_iter: int, on_failure: str):
         if atol < 0 or rtol < 0 or (atol == 0 and rtol == 0):
             raise ValueError(f"need atol >= 0, rtol >= 0 and one of them > 0; got atol={atol}, rtol={rtol}")
@@ -88,6 +96,12 @@ class _Solver:
             result = self._solve(g, y, lipschitz)
         self._report(result)
         return result
+
+    @abc.abstractmethod
+    def _solve(
+        self, g: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, lipschitz: float | None
+    ) -> InverseResult:
+        """The iteration proper, called without gradients under frozen spectral norms."""
 
     def _finish(self, g, y, x, iterations, step, lipschitz, converged) -> InverseResult:
         with torch.no_grad(), frozen_spectral_norm():
@@ -113,7 +127,7 @@ class _Solver:
         warnings.warn(msg, NotConvergedWarning, stacklevel=3)
 
 
-class FixedPoint(_Solver):
+class FixedPoint(AbstractSolver):
     """Banach fixed-point iteration ``x[k+1] = y - g(x[k])``, ``x[0] = y`` (Algorithm 1).
 
     Each sample stops when ``||x[k+1] - x[k]||_2 <= atol + rtol * ||x[k+1]||_2``; finished samples are no longer
@@ -151,7 +165,7 @@ class FixedPoint(_Solver):
         return f"FixedPoint(atol={self.atol}, rtol={self.rtol}, max_iter={self.max_iter})"
 
 
-class Anderson(_Solver):
+class Anderson(AbstractSolver):
     """Anderson acceleration (type II, mixing ``beta``) of the fixed-point map ``T(x) = y - g(x)``.
 
     Keeps the last ``memory`` iterates and solves, per sample, ``min_a ||sum_i a_i (T(x_i) - x_i)||`` subject

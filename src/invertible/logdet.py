@@ -10,9 +10,15 @@ the Russian-roulette estimator (Chen et al. 2019) reweights a random number of t
 Neumann-series gradient ``d log det = tr((I + J)^{-1} dJ) = sum_k (-1)^k tr(J^k dJ)`` avoids storing the
 graph of every term.
 
-Every estimator is called as ``estimator(g, x) -> (g(x), logdet)`` with ``logdet`` of shape ``(batch,)``.
-Its *value* is always an honest estimate of the log-determinant (exact, biased-truncated or unbiased, as
-named); with ``neumann_gradient=True`` only its *gradient* comes from the Neumann surrogate.
+Every estimator is an :class:`AbstractLogDet`, called as ``estimator(g, x) -> (g(x), logdet)`` with ``logdet``
+of shape ``(batch,)``. Its *value* is always an estimate of the log-determinant of the kind it names
+(``kind``: exact, biased-truncated or unbiased); with ``neumann_gradient=True`` only its *gradient* comes from
+the Neumann surrogate. The exact estimators live in :mod:`invertible.logdet_exact` (re-exported here).
+
+The ONE estimator policy is here too: :func:`make_estimator` (the training estimator of a mode),
+:func:`evaluation_estimator` (the exact or unbiased estimator a reported likelihood must use),
+:func:`override_estimators` (temporarily swap every block's estimator; always restores) and
+:func:`set_estimators` (swap permanently).
 
 References: Behrmann et al. (2019); Chen et al. (2019) "Residual Flows for Invertible Generative Modeling";
 Hutchinson (1990).
@@ -20,20 +26,31 @@ Hutchinson (1990).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from torch import nn
 
-from invertible.lipschitz import frozen_spectral_norm
+from invertible.logdet_exact import AbstractLogDet, ExactLogDet, ForwardJacobianLogDet, exact_jacobian
 
 __all__ = [
+    "MODES",
+    "AbstractLogDet",
     "ExactLogDet",
+    "ForwardJacobianLogDet",
     "PowerSeriesLogDet",
     "RussianRouletteLogDet",
     "power_series_truncation_bound",
     "logdet_bounds",
     "exact_jacobian",
+    "make_estimator",
+    "default_mode",
+    "evaluation_estimator",
+    "estimator_sites",
+    "override_estimators",
+    "set_estimators",
 ]
 
 Function = Callable[[torch.Tensor], torch.Tensor]
@@ -64,44 +81,6 @@ def _prepare(x: torch.Tensor) -> torch.Tensor:
     return x.detach().requires_grad_(True)
 
 
-def exact_jacobian(g: Function, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample Jacobian ``J_g(x_i)`` of shape ``(batch, d, d)`` with torch.func (vmap of jacrev).
-
-    Differentiable w.r.t. the parameters of g. ``g`` must act on samples independently.
-    """
-    batch = x.shape[0]
-    shape = x.shape[1:]
-
-    def single(xi: torch.Tensor) -> torch.Tensor:
-        return g(xi.reshape(1, *shape)).reshape(-1)
-
-    with frozen_spectral_norm():
-        jac = torch.func.vmap(torch.func.jacrev(single))(x.reshape(batch, -1))
-    return jac
-
-
-class ExactLogDet:
-    """``log|det(I + J_g(x))|`` exactly: batched autograd Jacobian + ``torch.linalg.slogdet``. O(d^3); small d.
-
-    Unlike the series estimators this needs no contractivity; it is the reference the others are tested
-    against and the honest evaluation for low-dimensional flows.
-    """
-
-    exact = True
-
-    def __call__(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gx = g(x)
-        xin = x if (x.requires_grad and torch.is_grad_enabled()) else x.detach()
-        with torch.set_grad_enabled(torch.is_grad_enabled()):
-            jac = exact_jacobian(g, xin)
-        eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
-        sign, logabs = torch.linalg.slogdet(eye + jac)
-        return gx, logabs
-
-    def __repr__(self) -> str:
-        return "ExactLogDet()"
-
-
 def _probe(like: torch.Tensor, kind: str, generator: torch.Generator | None) -> torch.Tensor:
     if kind == "gaussian":
         return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
@@ -117,7 +96,7 @@ def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torc
     return generator
 
 
-class _SeriesEstimator:
+class _SeriesEstimator(AbstractLogDet):
     def __init__(self, n_probes: int, probe: str, generator: torch.Generator | None):
         if n_probes < 1:
             raise ValueError(f"n_probes must be >= 1, got {n_probes}")
@@ -174,7 +153,7 @@ class PowerSeriesLogDet(_SeriesEstimator):
         probe: ``"gaussian"`` or ``"rademacher"``. generator: torch RNG for the probes.
     """
 
-    exact = False
+    kind = "biased"
 
     def __init__(
         self,
@@ -218,7 +197,7 @@ class RussianRouletteLogDet(_SeriesEstimator):
         max_terms: hard cap on the number of terms (a cap introduces a bias below ``(1-p)^(max_terms-n_exact)``).
     """
 
-    exact = False
+    kind = "unbiased"
 
     def __init__(
         self,
@@ -279,3 +258,79 @@ class RussianRouletteLogDet(_SeriesEstimator):
             f"RussianRouletteLogDet(n_exact={self.n_exact}, {d}, dist={self.dist!r}, "
             f"neumann_gradient={self.neumann_gradient}, n_probes={self.n_probes})"
         )
+
+
+# -- the estimator policy ----------------------------------------------------------------------------------------
+MODES: tuple[str, ...] = ("resflow", "iresnet", "exact")
+
+
+def make_estimator(mode: str, *, n_terms: int = 5, n_exact: int = 2, n_probes: int = 1) -> AbstractLogDet:
+    """The *training* estimator of a mode: ``"iresnet"`` -> :class:`PowerSeriesLogDet` (``n_terms``, biased by at
+    most Theorem 5.8, backpropagation through all terms), ``"resflow"`` -> :class:`RussianRouletteLogDet`
+    (``n_exact``, ``p = 0.5``, Neumann gradient), ``"exact"`` -> :class:`ForwardJacobianLogDet` (exact; falls back
+    to :class:`ExactLogDet` for a g that is not an MLP)."""
+    if mode == "iresnet":
+        return PowerSeriesLogDet(n_terms=n_terms, n_probes=n_probes)
+    if mode == "resflow":
+        return RussianRouletteLogDet(n_exact=n_exact, p=0.5, neumann_gradient=True, n_probes=n_probes)
+    if mode == "exact":
+        return ForwardJacobianLogDet()
+    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def default_mode(event_shape: Sequence[int]) -> str:
+    """The training mode when none is chosen: ``"exact"`` for vector data (event shape ``(d,)``; the exact
+    forward-Jacobian log-det is cheap for small d), ``"resflow"`` (unbiased) for images."""
+    return "exact" if len(tuple(event_shape)) == 1 else "resflow"
+
+
+def evaluation_estimator(
+    dim: int,
+    event_ndim: int = 1,
+    *,
+    exact_max_dim: int = 64,
+    n_exact: int = 8,
+    generator: torch.Generator | None = None,
+) -> AbstractLogDet:
+    """The estimator a *reported* likelihood uses (never a biased series, never the Neumann surrogate's value):
+
+    * ``dim <= exact_max_dim``: exact - :class:`ForwardJacobianLogDet` for vector data (``event_ndim == 1``),
+      :class:`ExactLogDet` otherwise;
+    * else unbiased :class:`RussianRouletteLogDet` (``n_exact`` fixed terms, ``p = 0.5``, no Neumann gradient,
+      probes and truncation from ``generator``).
+
+    ``dim`` is the data dimension ``prod(event_shape)``.
+    """
+    if dim <= exact_max_dim:
+        return ForwardJacobianLogDet() if event_ndim == 1 else ExactLogDet()
+    return RussianRouletteLogDet(n_exact=n_exact, p=0.5, neumann_gradient=False, generator=generator)
+
+
+def estimator_sites(module: nn.Module) -> list[nn.Module]:
+    """Every submodule (e.g. :class:`~invertible.ResidualBlock`) whose ``logdet`` attribute is an
+    :class:`AbstractLogDet`, in ``module.modules()`` order."""
+    return [m for m in module.modules() if isinstance(getattr(m, "logdet", None), AbstractLogDet)]
+
+
+def set_estimators(module: nn.Module, estimator: AbstractLogDet) -> int:
+    """Use ``estimator`` from now on for every estimator site of ``module``; returns the number of sites."""
+    sites = estimator_sites(module)
+    for m in sites:
+        m.logdet = estimator
+    return len(sites)
+
+
+@contextlib.contextmanager
+def override_estimators(module: nn.Module, estimator: AbstractLogDet) -> Iterator[None]:
+    """Temporarily use ``estimator`` for the log-det of every estimator site (e.g. an exact or unbiased
+    estimator for evaluation, :func:`evaluation_estimator`); the previous estimators are restored afterwards,
+    also when the body raises."""
+    sites = estimator_sites(module)
+    saved = [m.logdet for m in sites]
+    try:
+        for m in sites:
+            m.logdet = estimator
+        yield
+    finally:
+        for m, s in zip(sites, saved, strict=True):
+            m.logdet = s

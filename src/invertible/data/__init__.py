@@ -1,6 +1,7 @@
 """Data sets: images from user files, toy densities, shifted variants (nothing is downloaded)."""
 
 from invertible.data.dequantize import dequantize, nats_to_bits_per_dim
+from invertible.data.digits import digits_tensors
 from invertible.data.images import load_images, read_idx, train_test_split_indices
 from invertible.data.shifted import feature_positions, plant_feature, shift_images
 from invertible.data.toy2d import TOY_DATASETS, best_possible_nll, has_toy_log_prob, sample_toy, toy_log_prob
@@ -9,6 +10,7 @@ __all__ = [
     "TOY_DATASETS",
     "best_possible_nll",
     "dequantize",
+    "digits_tensors",
     "feature_positions",
     "has_toy_log_prob",
     "load_images",

@@ -8,8 +8,10 @@ import math
 import torch
 
 import invertible as inv
-from invertible.experiments._conv_iresnet import Classifier, conv_iresnet, digits_tensors, train_classifier
+from invertible.data import digits_tensors
+from invertible.experiments._conv_iresnet import train_classifier
 from invertible.experiments.registry import RunContext, register
+from invertible.models.conv_iresnet import Classifier, conv_iresnet
 
 COEFFS = (0.5, 0.7, 0.9)
 TARGET = 1e-6

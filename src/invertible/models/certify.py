@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from invertible.activations import activation_lipschitz
 from invertible.lipschitz import (
     DENSE_ENTRIES,
     DENSE_LIMIT,
@@ -37,8 +38,9 @@ from invertible.lipschitz import (
     norm_method,
     operator_norm,
     operator_norm_upper_bound,
+    spectral_norm_of,
 )
-from invertible.nn import ActNorm, InjectivePad, LipSwish, ResidualBlock, Squeeze
+from invertible.nn import ActNorm, InjectivePad, ResidualBlock, Squeeze
 
 __all__ = [
     "LayerNorm", "BlockCertificate", "Certificate", "certify_features", "certify_classifier", "VERDICT_OK",
@@ -133,16 +135,6 @@ def _fmt(v: float) -> str:
     return f"{v:.4g} (log10 {math.log10(v):.2f})" if v > 0 else f"{v:.4g}"
 
 
-def _activation_lipschitz(m: nn.Module) -> float | None:
-    if isinstance(m, nn.ELU):
-        return max(1.0, float(m.alpha))
-    if isinstance(m, nn.LeakyReLU):
-        return max(1.0, abs(float(m.negative_slope)))
-    if isinstance(m, nn.ReLU | nn.Tanh | nn.Identity | LipSwish):
-        return 1.0
-    return None
-
-
 def _batchnorm_lipschitz(m: nn.BatchNorm2d) -> float:
     """Eval-mode BN is ``x -> gamma (x - mu) / sqrt(var + eps) + beta`` per channel: Lipschitz max |scale|."""
     if m.running_var is None:
@@ -154,13 +146,7 @@ def _batchnorm_lipschitz(m: nn.BatchNorm2d) -> float:
 
 
 def _is_spectral_normalized(m: nn.Module) -> bool:
-    from torch.nn.utils import parametrize
-
-    from invertible.lipschitz import SpectralNorm
-
-    return parametrize.is_parametrized(m, "weight") and any(
-        isinstance(p, SpectralNorm) for p in m.parametrizations.weight
-    )
+    return spectral_norm_of(m) is not None
 
 
 def _conv_norm(m: nn.Module, shape: Sequence[int], exact: bool) -> tuple[float, float, bool]:
@@ -204,11 +190,11 @@ def _certify_block(
             layers.append(LayerNorm(f"g.{j}", "batchnorm", shape, c, c, True, False))
             lip *= c
         else:
-            c = _activation_lipschitz(m)
+            c = activation_lipschitz(m)
             if c is None:
                 raise ValueError(
                     f"cannot certify {type(m).__name__} inside a residual block; known: Conv/Linear, BatchNorm "
-                    "(eval) and ELU/ReLU/LeakyReLU/Tanh/LipSwish"
+                    "(eval) and the elementwise activations of invertible.activations"
                 )
             lip *= c
         h = m(h)

@@ -25,43 +25,57 @@ Two backbones:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from invertible.inverse import FixedPoint
-from invertible.lipschitz import spectral_norm
-from invertible.logdet import ExactLogDet, PowerSeriesLogDet, RussianRouletteLogDet
-from invertible.nn import ActNorm, AdditiveCoupling, Bijection, InvertibleSequential, LipSwish, ResidualBlock, Squeeze
+from invertible.inverse import AbstractSolver, FixedPoint
+from invertible.logdet import AbstractLogDet, RussianRouletteLogDet
+from invertible.models import registry
+from invertible.models.blocks import lipschitz_convnet, lipschitz_mlp
+from invertible.nn import ActNorm, AdditiveCoupling, Bijection, Flatten, InvertibleSequential, ResidualBlock, Squeeze
 
-__all__ = ["Flatten", "FullyInvertibleClassifier", "fi_revnet", "fi_iresnet", "readout_head"]
+__all__ = [
+    "Flatten",
+    "FiIResNetConfig",
+    "FiRevNetConfig",
+    "FullyInvertibleClassifier",
+    "fi_revnet",
+    "fi_iresnet",
+    "readout_head",
+]
 
 
-class Flatten(Bijection):
-    """``(B, *shape) -> (B, prod(shape))`` and back; a reshape, so ``log|det J| = 0``."""
+@dataclasses.dataclass(frozen=True)
+class FiRevNetConfig(registry.ModelConfig):
+    """Config of :func:`fi_revnet` (kind ``fi_revnet``)."""
 
-    def __init__(self, shape: Sequence[int]):
-        super().__init__()
-        self.shape = tuple(int(s) for s in shape)
-        self.numel = math.prod(self.shape)
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    n_classes: int = 10
+    n_squeeze: int = 2
+    conv_blocks: int = 2
+    hidden: int = 32
+    dense_blocks: int = 2
+    dense_hidden: int = 256
+    head_hidden: int = 256
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"Flatten: expected (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
-        return x.reshape(x.shape[0], self.numel)
 
-    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward(x), x.new_zeros(x.shape[0])
+@dataclasses.dataclass(frozen=True)
+class FiIResNetConfig(registry.ModelConfig):
+    """Config of :func:`fi_iresnet` (kind ``fi_iresnet``); the log-det estimator and inverse solver are
+    strategies, not architecture: a registry build uses their defaults."""
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        if y.dim() != 2 or y.shape[1] != self.numel:
-            raise ValueError(f"Flatten.inverse: expected (B, {self.numel}), got {tuple(y.shape)}")
-        return y.reshape(y.shape[0], *self.shape)
-
-    def extra_repr(self) -> str:
-        return f"shape={self.shape}"
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    n_classes: int = 10
+    n_squeeze: int = 2
+    conv_blocks: int = 2
+    hidden: int = 32
+    dense_blocks: int = 2
+    dense_hidden: int = 256
+    coeff: float = 0.9
 
 
 class FullyInvertibleClassifier(Bijection):
@@ -200,7 +214,7 @@ def fi_revnet(
     Exact inverse; ``log|det J|`` = sum of the ActNorm log-scales. ``input_shape = (C, H, W)`` with H, W
     divisible by ``2**n_squeeze``.
     """
-    c, h, w = _check_shape(input_shape, n_squeeze)
+    c, h, w = c0, h0, w0 = _check_shape(input_shape, n_squeeze)
     layers: list[Bijection] = []
     for _ in range(n_squeeze):
         layers.append(Squeeze())
@@ -216,7 +230,12 @@ def fi_revnet(
     if head_hidden:
         layers += [_actnorm(d), *readout_head(d, n_classes, head_hidden)]
     layers.append(_actnorm(d))
-    return FullyInvertibleClassifier(InvertibleSequential(*layers), input_shape, n_classes)
+    model = FullyInvertibleClassifier(InvertibleSequential(*layers), input_shape, n_classes)
+    model.kind, model.config = "fi_revnet", FiRevNetConfig(
+        (c0, h0, w0), int(n_classes), int(n_squeeze), int(conv_blocks), int(hidden), int(dense_blocks),
+        int(dense_hidden), int(head_hidden),
+    )
+    return model
 
 
 def readout_head(dim: int, n_classes: int, hidden: int = 256) -> list[AdditiveCoupling]:
@@ -235,9 +254,6 @@ def readout_head(dim: int, n_classes: int, hidden: int = 256) -> list[AdditiveCo
     return [AdditiveCoupling(t1, dim, dim - n_classes, swap=True), AdditiveCoupling(t2, dim, n_classes, swap=False)]
 
 
-LogDetEstimator = ExactLogDet | PowerSeriesLogDet | RussianRouletteLogDet
-
-
 def fi_iresnet(
     input_shape: Sequence[int] = (1, 28, 28),
     n_classes: int = 10,
@@ -248,18 +264,20 @@ def fi_iresnet(
     dense_blocks: int = 2,
     dense_hidden: int = 256,
     coeff: float = 0.9,
-    logdet: LogDetEstimator | None = None,
-    inverse: FixedPoint | None = None,
+    logdet: AbstractLogDet | None = None,
+    inverse: AbstractSolver | None = None,
 ) -> FullyInvertibleClassifier:
     """Fully invertible i-ResNet classifier: the layout of :func:`fi_revnet` with every coupling replaced by an
-    i-ResNet block ``x + g(x)``, ``g = SN-conv3x3 o LipSwish o SN-conv1x1 o LipSwish o SN-conv3x3`` (eq. 4.5;
-    dense blocks use SN-linear layers), each layer normalized to ``||W||_2 <= coeff < 1`` so ``Lip(g) < 1``.
+    i-ResNet block ``x + g(x)``, ``g = SN-conv3x3 o LipSwish o SN-conv1x1 o LipSwish o SN-conv3x3`` (eq. 4.5,
+    :func:`~invertible.models.blocks.lipschitz_convnet`; dense blocks ``SN-linear o LipSwish o SN-linear``,
+    :func:`~invertible.models.blocks.lipschitz_mlp`), each layer normalized to ``||W||_2 <= coeff < 1`` so
+    ``Lip(g) < 1``.
 
     ``logdet`` (shared by all blocks; default unbiased :class:`~invertible.RussianRouletteLogDet`) and
     ``inverse`` (default ``FixedPoint(atol=1e-6, max_iter=200)``) are passed to every
     :class:`~invertible.ResidualBlock`.
     """
-    c, h, w = _check_shape(input_shape, n_squeeze)
+    c, h, w = c0, h0, w0 = _check_shape(input_shape, n_squeeze)
     logdet = logdet if logdet is not None else RussianRouletteLogDet(n_exact=2)
     solver = inverse if inverse is not None else FixedPoint(atol=1e-6, max_iter=200)
 
@@ -271,22 +289,27 @@ def fi_iresnet(
         layers.append(Squeeze())
         c, h, w = 4 * c, h // 2, w // 2
         for _ in range(conv_blocks):
-            g = nn.Sequential(
-                spectral_norm(nn.Conv2d(c, hidden, 3, padding=1), coeff),
-                LipSwish(),
-                spectral_norm(nn.Conv2d(hidden, hidden, 1), coeff),
-                LipSwish(),
-                spectral_norm(nn.Conv2d(hidden, c, 3, padding=1), coeff),
-            )
+            g = lipschitz_convnet(c, hidden, coeff, "lipswish", 1)
             layers += [_actnorm(c), block(g)]
     d = c * h * w
     layers.append(Flatten((c, h, w)))
     for _ in range(dense_blocks):
-        g = nn.Sequential(
-            spectral_norm(nn.Linear(d, dense_hidden), coeff),
-            LipSwish(),
-            spectral_norm(nn.Linear(dense_hidden, d), coeff),
-        )
+        g = lipschitz_mlp([d, dense_hidden, d], coeff, "lipswish", 1, preact=False, beta=1.0, orthogonal=False)
         layers += [_actnorm(d), block(g)]
     layers.append(_actnorm(d))
-    return FullyInvertibleClassifier(InvertibleSequential(*layers), input_shape, n_classes)
+    model = FullyInvertibleClassifier(InvertibleSequential(*layers), input_shape, n_classes)
+    model.kind, model.config = "fi_iresnet", FiIResNetConfig(
+        (c0, h0, w0), int(n_classes), int(n_squeeze), int(conv_blocks), int(hidden), int(dense_blocks),
+        int(dense_hidden), float(coeff),
+    )
+    return model
+
+
+@registry.register_model("fi_revnet", FiRevNetConfig)
+def _build_fi_revnet(config: FiRevNetConfig) -> FullyInvertibleClassifier:
+    return fi_revnet(**config.kwargs())
+
+
+@registry.register_model("fi_iresnet", FiIResNetConfig)
+def _build_fi_iresnet(config: FiIResNetConfig) -> FullyInvertibleClassifier:
+    return fi_iresnet(**config.kwargs())

@@ -32,51 +32,37 @@ References: Behrmann, Grathwohl, Chen, Duvenaud, Jacobsen (2019) "Invertible Res
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from invertible.inverse import FixedPoint
-from invertible.lipschitz import spectral_norm
 from invertible.logdet import PowerSeriesLogDet
+from invertible.models import registry
+from invertible.models.blocks import bottleneck_g
 from invertible.nn import ActNorm, InjectivePad, InvertibleSequential, ResidualBlock, Squeeze
 
-__all__ = ["IResNetClassifier", "bottleneck_g", "NORMS"]
+__all__ = ["IResNetClassifier", "IResNetClassifierConfig", "bottleneck_g", "NORMS"]
 
 NORMS = ("actnorm", "batchnorm", "none")
 
 
-def bottleneck_g(
-    channels: int,
-    hidden: int,
-    *,
-    coeff: float | None,
-    n_power_iterations: int = 1,
-    batchnorm: bool = False,
-) -> nn.Sequential:
-    """The residual function ``g`` of eq. 4.5: ``[BN] ELU conv3x3 [BN] ELU conv1x1 [BN] ELU conv3x3``.
+@dataclasses.dataclass(frozen=True)
+class IResNetClassifierConfig(registry.ModelConfig):
+    """Config of :class:`IResNetClassifier` (kind ``iresnet_classifier``); ``hidden`` as resolved per stage."""
 
-    Maps ``(B, channels, H, W) -> (B, channels, H, W)`` through ``hidden`` channels. With ``coeff`` each conv is
-    spectrally normalized on its operator (eq. 4.9); with ``batchnorm`` a ``BatchNorm2d`` precedes every ELU.
-    """
-    if channels < 1 or hidden < 1:
-        raise ValueError(f"channels and hidden must be >= 1, got channels={channels}, hidden={hidden}")
-    convs = [
-        nn.Conv2d(channels, hidden, 3, padding=1),
-        nn.Conv2d(hidden, hidden, 1),
-        nn.Conv2d(hidden, channels, 3, padding=1),
-    ]
-    layers: list[nn.Module] = []
-    for conv, c_in in zip(convs, (channels, hidden, hidden), strict=True):
-        if batchnorm:
-            layers.append(nn.BatchNorm2d(c_in))
-        layers.append(nn.ELU())
-        if coeff is not None:
-            conv = spectral_norm(conv, coeff=coeff, n_power_iterations=n_power_iterations)
-        layers.append(conv)
-    return nn.Sequential(*layers)
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    n_classes: int = 10
+    blocks: tuple[int, ...] = (13, 13, 13)
+    channels: int = 16
+    hidden: int | tuple[int, ...] | None = None
+    coeff: float | None = 0.9
+    n_power_iterations: int = 1
+    norm: str = "actnorm"
+    init_squeeze: bool = False
+    inverse_iterations: int = 100
 
 
 def _per_stage(value: int | Sequence[int] | None, default: Sequence[int], name: str) -> tuple[int, ...]:
@@ -153,18 +139,19 @@ class IResNetClassifier(nn.Module):
             raise ValueError(f"channels ({channels}) must be >= the input channels after squeezing ({c_in})")
         stage_channels = [channels * 4**s for s in range(len(blocks))]
         hiddens = _per_stage(hidden, [min(c, 128) for c in stage_channels], "hidden")
-        self.config: dict[str, Any] = {
-            "input_shape": list(shape),
-            "n_classes": int(n_classes),
-            "blocks": list(blocks),
-            "channels": int(channels),
-            "hidden": list(hiddens),
-            "coeff": None if coeff is None else float(coeff),
-            "n_power_iterations": int(n_power_iterations),
-            "norm": norm,
-            "init_squeeze": bool(init_squeeze),
-            "inverse_iterations": int(inverse_iterations),
-        }
+        self.kind = "iresnet_classifier"
+        self.config = IResNetClassifierConfig(
+            input_shape=shape,
+            n_classes=int(n_classes),
+            blocks=blocks,
+            channels=int(channels),
+            hidden=tuple(hiddens),
+            coeff=None if coeff is None else float(coeff),
+            n_power_iterations=int(n_power_iterations),
+            norm=norm,
+            init_squeeze=bool(init_squeeze),
+            inverse_iterations=int(inverse_iterations),
+        )
         self.input_shape = shape
         self.coeff = coeff
         layers: list[nn.Module] = []
@@ -218,4 +205,9 @@ class IResNetClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "vanilla" if self.coeff is None else f"coeff={self.coeff}"
-        return f"input_shape={self.input_shape}, blocks={self.config['blocks']}, {kind}, norm={self.config['norm']}"
+        return f"input_shape={self.input_shape}, blocks={list(self.config.blocks)}, {kind}, norm={self.config.norm}"
+
+
+@registry.register_model("iresnet_classifier", IResNetClassifierConfig)
+def _build(config: IResNetClassifierConfig) -> IResNetClassifier:
+    return IResNetClassifier(**config.kwargs())

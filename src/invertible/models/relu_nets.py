@@ -8,15 +8,34 @@ the linearization is the matrix chain of Definition 3.4. Build one from a JSON-a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
-__all__ = ["ReLUMLP", "ThinCIFAR", "ToyMLP", "WideCIFAR", "build_relu_net", "relu_net_config"]
+from invertible.models import registry
+
+__all__ = ["ReLUMLP", "ReluNetConfig", "ThinCIFAR", "ToyMLP", "WideCIFAR", "build_relu_net", "relu_net_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReluNetConfig(registry.ModelConfig):
+    """Config of a network of this module (kind ``relu_net``): its class ``name``, the constructor ``kwargs`` and
+    the per-sample ``input_shape`` (informational)."""
+
+    name: str
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None
 
 #: Table 3.1: (stride, feature maps) of conv layers 1-6 for WideCIFAR / ThinCIFAR; kernel 3x3 throughout.
 WIDE_CONVS: tuple[tuple[int, int], ...] = ((1, 32), (2, 64), (1, 64), (1, 32), (1, 32), (2, 64))
 THIN_CONVS: tuple[tuple[int, int], ...] = ((1, 32), (2, 32), (1, 16), (1, 16), (1, 16), (2, 32))
+
+
+def _set_config(model: nn.Module, kwargs: dict[str, Any]) -> None:
+    model.kind = "relu_net"
+    model.config = ReluNetConfig(type(model).__name__, kwargs, tuple(model.input_shape))
 
 
 class _CIFARNet(nn.Sequential):
@@ -37,9 +56,9 @@ class _CIFARNet(nn.Sequential):
         side = image_size // 4
         layers += [nn.Flatten(), nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)]
         super().__init__(*layers)
-        self.config = {"in_channels": in_channels, "n_classes": n_classes, "image_size": image_size,
-                       "hidden": hidden}
         self.input_shape = (in_channels, image_size, image_size)
+        _set_config(self, {"in_channels": in_channels, "n_classes": n_classes, "image_size": image_size,
+                          "hidden": hidden})
 
 
 class WideCIFAR(_CIFARNet):
@@ -73,8 +92,8 @@ class ReLUMLP(nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
         super().__init__(*layers)
-        self.config = {"sizes": sizes}
         self.input_shape = (sizes[0],)
+        _set_config(self, {"sizes": sizes})
 
 
 class ToyMLP(ReLUMLP):
@@ -82,7 +101,7 @@ class ToyMLP(ReLUMLP):
 
     def __init__(self, hidden: int = 3, n_classes: int = 2):
         super().__init__([2, hidden, n_classes])
-        self.config = {"hidden": hidden, "n_classes": n_classes}
+        _set_config(self, {"hidden": hidden, "n_classes": n_classes})
 
 
 _MODELS = {"WideCIFAR": WideCIFAR, "ThinCIFAR": ThinCIFAR, "ReLUMLP": ReLUMLP, "ToyMLP": ToyMLP}
@@ -91,14 +110,21 @@ _MODELS = {"WideCIFAR": WideCIFAR, "ThinCIFAR": ThinCIFAR, "ReLUMLP": ReLUMLP, "
 def relu_net_config(model: nn.Module) -> dict:
     """``{"name": class name, "kwargs": {...}, "input_shape": [...]}`` for a model from this module."""
     name = type(model).__name__
-    if name not in _MODELS or not hasattr(model, "config"):
+    if name not in _MODELS or not isinstance(getattr(model, "config", None), ReluNetConfig):
         raise ValueError(f"{name} is not a network of invertible.models.relu_nets")
-    return {"name": name, "kwargs": dict(model.config), "input_shape": list(model.input_shape)}
+    return registry.config_to_dict(model.config)
 
 
-def build_relu_net(config: dict) -> nn.Module:
-    """Rebuild a network from :func:`relu_net_config`'s dict (e.g. a checkpoint's metadata)."""
-    name = config.get("name") if isinstance(config, dict) else None
+def build_relu_net(config: Mapping[str, Any] | ReluNetConfig) -> nn.Module:
+    """Rebuild a network from :func:`relu_net_config`'s dict (e.g. a checkpoint's metadata) or its config."""
+    if isinstance(config, ReluNetConfig):
+        config = registry.config_to_dict(config)
+    name = config.get("name") if isinstance(config, Mapping) else None
     if name not in _MODELS:
         raise ValueError(f"unknown ReLU network {name!r}; expected one of {', '.join(_MODELS)}")
     return _MODELS[name](**config.get("kwargs", {}))
+
+
+@registry.register_model("relu_net", ReluNetConfig)
+def _build(config: ReluNetConfig) -> nn.Module:
+    return build_relu_net(config)

@@ -14,13 +14,25 @@ References: He, Zhang, Ren, Sun (2016) "Identity Mappings in Deep Residual Netwo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["PreActResNet", "PreActBottleneck"]
+from invertible.models import registry
+
+__all__ = ["PreActResNet", "PreActBottleneck", "PreActResNetConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreActResNetConfig(registry.ModelConfig):
+    """Config of :class:`PreActResNet` (kind ``preact_resnet``); ``widths`` as resolved per stage."""
+
+    input_shape: tuple[int, ...] = (3, 32, 32)
+    n_classes: int = 10
+    blocks: tuple[int, ...] = (18, 18, 18)
+    widths: tuple[int, ...] | None = None
 
 
 class PreActBottleneck(nn.Module):
@@ -79,9 +91,8 @@ class PreActResNet(nn.Module):
         if len(widths) != len(blocks):
             raise ValueError(f"widths needs one value per stage ({len(blocks)}), got {list(widths)}")
         self.input_shape = shape
-        self.config: dict[str, Any] = {
-            "input_shape": list(shape), "n_classes": int(n_classes), "blocks": list(blocks), "widths": list(widths)
-        }
+        self.kind = "preact_resnet"
+        self.config = PreActResNetConfig(shape, int(n_classes), blocks, widths)
         self.stem = nn.Conv2d(shape[0], widths[0], 3, padding=1, bias=False)
         layers: list[nn.Module] = []
         c = widths[0]
@@ -99,3 +110,8 @@ class PreActResNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.input_shape[0]:
             raise ValueError(f"PreActResNet expects (B, {self.input_shape[0]}, H, W) images, got {tuple(x.shape)}")
         return self.head(self.stages(self.stem(x)))
+
+
+@registry.register_model("preact_resnet", PreActResNetConfig)
+def _build(config: PreActResNetConfig) -> PreActResNet:
+    return PreActResNet(**config.kwargs())

@@ -7,15 +7,13 @@ import math
 import torch
 from torch import nn
 
-from invertible.inverse import Anderson, FixedPoint, InverseResult
-from invertible.lipschitz import LINEAR_TYPES, _activation_constant, _spectral_norm_of, lipschitz_constant
-from invertible.logdet import ExactLogDet, PowerSeriesLogDet, RussianRouletteLogDet
+from invertible.activations import activation_lipschitz
+from invertible.inverse import AbstractSolver, FixedPoint, InverseResult
+from invertible.lipschitz import LINEAR_TYPES, lipschitz_constant, spectral_norm_of
+from invertible.logdet import AbstractLogDet, RussianRouletteLogDet
 from invertible.nn.base import Bijection, check_input
 
 __all__ = ["ResidualBlock"]
-
-LogDetEstimator = ExactLogDet | PowerSeriesLogDet | RussianRouletteLogDet
-
 
 class ResidualBlock(Bijection):
     """Invertible residual block ``y = x + g(x)`` (Theorem 4.1).
@@ -23,11 +21,12 @@ class ResidualBlock(Bijection):
     Args:
         g: the residual function, e.g. an ``nn.Sequential`` of spectrally normalized layers and 1-Lipschitz
             activations (eq. 4.5), mapping ``(B, *shape)`` to the same shape, samples independently.
-        logdet: estimator of ``log det(I + J_g)``: :class:`~invertible.ExactLogDet`,
+        logdet: estimator of ``log det(I + J_g)``, an :class:`~invertible.AbstractLogDet`:
+            :class:`~invertible.ExactLogDet`, :class:`~invertible.ForwardJacobianLogDet`,
             :class:`~invertible.PowerSeriesLogDet` (Algorithm 2) or :class:`~invertible.RussianRouletteLogDet`
             (default, unbiased).
-        inverse: solver of ``x = y - g(x)``: :class:`~invertible.FixedPoint` (Algorithm 1, default) or
-            :class:`~invertible.Anderson`.
+        inverse: solver of ``x = y - g(x)``, an :class:`~invertible.AbstractSolver`:
+            :class:`~invertible.FixedPoint` (Algorithm 1, default) or :class:`~invertible.Anderson`.
 
     ``inverse(y)`` records the solver's :class:`~invertible.InverseResult` in ``last_inverse``; its error bound
     uses the certified ``Lip(g)`` from :meth:`certify` when available, else the spectral-norm estimate.
@@ -47,8 +46,8 @@ class ResidualBlock(Bijection):
     def __init__(
         self,
         g: nn.Module,
-        logdet: LogDetEstimator | None = None,
-        inverse: FixedPoint | Anderson | None = None,
+        logdet: AbstractLogDet | None = None,
+        inverse: AbstractSolver | None = None,
     ):
         super().__init__()
         self.g = g
@@ -95,12 +94,12 @@ class ResidualBlock(Bijection):
         est = 1.0
         for m in _leaves(self.g):
             if isinstance(m, LINEAR_TYPES):
-                sn = _spectral_norm_of(m)
+                sn = spectral_norm_of(m)
                 if sn is None or not sn.initialized:
                     return None
                 est *= sn.normalized_norm_estimate()
             else:
-                c = _activation_constant(m)
+                c = activation_lipschitz(m)
                 if c is None:
                     return None
                 est *= c

@@ -8,7 +8,6 @@ NLL with its standard error (:func:`~invertible.training.evaluate.evaluate_nll`)
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,13 +71,10 @@ class DensityConfig:
 
 
 def model_config_dict(model: nn.Module) -> dict[str, Any]:
-    """The model's JSON config (``model.config``, a dict or a typed dataclass) including its ``kind``."""
-    cfg = model.config
-    if dataclasses.is_dataclass(cfg):
-        from invertible.models.registry import config_to_dict
+    """The model's JSON config including its ``kind`` (the registry's typed config, serialized)."""
+    from invertible.models.registry import config_to_dict
 
-        return {"kind": getattr(model, "kind", None), **config_to_dict(cfg)}
-    return dict(cfg)
+    return {"kind": model.kind, **config_to_dict(model.config)}
 
 
 class DensityObjective(Objective):

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
-import invertible as inv
 from invertible.data.dequantize import dequantize, nats_to_bits_per_dim
-from invertible.models.resflow import DensityModel, ForwardJacobianLogDet, override_estimators, residual_blocks
+from invertible.distributions import FlowModel
+from invertible.logdet import AbstractLogDet, estimator_sites, evaluation_estimator, override_estimators
 
 __all__ = ["evaluate_nll", "honest_estimator"]
 
 
-def honest_estimator(model: DensityModel, exact_max_dim: int = 64, n_exact: int = 8,
-                     generator: torch.Generator | None = None):
-    """The estimator used for evaluation: exact for ``d <= exact_max_dim``, else unbiased Russian roulette."""
-    if model.latent_dim <= exact_max_dim:
-        return ForwardJacobianLogDet() if len(model.event_shape) == 1 else inv.ExactLogDet()
-    return inv.RussianRouletteLogDet(n_exact=n_exact, p=0.5, neumann_gradient=False, generator=generator)
+def honest_estimator(model: FlowModel, exact_max_dim: int = 64, n_exact: int = 8,
+                     generator: torch.Generator | None = None) -> AbstractLogDet:
+    """The estimator used for evaluation (:func:`invertible.logdet.evaluation_estimator` for the model's data
+    dimension): exact for ``d <= exact_max_dim``, else unbiased Russian roulette."""
+    return evaluation_estimator(model.latent_dim, len(model.event_shape), exact_max_dim=exact_max_dim,
+                                n_exact=n_exact, generator=generator)
 
 
 def _weighted_se(means: torch.Tensor, sizes: torch.Tensor) -> float:
@@ -44,7 +44,7 @@ def _weighted_se(means: torch.Tensor, sizes: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_nll(
-    model: DensityModel,
+    model: FlowModel,
     data: torch.Tensor,
     *,
     batch_size: int = 500,
@@ -73,7 +73,7 @@ def evaluate_nll(
     p = next(model.parameters())
     gen = torch.Generator(device=p.device).manual_seed(int(seed))
     est = honest_estimator(model, exact_max_dim, n_exact, generator=gen)
-    exact = bool(getattr(est, "exact", False)) or not residual_blocks(model)
+    exact = est.exact or not estimator_sites(model)
     was = model.training
     model.eval()
     nlls, means, sizes = [], [], []

@@ -22,8 +22,9 @@ def _plt():
 
 @torch.no_grad()
 def density_grid(model, lim: float = 4.5, n: int = 150, chunk: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(grid (n*n, 2), p(grid) (n, n))`` of a 2-D model on ``[-lim, lim]^2`` with the exact log-det."""
-    from invertible.models.resflow import ForwardJacobianLogDet, override_estimators
+    """``(grid (n*n, 2), p(grid) (n, n))`` of a 2-D model on ``[-lim, lim]^2`` with the honest (for 2-D: exact)
+    estimator of :func:`invertible.logdet.evaluation_estimator`."""
+    from invertible.logdet import evaluation_estimator, override_estimators
 
     p = next(model.parameters())
     ax = torch.linspace(-lim, lim, n, dtype=p.dtype, device=p.device)
@@ -31,7 +32,7 @@ def density_grid(model, lim: float = 4.5, n: int = 150, chunk: int = 5000) -> tu
     pts = torch.stack([xx.flatten(), yy.flatten()], 1)
     was = model.training
     model.eval()
-    with override_estimators(model, ForwardJacobianLogDet()):
+    with override_estimators(model, evaluation_estimator(model.latent_dim, len(model.event_shape))):
         lp = torch.cat([model.log_prob(c) for c in torch.split(pts, chunk)])
     model.train(was)
     return pts, lp.exp().reshape(n, n).cpu()

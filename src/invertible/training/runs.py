@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from invertible.io import CHECKPOINT_NAME, Checkpoint, load_checkpoint
+from invertible.models.registry import build_model
 
 __all__ = ["load_run", "model_config_of"]
 
@@ -34,16 +35,6 @@ def model_config_of(ck: Checkpoint) -> tuple[str, dict[str, Any]]:
     raise ValueError(f"{ck.path} does not say which model it holds (no kind / model config)")
 
 
-def _build(kind: str, config: dict[str, Any]) -> nn.Module:
-    try:
-        from invertible.models.registry import build_model
-    except ImportError:  # before the registry: the flow builders
-        from invertible.models.resflow import build_model as build_flow
-
-        return build_flow({"kind": kind, **config})
-    return build_model(kind, config)
-
-
 def load_run(path: str | os.PathLike, *, use_ema: bool = True,
              device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """The model of a run folder (or checkpoint file) in eval mode on ``device``, and its :class:`Checkpoint`.
@@ -54,7 +45,7 @@ def load_run(path: str | os.PathLike, *, use_ema: bool = True,
     path = Path(path)
     ck = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path, device="cpu")
     kind, model_cfg = model_config_of(ck)
-    model = _build(kind, model_cfg)
+    model = build_model(kind, model_cfg)
     dtype = getattr(torch, ck.config.get("dtype") or ck.meta.get("dtype") or "float32")
     state = ck.group("model")
     if use_ema:

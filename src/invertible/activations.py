@@ -1,0 +1,167 @@
+"""Elementwise activations of residual functions: value, derivative and Lipschitz constant, in one table.
+
+A residual function ``g = W_L o phi o ... o phi o W_1`` (eq. 4.5) has ``Lip(g) <= prod_i ||W_i||_2 * prod Lip(phi)``
+(eq. 4.6), so every activation used inside a contractive block needs its Lipschitz constant
+``Lip(phi) = sup_x |phi'(x)|``; the exact forward-mode log-determinant (:class:`~invertible.ForwardJacobianLogDet`)
+needs ``phi'`` itself, since ``J_g = W_L diag(phi'(h_{L-1})) ... diag(phi'(h_1)) W_1``. Both come from the
+:data:`ACTIVATIONS` table below, one :class:`Activation` row per module type; nothing else in the library
+keeps its own copy.
+
+Leaf module: imports only torch.
+
+References: Chen et al. (2019) "Residual Flows for Invertible Generative Modeling" (LipSwish).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "LipSwish",
+    "activation_for",
+    "activation_lipschitz",
+    "activation_value_and_derivative",
+    "has_derivative",
+    "make_activation",
+]
+
+
+class LipSwish(nn.Module):
+    """``LipSwish(x) = x * sigmoid(beta x) / 1.1`` with learnable ``beta = softplus(b) > 0``.
+
+    ``sup_x |d/dx x sigmoid(beta x)| <= 1.0998`` for every beta > 0, so dividing by 1.1 makes it
+    1-Lipschitz; unlike ReLU it is smooth, so its Jacobian is continuous (Corollary 4.4, Theorem 5.9).
+    Derivative: ``s (1 + beta x (1 - s)) / 1.1`` with ``s = sigmoid(beta x)``. Any shape.
+
+    References: Chen et al. (2019) "Residual Flows for Invertible Generative Modeling".
+    """
+
+    lipschitz = 1.0
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        b = torch.log(torch.expm1(torch.tensor(float(beta))))  # inverse softplus
+        self.raw_beta = nn.Parameter(b)
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return F.softplus(self.raw_beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x * self.beta.to(x.dtype)) / 1.1
+
+    def extra_repr(self) -> str:
+        return f"beta={float(self.beta.detach()):.3g}"
+
+
+ValueAndDerivative = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _lipswish(m: LipSwish, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    bh = m.beta.to(h.dtype) * h
+    s = torch.sigmoid(bh)
+    # d/dh [h sigmoid(b h)] / 1.1 = s (1 + b h (1 - s)) / 1.1
+    return h * s / 1.1, s * (1 + bh * (1 - s)) / 1.1
+
+
+def _elu(m: nn.ELU, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    neg = m.alpha * torch.expm1(h.clamp(max=0))
+    return torch.where(h > 0, h, neg), torch.where(h > 0, torch.ones_like(h), neg + m.alpha)
+
+
+def _leaky_relu(m: nn.LeakyReLU, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    slope = float(m.negative_slope)
+    return torch.where(h > 0, h, slope * h), torch.where(h > 0, torch.ones_like(h), torch.full_like(h, slope))
+
+
+def _tanh(m: nn.Tanh, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.tanh(h)
+    return y, 1 - y * y
+
+
+def _softplus(m: nn.Softplus, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if m.beta != 1:
+        raise TypeError(f"no derivative known for Softplus(beta={m.beta}); only beta=1")
+    return F.softplus(h), torch.sigmoid(h)
+
+
+def _relu(m: nn.ReLU, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.relu(h), (h > 0).to(h.dtype)
+
+
+def _sigmoid(m: nn.Sigmoid, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = torch.sigmoid(h)
+    return s, s * (1 - s)
+
+
+def _identity(m: nn.Identity, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return h, torch.ones_like(h)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One row of the table: the module type, ``phi -> Lip(phi)`` and ``(phi, h) -> (phi(h), phi'(h))``
+    (elementwise, same shape as ``h``; ``None`` when the derivative is not provided)."""
+
+    module_type: type
+    lipschitz: Callable[[nn.Module], float]
+    value_and_derivative: ValueAndDerivative | None
+
+
+# Order matters only for subclasses (checked first-match with isinstance).
+ACTIVATIONS: tuple[Activation, ...] = (
+    Activation(LipSwish, lambda m: 1.0, _lipswish),  # sup = 1.0998 / 1.1 < 1
+    Activation(nn.ELU, lambda m: max(1.0, float(m.alpha)), _elu),
+    Activation(nn.LeakyReLU, lambda m: max(1.0, abs(float(m.negative_slope))), _leaky_relu),
+    Activation(nn.ReLU, lambda m: 1.0, _relu),
+    Activation(nn.Tanh, lambda m: 1.0, _tanh),  # sup at 0
+    Activation(nn.Softplus, lambda m: 1.0, _softplus),  # phi' = sigmoid(beta x) < 1
+    Activation(nn.Sigmoid, lambda m: 0.25, _sigmoid),  # sup at 0
+    Activation(nn.Identity, lambda m: 1.0, _identity),
+    Activation(nn.Dropout, lambda m: 1.0, None),  # the identity in eval mode
+)
+
+
+def activation_for(m: nn.Module) -> Activation | None:
+    """The table row for module ``m``, or ``None`` if ``m`` is not a known elementwise activation."""
+    for row in ACTIVATIONS:
+        if isinstance(m, row.module_type):
+            return row
+    return None
+
+
+def activation_lipschitz(m: nn.Module) -> float | None:
+    """``Lip(phi) = sup_x |phi'(x)|`` for a known activation module, else ``None``."""
+    row = activation_for(m)
+    return None if row is None else row.lipschitz(m)
+
+
+def has_derivative(m: nn.Module) -> bool:
+    """Whether :func:`activation_value_and_derivative` knows ``phi'`` for this module type."""
+    row = activation_for(m)
+    return row is not None and row.value_and_derivative is not None
+
+
+def activation_value_and_derivative(m: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(phi(h), phi'(h))`` elementwise for the activation module ``m``; ``TypeError`` if unknown."""
+    row = activation_for(m)
+    if row is None or row.value_and_derivative is None:
+        raise TypeError(f"no derivative known for {type(m).__name__}")
+    return row.value_and_derivative(m, h)
+
+
+_BY_NAME: dict[str, type[nn.Module]] = {"lipswish": LipSwish, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+
+
+def make_activation(name: str, beta: float = 1.0) -> nn.Module:
+    """A fresh activation by config name: ``"lipswish"`` (slope ``beta``), ``"elu"``, ``"tanh"``, ``"softplus"``."""
+    if name not in _BY_NAME:
+        raise ValueError(f"activation must be one of {', '.join(_BY_NAME)}, got {name!r}")
+    return LipSwish(beta) if name == "lipswish" else _BY_NAME[name]()

@@ -1,0 +1,131 @@
+"""Every residual function ``g`` of an i-ResNet block ``F(x) = x + g(x)`` built in the project (eq. 4.5).
+
+A residual function is a chain of (spectrally normalized) linear operators and 1-Lipschitz elementwise
+activations, ``g = W_L o phi o ... o phi o W_1``; with ``||W_i||_2 <= c`` (eq. 4.9) it has ``Lip(g) <= c^L < 1``
+(eq. 4.6) and ``I + g`` is invertible (Theorem 4.1). Shapes: ``(B, *shape) -> (B, *shape)``.
+
+* :func:`lipschitz_mlp`: vector flows (Residual Flows' MLP; fi-i-ResNet's dense blocks).
+* :func:`lipschitz_convnet`: 3x3 -> phi -> 1x1 -> phi -> 3x3 (Appendix A.2; fi-i-ResNet's conv blocks; the
+  digits i-ResNet of Figs. 4.4 / 5.3 via :func:`residual_function`).
+* :func:`bottleneck_g`: the pre-activation bottleneck of the i-ResNet classifier (Appendix A.1).
+
+Layers are created in a fixed order (documented per function) so that seeded weights stay identical.
+
+References: Behrmann et al. (2019) "Invertible Residual Networks"; Chen et al. (2019) "Residual Flows".
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from invertible.activations import make_activation
+from invertible.lipschitz import spectral_norm
+
+__all__ = ["lipschitz_mlp", "lipschitz_convnet", "residual_function", "bottleneck_g"]
+
+
+def lipschitz_mlp(
+    dims: list[int],
+    coeff: float = 0.9,
+    activation: str = "lipswish",
+    n_power_iterations: int = 1,
+    preact: bool = True,
+    beta: float = 4.0,
+    orthogonal: bool = True,
+    last_scale: float = 1.0,
+) -> nn.Sequential:
+    """``g = W_L o phi o ... o phi o W_1`` (or ``W_L o phi o ... o W_1 o phi`` with ``preact``, as in Residual
+    Flows) with spectrally normalized ``||W_i||_2 <= coeff`` (eq. 4.5, 4.9), so ``Lip(g) <= coeff^L`` (eq. 4.6).
+    ``dims = [d, h_1, ..., d]``; inputs ``(B, d)``.
+
+    Initialization: orthogonal weights (all singular values equal, so normalization does not start rank-deficient),
+    LipSwish slope ``beta`` (4: sharper bends than the swish default 1, which trains much faster on 2-D data),
+    and optionally the last layer scaled by ``last_scale`` (< 1: blocks start near the identity; on 8gaussians
+    the default 1 trained slightly faster). Per layer: [activation], Linear, [orthogonal init], spectral norm.
+    """
+    if len(dims) < 2 or any(int(k) < 1 for k in dims):
+        raise ValueError(f"dims must list >= 2 positive layer widths, got {dims}")
+    layers: list[nn.Module] = []
+    n = len(dims) - 1
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        if i or preact:
+            layers.append(make_activation(activation, beta))
+        lin = nn.Linear(a, b)
+        with torch.no_grad():
+            if orthogonal:
+                nn.init.orthogonal_(lin.weight)
+            if i == n - 1 and last_scale != 1.0:
+                lin.weight.mul_(last_scale)
+                lin.bias.zero_()
+        layers.append(spectral_norm(lin, coeff=coeff, n_power_iterations=n_power_iterations))
+    return nn.Sequential(*layers)
+
+
+def lipschitz_convnet(
+    channels: int,
+    hidden: int,
+    coeff: float = 0.9,
+    activation: str = "lipswish",
+    n_power_iterations: int = 1,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> nn.Sequential:
+    """The i-ResNet image block ``g``: 3x3 -> phi -> 1x1 -> phi -> 3x3 convolutions (Appendix A.2), each with
+    operator spectral norm ``<= coeff`` (eq. 4.8-4.9; ``atol``/``rtol``: tolerance-mode power iteration);
+    shapes ``(B, C, H, W) -> (B, C, H, W)``. The three convolutions are created first, then normalized."""
+    convs = [
+        nn.Conv2d(channels, hidden, 3, padding=1),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.Conv2d(hidden, channels, 3, padding=1),
+    ]
+    sn = {"coeff": coeff, "n_power_iterations": n_power_iterations, "atol": atol, "rtol": rtol}
+    layers: list[nn.Module] = []
+    for i, c in enumerate(convs):
+        if i:
+            layers.append(make_activation(activation))
+        layers.append(spectral_norm(c, **sn))
+    return nn.Sequential(*layers)
+
+
+def residual_function(channels: int, hidden: int, coeff: float, tol: float = 1e-3) -> nn.Sequential:
+    """``g = A3 ELU(A2 ELU(A1 x))`` with 3x3, 1x1, 3x3 spectrally normalized convolutions (eq. 4.5): the digits
+    i-ResNet's block, :func:`lipschitz_convnet` with ELU and one power iteration in tolerance mode.
+
+    Tolerance mode (Residual Flows' ``atol = rtol = 1e-3``): with a single power iteration per step the estimate
+    lags behind fast-moving weights and the exact norms end up above ``coeff``.
+    """
+    return lipschitz_convnet(channels, hidden, coeff, "elu", 1, atol=tol, rtol=tol)
+
+
+def bottleneck_g(
+    channels: int,
+    hidden: int,
+    *,
+    coeff: float | None,
+    n_power_iterations: int = 1,
+    batchnorm: bool = False,
+) -> nn.Sequential:
+    """The residual function ``g`` of eq. 4.5 in the classifier: ``[BN] ELU conv3x3 [BN] ELU conv1x1 [BN] ELU
+    conv3x3``, i.e. ``g(x) = A_3 phi(A_2 phi(A_1 phi(x) + b_1) + b_2) + b_3`` (Appendix A.1).
+
+    Maps ``(B, channels, H, W) -> (B, channels, H, W)`` through ``hidden`` channels. With ``coeff`` each conv is
+    spectrally normalized on its operator (eq. 4.9; ``None``: the unconstrained twin); with ``batchnorm`` a
+    ``BatchNorm2d`` precedes every ELU.
+    """
+    if channels < 1 or hidden < 1:
+        raise ValueError(f"channels and hidden must be >= 1, got channels={channels}, hidden={hidden}")
+    convs = [
+        nn.Conv2d(channels, hidden, 3, padding=1),
+        nn.Conv2d(hidden, hidden, 1),
+        nn.Conv2d(hidden, channels, 3, padding=1),
+    ]
+    layers: list[nn.Module] = []
+    for conv, c_in in zip(convs, (channels, hidden, hidden), strict=True):
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c_in))
+        layers.append(nn.ELU())
+        if coeff is not None:
+            conv = spectral_norm(conv, coeff=coeff, n_power_iterations=n_power_iterations)
+        layers.append(conv)
+    return nn.Sequential(*layers)

@@ -1,0 +1,151 @@
+"""One model registry: ``kind -> (typed config dataclass, builder)``; the model part of the checkpoint schema.
+
+A checkpoint stores a model as ``{"kind": kind, **config_to_dict(config)}`` (JSON) next to its weights, and
+:func:`build_model` rebuilds it. Configs are dataclasses deriving from :class:`ModelConfig`, so a parameter can
+be followed from the shell to the layer; unknown keys are refused by name, missing keys take the dataclass
+defaults (or a kind's *legacy* defaults: values that checkpoints written before a field existed were built with).
+
+The built-in kinds register themselves where their builders live (:mod:`invertible.models` imports them all):
+``vector_resflow``, ``image_resflow``, ``coupling``, ``iresnet_classifier``, ``preact_resnet``, ``fi_revnet``,
+``fi_iresnet``, ``relu_net``, ``digits_iresnet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+from torch import nn
+
+__all__ = [
+    "ModelConfig",
+    "register_model",
+    "build_model",
+    "config_from_dict",
+    "config_to_dict",
+    "model_kinds",
+    "config_type",
+]
+
+C = TypeVar("C", bound=Callable[..., nn.Module])
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Base of every typed model config (a frozen dataclass). ``LEGACY`` maps field names to the value a stored
+    config *without* that field was built with (it overrides the dataclass default on load only)."""
+
+    LEGACY: ClassVar[dict[str, Any]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict (tuples -> lists, recursively)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments of the kind's builder function (values as stored)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple | list):
+        return [_jsonable(u) for u in v]
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(u) for k, u in v.items()}
+    return v
+
+
+_REGISTRY: dict[str, tuple[type[ModelConfig], Callable[[Any], nn.Module]]] = {}
+
+
+def register_model(kind: str, config_type: type) -> Callable[[C], C]:
+    """Decorator: register ``builder(config) -> nn.Module`` for ``kind`` with its config dataclass."""
+    if not (isinstance(config_type, type) and dataclasses.is_dataclass(config_type)):
+        raise TypeError(f"config_type must be a dataclass, got {config_type!r}")
+
+    def decorate(builder: C) -> C:
+        if kind in _REGISTRY and _REGISTRY[kind][1] is not builder:
+            raise ValueError(f"model kind {kind!r} is already registered")
+        _REGISTRY[kind] = (config_type, builder)
+        return builder
+
+    return decorate
+
+
+def model_kinds() -> tuple[str, ...]:
+    """The registered kinds, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def _entry(kind: str) -> tuple[type[ModelConfig], Callable[[Any], nn.Module]]:
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(model_kinds())}")
+    return _REGISTRY[kind]
+
+
+def config_type(kind: str) -> type:
+    """The config dataclass of ``kind``."""
+    return _entry(kind)[0]
+
+
+def config_from_dict(kind: str, d: Mapping[str, Any]) -> Any:
+    """The typed config of ``kind`` from a stored dict. A ``"kind"`` key must equal ``kind``; unknown keys are a
+    ``ValueError`` naming them; missing keys take the kind's legacy values, else the dataclass defaults; a missing
+    field without a default is a ``ValueError`` naming it. Lists become tuples where the field default is one."""
+    cls = _entry(kind)[0]
+    d = dict(d)
+    stored_kind = d.pop("kind", kind)
+    if stored_kind != kind:
+        raise ValueError(f"config is for model kind {stored_kind!r}, not {kind!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {kind} config keys: {', '.join(unknown)}; known: {', '.join(fields)}")
+    for name, value in getattr(cls, "LEGACY", {}).items():
+        d.setdefault(name, value)
+    missing = [n for n, f in fields.items() if n not in d and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{kind} config misses required keys: {', '.join(missing)}")
+    return cls(**{k: _as_field(fields[k], v) for k, v in d.items()})
+
+
+def _as_field(f: dataclasses.Field, v: Any) -> Any:
+    """JSON gives lists; store them as tuples (hashable, immutable) in the frozen config."""
+    return tuple(_as_field(f, u) if isinstance(u, list) else u for u in v) if isinstance(v, list) else v
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The fields of a typed config as a JSON-able dict (tuples -> lists); no ``"kind"`` key."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"config_to_dict expects a dataclass instance, got {type(config).__name__}")
+    return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def build_model(kind: str | Mapping[str, Any] | ModelConfig, config: Any = None) -> nn.Module:
+    """Build a model of ``kind`` from its typed config or a stored dict. One-argument forms: a dict that holds
+    ``"kind"`` (the checkpoint form) or a typed config (its kind is found by type). Sets ``model.kind`` and
+    ``model.config`` (the typed config)."""
+    if not isinstance(kind, str):
+        if config is not None:
+            raise TypeError("build_model(kind, config): kind must be a str")
+        if dataclasses.is_dataclass(kind) and not isinstance(kind, type):
+            kinds = [k for k, (cls, _) in _REGISTRY.items() if type(kind) is cls]
+            if len(kinds) != 1:
+                raise ValueError(f"no single model kind is registered for {type(kind).__name__}")
+            kind, config = kinds[0], kind
+        elif isinstance(kind, Mapping) and "kind" in kind:
+            kind, config = str(kind["kind"]), kind
+        else:
+            raise ValueError("build_model(config) needs a typed config or a mapping with a 'kind' key")
+    cls, builder = _entry(kind)
+    if config is None:
+        config = {}
+    if isinstance(config, Mapping):
+        config = config_from_dict(kind, config)
+    elif not isinstance(config, cls):
+        raise TypeError(f"{kind} needs a {cls.__name__} or a mapping, got {type(config).__name__}")
+    model = builder(config)
+    model.kind = kind
+    model.config = config
+    return model
