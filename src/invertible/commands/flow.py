@@ -84,19 +84,19 @@ def add_parser(sub) -> None:
 
 
 def _build(args, data) -> object:
+    from invertible.logdet import default_mode
     from invertible.models.coupling_baseline import coupling_flow
     from invertible.models.resflow import image_residual_flow, vector_residual_flow
 
+    mode = default_mode(data.event_shape) if args.mode == "auto" else args.mode
     if data.kind == "toy":
         hidden = args.hidden or [128, 128]
         blocks = args.blocks or 8
         if args.arch == "coupling":
             return coupling_flow(2, blocks, hidden)
-        mode = "exact" if args.mode == "auto" else args.mode
         return vector_residual_flow(2, blocks, hidden, args.coeff, mode=mode, n_terms=args.n_terms)
     if args.arch == "coupling":
         raise ValueError("--arch coupling is implemented for 2-D data only")
-    mode = "resflow" if args.mode == "auto" else args.mode
     hidden = (args.hidden or [32])[0]
     return image_residual_flow(data.event_shape, n_scales=args.scales, n_blocks=args.blocks or 4, hidden=hidden,
                                coeff=args.coeff, mode=mode, factor_out=args.factor_out, n_terms=args.n_terms)
