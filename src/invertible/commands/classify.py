@@ -112,8 +112,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def certify(args: argparse.Namespace) -> int:
-    from invertible.models.certify import certify_classifier
     from invertible.io import atomic_write_text
+    from invertible.models.certify import certify_classifier
     from invertible.training.classification import load_classifier
 
     model, meta = load_classifier(args.checkpoint)
@@ -146,6 +146,7 @@ def certify(args: argparse.Namespace) -> int:
 def invert(args: argparse.Namespace) -> int:
     import torch
 
+    from invertible.io import atomic_write_text
     from invertible.models.certify import certify_classifier
     from invertible.models.reconstruct import (
         error_vs_iterations,
@@ -153,7 +154,6 @@ def invert(args: argparse.Namespace) -> int:
         plot_reconstructions,
         reconstruct,
     )
-    from invertible.io import atomic_write_text
     from invertible.training.classification import load_classifier
     from invertible.training.classifier import denormalize, load_classification_data
 

@@ -87,7 +87,8 @@ def set_logdet(body: inv.InvertibleSequential, estimator) -> None:
             m.logdet = estimator
 
 
-def train_digits_flow(body, x, steps: int, generator: torch.Generator, lr: float = 1e-3, progress=None) -> float:
+def train_digits_flow(body, x, steps: int, generator: torch.Generator, lr: float = 1e-3,
+                      progress: bool = False) -> float:
     """Maximum likelihood on uniformly dequantized digits (section 5.3) with the i-ResNet estimator (5-term
     power series, as in the thesis), batch 64, Adam, run by the engine (no run folder); then converge the
     spectral norms. ``generator`` drives, step after step, the batch indices, the dequantization noise and the
@@ -97,7 +98,7 @@ def train_digits_flow(body, x, steps: int, generator: torch.Generator, lr: float
     objective = DequantizedNLLObjective(flow, generator)
     source = RandomIndexSource(x, 64, generator, epoch_steps=steps, replay=False)
     Trainer(body, objective, torch.optim.Adam(body.parameters(), lr=lr), source,
-            LoopConfig(steps=steps, log_every=steps, on_nonfinite="stop"), show_progress=progress is not None,
+            LoopConfig(steps=steps, log_every=steps, on_nonfinite="stop"), show_progress=progress,
             desc="train flow").fit()
     body.eval()
     return float(objective.last_loss)

@@ -156,6 +156,19 @@ class CrossEntropyObjective(Objective):
         self.last_loss = loss.detach()
         return loss, {"acc": (logits.detach().argmax(1) == y).to(torch.float64).mean()}
 
+    def initialize(self, model, batch) -> None:
+        """Under DDP every rank must start from the same data-dependent state (ActNorm's first-batch
+        statistics): one forward in training mode, without gradients, on the common first batch. A single
+        process skips it, so that its first step initializes on its own first batch as the classic loop did."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            return
+        was = model.training
+        model.train()
+        with torch.no_grad():
+            model(batch[0])
+        model.train(was)
+
     def validate(self, model) -> dict[str, Any] | None:
         if self.x_test is None or self.y_test is None:
             return None
