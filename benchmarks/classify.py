@@ -38,7 +38,8 @@ import torch
 from invertible.data.images import DEFAULT_MNIST_NPZ, FASHION_MNIST_DIR
 from invertible.models.certify import certify_classifier, format_realized, realized_lipschitz
 from invertible.models.reconstruct import reconstruct
-from invertible.training.classifier import ClassifierConfig, load_classification_data, load_classifier, train_classifier
+from invertible.training.classification import ClassifierConfig, load_classifier, train_classifier
+from invertible.training.classifier import load_classification_data
 
 MODEL = {"blocks": [2, 2], "channels": 16, "hidden": [32, 64], "init_squeeze": True}
 # Appendix A.1's depth (39 blocks, 2 squeezes, 16 channels after padding) with the bottleneck widths of the

@@ -1,4 +1,4 @@
-"""Classifier training (A.1 recipe): schedule, run folder, exact resume, checkpoints, CLI."""
+"""Classifier training (A.1 recipe on the engine): schedule, run folder, exact resume, checkpoints, CLI."""
 
 import json
 
@@ -8,14 +8,10 @@ import torch
 import invertible.training.classifier as clf
 from invertible.cli import main
 from invertible.data.images import FASHION_MNIST_DIR
-from invertible.training.checkpoint import load_checkpoint
-from invertible.training.classifier import (
-    ClassifierConfig,
-    learning_rate,
-    load_classification_data,
-    load_classifier,
-    train_classifier,
-)
+from invertible.io import RunFolder, load_checkpoint
+from invertible.training.classification import ClassifierConfig, load_classifier, train_classifier
+from invertible.training.classifier import load_classification_data
+from invertible.training.optim import milestones
 
 TINY = {"blocks": [1, 1], "channels": 4, "hidden": [8, 8]}
 
@@ -33,13 +29,13 @@ def _cfg(**kw):
 
 def test_step_schedule_scales_a1_to_the_budget():
     # A.1: 0.1, x0.2 after 60/120/160 of 200 epochs
-    total = 200
-    assert learning_rate(0, total, 0.1) == pytest.approx(0.1)
-    assert learning_rate(59, total, 0.1) == pytest.approx(0.1)
-    assert learning_rate(60, total, 0.1) == pytest.approx(0.02)
-    assert learning_rate(120, total, 0.1) == pytest.approx(0.004)
-    assert learning_rate(160, total, 0.1) == pytest.approx(0.0008)
-    assert learning_rate(199, total, 0.1) == pytest.approx(0.0008)
+    learning_rate = milestones(0.1, 200)
+    assert learning_rate(0) == pytest.approx(0.1)
+    assert learning_rate(59) == pytest.approx(0.1)
+    assert learning_rate(60) == pytest.approx(0.02)
+    assert learning_rate(120) == pytest.approx(0.004)
+    assert learning_rate(160) == pytest.approx(0.0008)
+    assert learning_rate(199) == pytest.approx(0.0008)
 
 
 def test_data_loading_and_normalization(digits):
@@ -61,22 +57,37 @@ def test_fashion_mnist_has_its_own_test_split():
 def test_run_folder_training_and_reload(tmp_path, digits):
     out = tmp_path / "run"
     summary = train_classifier(_cfg(), out, progress=False, data=digits)
-    for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors", "report.md"):
-        assert (out / name).is_file()
+    for name in ("config.json", "metrics.jsonl", "checkpoint.safetensors", "report.md", "metrics.json",
+                 "figures/training_curves.png"):
+        assert (out / name).is_file(), name
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in lines] == [1, 2]
-    assert lines[-1]["train_loss"] < 2.3  # below chance-level cross-entropy log(10) = 2.30
-    assert summary["test_error"] == lines[-1]["test_error"]
+    train = [m for m in lines if m["split"] == "train"]
+    val = [m for m in lines if m["split"] == "val"]
+    assert [m["epoch"] + 1 for m in train] == [1, 2] and [m["step"] for m in val] == [m["step"] for m in train]
+    assert train[-1]["loss"] < 2.3  # below chance-level cross-entropy log(10) = 2.30
+    assert summary["test_error"] == val[-1]["test_error"]
+    assert summary["train_loss"] == train[-1]["loss"] and summary["train_acc"] == train[-1]["acc"]
+    assert json.loads((out / "metrics.json").read_text()) == summary
+    assert "figures/training_curves.png" in (out / "report.md").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["input_shape"] == [1, 8, 8] and config["weight_decay"] == 5e-4
+    assert config["model"]["kind"] == "iresnet_classifier" and config["scaling"] == {"mean": [0.5], "std": [1.0]}
+    ck = load_checkpoint(out)
+    assert ck.kind == "iresnet_classifier" and ck.config == config
     model, meta = load_classifier(out)
     assert meta["epoch"] == 2
+    assert meta["config"]["model"] == {k: v for k, v in config["model"].items() if k != "kind"}
     loss, err = clf.evaluate(model, digits.x_test, digits.y_test)
     assert err == pytest.approx(summary["test_error"])
     with pytest.raises(ValueError, match="resume"):
         train_classifier(_cfg(), out, progress=False, data=digits)
-    with pytest.raises(ValueError, match="config differs"):
+    with pytest.raises(ValueError, match="config differs in lr"):
         train_classifier(_cfg(lr=0.05), out, resume=True, progress=False, data=digits)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_classifier(_cfg(), tmp_path / "empty", resume=True, progress=False, data=digits)
+    again = train_classifier(_cfg(), out, resume=True, progress=False, data=digits)  # finished: returns at once
+    assert {k: v for k, v in again.items() if k != "seconds_per_epoch"} == {
+        k: v for k, v in summary.items() if k != "seconds_per_epoch"}
 
 
 def test_resume_after_a_kill_continues_exactly(tmp_path, digits, monkeypatch):
@@ -84,26 +95,27 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, digits, monkeypatch):
     train_classifier(_cfg(), straight, progress=False, data=digits)
 
     killed = tmp_path / "killed"
-    real_save = clf.save_checkpoint
+    real_save = RunFolder.save_checkpoint
 
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
+    def save_then_die(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
         raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
 
-    monkeypatch.setattr(clf, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_classifier(_cfg(), killed, progress=False, data=digits)
-    monkeypatch.setattr(clf, "save_checkpoint", real_save)
-    assert load_checkpoint(killed / "checkpoint.safetensors")[1]["epoch"] == 1
+    monkeypatch.setattr(RunFolder, "save_checkpoint", real_save)
+    assert load_classifier(killed)[1]["epoch"] == 1
     train_classifier(_cfg(), killed, resume=True, progress=False, data=digits)
 
-    a, meta_a = load_checkpoint(straight / "checkpoint.safetensors")
-    b, meta_b = load_checkpoint(killed / "checkpoint.safetensors")
-    assert a.keys() == b.keys() and any(k.startswith("optim.") for k in a)
-    for k in a:
-        assert torch.equal(a[k], b[k]) or (a[k].isnan().all() and b[k].isnan().all()), k
-    assert meta_a["metrics"]["test_error"] == meta_b["metrics"]["test_error"]
-    assert (killed / "metrics.jsonl").read_text().count("\n") == 2
+    a, b = load_checkpoint(straight), load_checkpoint(killed)
+    assert a.tensors.keys() == b.tensors.keys() and any(k.startswith("optim.") for k in a.tensors)
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]) or (a.tensors[k].isnan().all() and b.tensors[k].isnan().all()), k
+    assert a.meta["last_val"]["test_error"] == b.meta["last_val"]["test_error"]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in RunFolder(straight).read_metrics()]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in RunFolder(killed).read_metrics()] == strip
+    assert len(strip) == 4  # one train and one val record per epoch
 
 
 def test_resnet_baseline_and_vanilla_train(tmp_path, digits):

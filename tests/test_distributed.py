@@ -9,7 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from invertible.data.toy2d import sample_toy
+from invertible.io import RunFolder
 from invertible.models.resflow import vector_residual_flow
+from invertible.training.classification import ClassifierConfig, classifier_trainer, train_classifier
+from invertible.training.classifier import build_classifier, load_classification_data
 from invertible.training.density import DensityConfig, density_trainer
 from invertible.training.sources import SamplerSource
 
@@ -51,3 +54,43 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path):
     assert changed  # training did move the weights
     assert (tmp_path / "checkpoint.safetensors").is_file() and (tmp_path / "metrics.jsonl").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
+
+
+def _classifier_worker(rank: int, world: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    data = load_classification_data("digits", train_subset=128, test_subset=32)
+    cfg = ClassifierConfig(model={"blocks": [1, 1], "channels": 4, "hidden": [8, 8], "coeff": 0.9}, epochs=2,
+                           batch_size=16, train_subset=128, test_subset=32, shift=1).resolve(data)
+    torch.manual_seed(0)
+    model = build_classifier(cfg.arch, cfg.model)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = classifier_trainer(model, cfg, data, RunFolder(os.path.join(folder, "engine")), show_progress=False)
+    assert trainer.dist.world_size == world and trainer.source.steps_per_epoch(world) == 4  # 128 / (16 * 2)
+    trainer.fit()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({"init": init, "final": state}, os.path.join(folder, f"clf_rank{rank}.pt"))
+    summary = train_classifier(cfg, os.path.join(folder, "run"), progress=False, data=data)  # no DDP refusal
+    torch.save({"summary": summary}, os.path.join(folder, f"clf_summary{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_two_gloo_ranks_train_the_classifier_to_identical_weights(tmp_path):
+    mp.spawn(_classifier_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "clf_rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "clf_rank1.pt", weights_only=True)
+    changed = False
+    for k, v in r0["final"].items():
+        torch.testing.assert_close(v, r1["final"][k], rtol=0, atol=0, equal_nan=True, msg=k)
+        if v.is_floating_point() and not torch.equal(v, r0["init"][k]) and not v.isnan().any():
+            changed = True
+    assert changed  # training did move the weights
+    summary = torch.load(tmp_path / "clf_summary0.pt", weights_only=False)["summary"]
+    assert summary["epochs"] == 2 and summary["test_error"] is not None and not summary["diverged"]
+    run = tmp_path / "run"
+    assert (run / "checkpoint.safetensors").is_file() and (run / "metrics.json").is_file()
+    assert RunFolder(run).read_config()["world_size"] == 2
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".tmp") == []

@@ -88,7 +88,7 @@ def add_parser(sub) -> None:
 
 
 def train(args: argparse.Namespace) -> int:
-    from invertible.training.classifier import ClassifierConfig, train_classifier
+    from invertible.training.classification import ClassifierConfig, train_classifier
 
     if args.arch == "iresnet":
         model = {
@@ -112,9 +112,9 @@ def train(args: argparse.Namespace) -> int:
 
 
 def certify(args: argparse.Namespace) -> int:
+    from invertible.io import atomic_write_text
     from invertible.models.certify import certify_classifier
-    from invertible.training.checkpoint import atomic_write_text
-    from invertible.training.classifier import load_classifier
+    from invertible.training.classification import load_classifier
 
     model, meta = load_classifier(args.checkpoint)
     cert = certify_classifier(model, exact=not args.fast)
@@ -146,6 +146,7 @@ def certify(args: argparse.Namespace) -> int:
 def invert(args: argparse.Namespace) -> int:
     import torch
 
+    from invertible.io import atomic_write_text
     from invertible.models.certify import certify_classifier
     from invertible.models.reconstruct import (
         error_vs_iterations,
@@ -153,8 +154,8 @@ def invert(args: argparse.Namespace) -> int:
         plot_reconstructions,
         reconstruct,
     )
-    from invertible.training.checkpoint import atomic_write_text
-    from invertible.training.classifier import denormalize, load_classification_data, load_classifier
+    from invertible.training.classification import load_classifier
+    from invertible.training.classifier import denormalize, load_classification_data
 
     if args.n < 1 or args.iterations < 1:
         raise ValueError(f"--n and --iterations must be >= 1, got {args.n}, {args.iterations}")

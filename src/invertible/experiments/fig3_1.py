@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from invertible.analysis import condition_numbers, preimage_classes
 from invertible.experiments.registry import RunContext, register
 from invertible.models.relu_nets import ToyMLP, relu_net_config
 from invertible.training.checkpoint import save_checkpoint
+from invertible.training.engine import LoopConfig, Trainer
+from invertible.training.losses import FunctionObjective
+from invertible.training.sources import FullBatchSource
 
 CLASSES = ("unbounded", "compact", "singleton")
 
@@ -37,7 +41,8 @@ def two_circles(n: int, *, factor: float, noise: float, generator: torch.Generat
     return x + noise * torch.randn(n, 2, generator=generator), y
 
 
-def _train(x, y, *, steps: int, restarts: int, generator: torch.Generator, progress) -> tuple[ToyMLP, float]:
+def _train(x, y, *, steps: int, restarts: int, generator: torch.Generator,
+           show_progress: bool) -> tuple[ToyMLP, float]:
     """Train ``restarts`` independent 2-3-2 MLPs at once (batched parameters, full-batch Adam) and return
     the one with the lowest final training loss: three ReLUs only just suffice for two circles, so single
     runs often end with a dead unit."""
@@ -46,20 +51,22 @@ def _train(x, y, *, steps: int, restarts: int, generator: torch.Generator, progr
     b1 = (torch.randn(R, 3, generator=generator) * 0.1).requires_grad_()
     W2 = (torch.randn(R, 2, 3, generator=generator) * 0.7).requires_grad_()
     b2 = torch.zeros(R, 2).requires_grad_()
-    params = [W1, b1, W2, b2]
-    opt = torch.optim.Adam(params, lr=0.05)
+    params = nn.ParameterDict({"W1": W1, "b1": b1, "W2": W2, "b2": b2})
 
-    def losses() -> torch.Tensor:
-        h = torch.relu(torch.einsum("nd,rhd->rnh", x, W1) + b1[:, None])
-        logits = torch.einsum("rnh,rch->rnc", h, W2) + b2[:, None]
+    def losses(p: nn.ParameterDict, batch) -> torch.Tensor:
+        x, y = batch
+        h = torch.relu(torch.einsum("nd,rhd->rnh", x, p["W1"]) + p["b1"][:, None])
+        logits = torch.einsum("rnh,rch->rnc", h, p["W2"]) + p["b2"][:, None]
         return torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(R), reduction="none").view(R, -1)
 
-    for _ in progress(range(steps), desc="fig3.1 train"):
-        opt.zero_grad()
-        losses().mean(1).sum().backward()
-        opt.step()
+    # full-batch Adam on the sum of the restarts' mean losses, run by the engine (no run folder)
+    Trainer(params, FunctionObjective(lambda p, batch: losses(p, batch).mean(1).sum()),
+            torch.optim.Adam(params.parameters(), lr=0.05), FullBatchSource((x, y), epoch_steps=steps),
+            LoopConfig(steps=steps, log_every=steps, on_nonfinite="stop"), show_progress=show_progress,
+            desc="fig3.1 train").fit()
+    W1, b1, W2, b2 = params["W1"], params["b1"], params["W2"], params["b2"]
     with torch.no_grad():
-        final = losses().mean(1)
+        final = losses(params, (x, y)).mean(1)
     r = int(final.argmin())
     net = ToyMLP()
     with torch.no_grad():
@@ -83,7 +90,8 @@ def run(ctx: RunContext) -> dict:
     gen = ctx.generator()
     x, y = two_circles(cfg["n"], factor=0.45, noise=0.06, generator=gen)
     x_test, y_test = two_circles(1000, factor=0.45, noise=0.06, generator=ctx.generator(1))
-    net, loss = _train(x, y, steps=cfg["steps"], restarts=cfg["restarts"], generator=gen, progress=ctx.progress)
+    net, loss = _train(x, y, steps=cfg["steps"], restarts=cfg["restarts"], generator=gen,
+                       show_progress=ctx.show_progress)
     net.eval()
     with torch.no_grad():
         acc = float((net(x_test).argmax(1) == y_test).double().mean())

@@ -29,6 +29,9 @@ from invertible.data.images import load_images as load_image_set
 from invertible.experiments.registry import RunContext, register
 from invertible.models.relu_nets import ThinCIFAR, WideCIFAR, relu_net_config
 from invertible.training.checkpoint import save_checkpoint
+from invertible.training.classification import CrossEntropyObjective
+from invertible.training.engine import LoopConfig, Trainer
+from invertible.training.sources import ShuffledSource
 
 THESIS = """\
 Fig. 3.4 (CIFAR-10, Keras `cifar10_cnn` training, median over 50 test samples, full 3072-column Jacobians):
@@ -69,27 +72,16 @@ def _load_data(ctx: RunContext, n_train: int, n_test: int):
 
 
 def _train(net, x, y, *, epochs: int, batch: int, lr: float, ctx: RunContext, name: str, device) -> float:
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    gen = ctx.generator(11)
-    net.train()
-    loss_value = float("nan")
-    steps = epochs * ((len(x) + batch - 1) // batch)
-    bar = ctx.progress(range(steps), desc=f"fig3.4 train {name}")
-    it = iter(bar)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), batch):
-            idx = perm[start:start + batch]
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(net(x[idx].to(device)), y[idx].to(device))
-            loss.backward()
-            opt.step()
-            loss_value = float(loss.detach())
-            next(it, None)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_value:.3f}")
+    """Adam on the cross-entropy, a permutation per epoch from one generator (``ctx.generator(11)``), the short
+    last batch kept; run by the engine (no run folder). Returns the last batch loss."""
+    source = ShuffledSource((x, y), batch, ctx.generator(11), drop_last=False)
+    objective = CrossEntropyObjective()
+    steps = epochs * source.steps_per_epoch()
+    Trainer(net.to(device), objective, torch.optim.Adam(net.parameters(), lr=lr), source,
+            LoopConfig(steps=steps, log_every=source.steps_per_epoch(), on_nonfinite="stop"),
+            show_progress=ctx.show_progress, desc=f"fig3.4 train {name}").fit()
     net.eval()
-    return loss_value
+    return float(objective.last_loss)
 
 
 def _accuracy(net, x, y, device) -> float:

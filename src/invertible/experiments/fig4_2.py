@@ -18,7 +18,7 @@ from invertible.experiments.table4_1 import (
     model_config,
     train_cached,
 )
-from invertible.training.classifier import ClassifierConfig, load_classifier
+from invertible.training.classification import ClassifierConfig, load_classifier
 
 FIG_COEFFS = (0.3, 0.5, 0.7, 0.9)
 

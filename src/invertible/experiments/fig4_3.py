@@ -17,7 +17,7 @@ from invertible.experiments.table4_1 import (
     model_config,
     train_cached,
 )
-from invertible.training.classifier import ClassifierConfig, load_classifier
+from invertible.training.classification import ClassifierConfig, load_classifier
 
 STEPS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100)
 

@@ -53,7 +53,7 @@ def run(ctx: RunContext) -> dict:
     coeff = 0.9
     # No injective padding here: a density model must be bijective on R^64.
     body = conv_iresnet(coeff, blocks_per_stage=1 if ctx.quick else 2, hidden=32, pad=0).double()
-    train_digits_flow(body, xtr, 100 if ctx.quick else 1000, ctx.generator(2), progress=ctx.progress)
+    train_digits_flow(body, xtr, 100 if ctx.quick else 1000, ctx.generator(2), progress=ctx.show_progress)
     n_points = 8 if ctx.quick else 32
     n_draws = 40 if ctx.quick else 200
     terms = list(range(1, 11)) if ctx.quick else list(range(1, 21))

@@ -17,13 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from invertible.experiments.registry import RunContext, register
-from invertible.training.classifier import (
-    ClassificationData,
-    ClassifierConfig,
-    load_classification_data,
-    load_classifier,
-    train_classifier,
-)
+from invertible.io import CHECKPOINT_NAME
+from invertible.training.classification import ClassifierConfig, load_classifier, train_classifier
+from invertible.training.classifier import ClassificationData, load_classification_data
 
 COEFFS = (0.9, 0.8, 0.7, 0.6, 0.5)
 
@@ -56,7 +52,8 @@ def train_cached(
     summary and the run folder."""
     key = hashlib.sha1(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()[:10]
     folder = ctx.out.parent / "_cache" / "classifiers" / f"{name}-{key}"
-    summary = train_classifier(config, folder, resume=True, progress=ctx.show_progress, data=data)
+    resume = (folder / CHECKPOINT_NAME).is_file()
+    summary = train_classifier(config, folder, resume=resume, progress=ctx.show_progress, data=data)
     return summary, folder
 
 

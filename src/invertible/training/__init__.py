@@ -1,6 +1,7 @@
 """Training: the one engine, its recipes' building blocks, honest evaluation, data sources, DDP, the loader.
 
 ``from invertible.training import Trainer, LoopConfig, Objective, DensityConfig, density_trainer, load_run``
+(and the classification recipe: ``ClassifierConfig, classifier_trainer, train_classifier, load_classifier``)
 (imported lazily, so that importing a submodule stays light).
 """
 
@@ -17,11 +18,19 @@ _LAZY = {
     "DensityConfig": "invertible.training.density",
     "DensityObjective": "invertible.training.density",
     "density_trainer": "invertible.training.density",
+    "ClassifierConfig": "invertible.training.classification",
+    "CrossEntropyObjective": "invertible.training.classification",
+    "classifier_trainer": "invertible.training.classification",
+    "train_classifier": "invertible.training.classification",
+    "load_classifier": "invertible.training.classification",
     "load_run": "invertible.training.runs",
     "evaluate_nll": "invertible.training.evaluate",
     "EMA": "invertible.training.ema",
     "SamplerSource": "invertible.training.sources",
     "TensorSource": "invertible.training.sources",
+    "ShuffledSource": "invertible.training.sources",
+    "RandomIndexSource": "invertible.training.sources",
+    "FullBatchSource": "invertible.training.sources",
     "DataSpec": "invertible.training.datasets",
     "load_data": "invertible.training.datasets",
     "make_optimizer": "invertible.training.optim",

@@ -1,23 +1,13 @@
-"""Training image classifiers (i-ResNet, its vanilla / BatchNorm twins, the pre-activation ResNet), Appendix A.1.
+"""Image classifiers' data and models (i-ResNet, its vanilla / BatchNorm twins, the pre-activation ResNet), A.1.
 
-Recipe (A.1, scaled to the epoch budget): SGD with momentum 0.9 and weight decay 5e-4, learning rate 0.1
-multiplied by 0.2 after 30 %, 60 % and 80 % of the steps (A.1: epochs 60, 120, 160 of 200), random shifts of up
-to ``shift`` pixels (A.1: 2 for MNIST) and horizontal flips for colour images (CIFAR). Grayscale inputs are
-scaled to [-0.5, 0.5]; colour inputs are standardized with the training set's channel mean and std.
-
-A run folder holds ``config.json``, ``metrics.jsonl`` (one JSON line per epoch), ``checkpoint.safetensors``
-(weights, momentum buffers, epoch and step; written atomically after every epoch) and ``report.md``.
-The data order and augmentation of epoch ``e`` come from a generator seeded by ``(seed, e)``, so
-``resume=True`` continues a killed run exactly: the result equals that of an uninterrupted run.
+Data as in Appendix A.1: grayscale inputs are scaled to [-0.5, 0.5]; colour inputs are standardized with the
+training set's channel mean and std. :func:`build_classifier` makes a model from its keyword arguments and
+:func:`evaluate` scores it on held-out data. The training recipe is :mod:`invertible.training.classification`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,90 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invertible.lipschitz import converge_spectral_norms
-from invertible.training.augment import random_flip, random_shift
-from invertible.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from invertible.training.denormal import flush_denormals
-
 __all__ = [
-    "ClassifierConfig",
+    "ARCHS",
     "ClassificationData",
     "build_classifier",
-    "load_classification_data",
-    "learning_rate",
+    "classifier_kind",
+    "denormalize",
     "evaluate",
-    "train_classifier",
-    "load_classifier",
-    "CHECKPOINT_NAME",
+    "load_classification_data",
 ]
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-CHECKPOINT_KIND = "invertible.classifier"
 ARCHS = ("iresnet", "resnet")
-
-
-@dataclass
-class ClassifierConfig:
-    """Everything that determines a training run (saved as ``config.json``; ``--resume`` requires a match).
-
-    Attributes:
-        data: ``"digits"``, ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"`` or a path (see
-            :func:`invertible.data.images.load_images`).
-        data_root: folder / file of the named data set (``None``: its default location).
-        arch: ``"iresnet"`` (:class:`~invertible.models.iresnet.IResNetClassifier`, with ``coeff=None`` the
-            vanilla twin) or ``"resnet"`` (:class:`~invertible.models.resnet.PreActResNet`).
-        model: keyword arguments of the model (``input_shape`` and ``n_classes`` are filled in from the data).
-        epochs, batch_size, lr, momentum, weight_decay: SGD settings (A.1: 200, 128, 0.1, 0.9, 5e-4).
-        milestones, gamma: the learning rate is multiplied by ``gamma`` after each fraction of all steps.
-        shift: maximal random shift in pixels (``None``: A.1's 2 pixels at 28x28 scaled to the image size,
-            ``2 * min(H, W) // 28``: 2 for MNIST and CIFAR, 0 for 8x8 digits).
-        flip: random horizontal flips (``None``: only for colour images).
-        train_subset, test_subset: use a seeded random subset of this many images (``None``: all).
-        test_fraction: held-out fraction for data sets without a test split (digits, the MNIST npz).
-        seed: seeds initialization, data order and augmentation.
-        device: ``"cpu"`` or ``"cuda"``.
-    """
-
-    data: str = "digits"
-    data_root: str | None = None
-    arch: str = "iresnet"
-    model: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)
-    gamma: float = 0.2
-    shift: int | None = None
-    flip: bool | None = None
-    train_subset: int | None = None
-    test_subset: int | None = None
-    test_fraction: float = 0.2
-    seed: int = 0
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0 and 0 < self.gamma <= 1):
-            raise ValueError(
-                f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0, 0 < gamma <= 1; got lr={self.lr}, "
-                f"momentum={self.momentum}, weight_decay={self.weight_decay}, gamma={self.gamma}"
-            )
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise ValueError(f"milestones are fractions of the run in (0, 1), got {list(self.milestones)}")
-        for name in ("train_subset", "test_subset"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {v}")
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
+KINDS = {"iresnet": "iresnet_classifier", "resnet": "preact_resnet"}  # arch -> the checkpoint's model kind
 
 
 @dataclass
@@ -191,6 +109,13 @@ def load_classification_data(
     )
 
 
+def classifier_kind(arch: str) -> str:
+    """The checkpoint ``kind`` of an architecture: ``"iresnet_classifier"`` or ``"preact_resnet"``."""
+    if arch not in KINDS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    return KINDS[arch]
+
+
 def build_classifier(arch: str, model: dict[str, Any]) -> nn.Module:
     """Instantiate ``"iresnet"`` (IResNetClassifier) or ``"resnet"`` (PreActResNet) from keyword arguments."""
     from invertible.models.iresnet import IResNetClassifier
@@ -201,12 +126,6 @@ def build_classifier(arch: str, model: dict[str, Any]) -> nn.Module:
     if arch == "resnet":
         return PreActResNet(**model)
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-
-
-def learning_rate(step: int, total_steps: int, lr: float, milestones=(0.3, 0.6, 0.8), gamma: float = 0.2) -> float:
-    """Step schedule of A.1 on a step budget: ``lr * gamma ** #{m : step >= m * total_steps}``."""
-    passed = sum(step >= math.ceil(m * total_steps) for m in milestones)
-    return lr * gamma**passed
 
 
 @torch.no_grad()
@@ -236,226 +155,3 @@ def _dtype_of(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
         return p.dtype
     return torch.get_default_dtype()
-
-
-def _resolve(cfg: ClassifierConfig, data: ClassificationData) -> ClassifierConfig:
-    """Fill the data-dependent defaults (input shape, classes, shift, flip) so config.json is explicit."""
-    model = dict(cfg.model)
-    model.setdefault("input_shape", list(data.input_shape))
-    model.setdefault("n_classes", data.n_classes)
-    model["input_shape"] = list(model["input_shape"])
-    if "blocks" in model:
-        model["blocks"] = list(model["blocks"])
-    # A.1 shifts 28x28 MNIST by up to 2 pixels; scale that to the image size (8x8 digits: no shift).
-    shift = cfg.shift if cfg.shift is not None else (2 * min(data.input_shape[1:])) // 28
-    flip = cfg.flip if cfg.flip is not None else data.input_shape[0] == 3
-    return ClassifierConfig(**{**asdict(cfg), "model": model, "shift": shift, "flip": flip})
-
-
-def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for i, p in enumerate(opt.param_groups[0]["params"]):
-        buf = opt.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"optim.{i}.momentum_buffer"] = buf
-    return tensors
-
-
-def _restore(model: nn.Module, opt: torch.optim.Optimizer | None, tensors: dict[str, torch.Tensor]) -> None:
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    if opt is None:
-        return
-    params = opt.param_groups[0]["params"]
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            i = int(k.split(".")[1])
-            opt.state[params[i]]["momentum_buffer"] = v.to(params[i].device).clone()
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained classifier from a run folder or its ``checkpoint.safetensors``; returns
-    ``(model in eval mode, meta)`` where ``meta`` holds ``config``, ``epoch``, ``metrics`` and the data scaling."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    tensors, meta = load_checkpoint(path, device="cpu")
-    if meta.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(
-            f"{path} is not a classifier checkpoint (kind {meta.get('kind')!r}, expected {CHECKPOINT_KIND!r})"
-        )
-    cfg = meta["config"]
-    model = build_classifier(cfg["arch"], cfg["model"])
-    _restore(model, None, tensors)
-    return model.to(device).eval(), meta
-
-
-def _append_metrics(path: Path, line: dict[str, Any], keep_until: int | None = None) -> None:
-    lines = path.read_text().splitlines() if path.exists() else []
-    if keep_until is not None:
-        lines = [s for s in lines if s.strip() and json.loads(s).get("epoch", 0) <= keep_until]
-    if line:
-        lines.append(json.dumps(line))
-    atomic_write_text(path, "".join(s + "\n" for s in lines))
-
-
-def train_classifier(
-    config: ClassifierConfig,
-    out: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    data: ClassificationData | None = None,
-) -> dict[str, Any]:
-    """Train a classifier into the run folder ``out`` (see the module docstring) and return its summary:
-    ``test_error`` (%), ``test_loss``, ``train_loss``, ``train_acc``, ``epochs``, ``seconds_per_epoch``,
-    ``diverged`` and ``checkpoint``.
-
-    Args:
-        resume: continue from ``out/checkpoint.safetensors`` (an already finished run returns at once). Without
-            it an existing checkpoint is an error, so no run is overwritten by accident.
-        data: pre-loaded data (must match ``config``'s data settings); loaded from ``config`` when ``None``.
-
-    On a CPU, subnormal floats are flushed to zero while training (:mod:`invertible.training.denormal`).
-    """
-    with flush_denormals(torch.device(config.device).type == "cpu"):
-        return _train_classifier(config, out, resume=resume, progress=progress, data=data)
-
-
-def _train_classifier(
-    config: ClassifierConfig, out: str | Path, *, resume: bool, progress: bool, data: ClassificationData | None
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    config.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
-            "classifier training does not support torchrun/DDP yet (every rank would write the same run folder); "
-            "run it as a single process"
-        )
-    out = Path(out)
-    ckpt_path = out / CHECKPOINT_NAME
-    if data is None:
-        data = load_classification_data(
-            config.data, config.data_root, train_subset=config.train_subset, test_subset=config.test_subset,
-            test_fraction=config.test_fraction,
-        )
-    cfg = _resolve(config, data)
-    cfg_json = cfg.to_json()
-    device = torch.device(cfg.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = build_classifier(cfg.arch, cfg.model).to(device)
-        dtype = _dtype_of(model)  # the default dtype at construction (float64 in the tests)
-        opt = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        start_epoch, step, last = 0, 0, {}
-        if ckpt_path.exists():
-            if not resume:
-                raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or another out")
-            tensors, meta = load_checkpoint(ckpt_path, device="cpu")
-            if meta.get("config") != cfg_json:
-                diff = sorted(k for k in cfg_json if meta.get("config", {}).get(k) != cfg_json[k])
-                raise ValueError(f"cannot resume {ckpt_path}: its config differs in {diff}")
-            _restore(model, opt, tensors)
-            start_epoch, step, last = int(meta["epoch"]), int(meta["step"]), meta.get("metrics", {})
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(cfg_json, indent=2))
-        metrics_path = out / "metrics.jsonl"
-        _append_metrics(metrics_path, {}, keep_until=start_epoch)
-        n = len(data.x_train)
-        bs = min(cfg.batch_size, n)
-        steps_per_epoch = n // bs  # drop the ragged last batch: BatchNorm needs more than one sample
-        total_steps = steps_per_epoch * cfg.epochs
-        if last.get("diverged"):
-            start_epoch = cfg.epochs
-        for epoch in range(start_epoch, cfg.epochs):
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=gen)
-            model.train()
-            t0 = time.perf_counter()
-            tot_loss, tot_ok, seen, diverged = 0.0, 0, 0, False
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                       leave=False)
-            for i in bar:
-                idx = perm[i * bs : (i + 1) * bs]
-                xb = random_shift(data.x_train[idx], cfg.shift, gen)
-                if cfg.flip:
-                    xb = random_flip(xb, gen)
-                xb, yb = xb.to(device=device, dtype=dtype), data.y_train[idx].to(device)
-                lr = learning_rate(step, total_steps, cfg.lr, cfg.milestones, cfg.gamma)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                if not torch.isfinite(loss):
-                    diverged = True
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                tot_loss += float(loss.detach()) * len(yb)
-                tot_ok += int((logits.argmax(1) == yb).sum())
-                seen += len(yb)
-                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{tot_ok / seen:.3f}", lr=f"{lr:.3g}")
-            bar.close()
-            seconds = time.perf_counter() - t0
-            if diverged:
-                last = {**last, "epoch": epoch + 1, "diverged": True, "test_error": 100.0 * (1 - 1 / data.n_classes)}
-                _append_metrics(metrics_path, last)
-                break
-            converge_spectral_norms(model)  # power-iteration vectors for this epoch's final weights (Remark 4.9)
-            test_loss, test_error = evaluate(model, data.x_test, data.y_test)
-            last = {
-                "epoch": epoch + 1, "step": step, "lr": lr, "train_loss": tot_loss / max(seen, 1),
-                "train_acc": tot_ok / max(seen, 1), "test_loss": test_loss, "test_error": test_error,
-                "seconds": seconds, "diverged": False,
-            }
-            _append_metrics(metrics_path, last)
-            meta = {
-                "kind": CHECKPOINT_KIND, "version": 1, "config": cfg_json, "epoch": epoch + 1, "step": step,
-                "metrics": last, "mean": data.mean, "std": data.std,
-            }
-            save_checkpoint(ckpt_path, _state_tensors(model, opt), meta)
-            if progress:
-                tqdm.write(
-                    f"epoch {epoch + 1}/{cfg.epochs}: train loss {last['train_loss']:.4f}, acc "
-                    f"{last['train_acc']:.4f}, test error {test_error:.2f} %, {seconds:.1f} s"
-                )
-    history = [json.loads(s) for s in metrics_path.read_text().splitlines() if s.strip()]
-    times = [h["seconds"] for h in history if "seconds" in h and not h.get("diverged")]
-    summary = {
-        "test_error": last.get("test_error"),
-        "test_loss": last.get("test_loss"),
-        "train_loss": last.get("train_loss"),
-        "train_acc": last.get("train_acc"),
-        "epochs": last.get("epoch", 0),
-        "seconds_per_epoch": float(np.mean(times)) if times else None,
-        "diverged": bool(last.get("diverged", False)),
-        "checkpoint": str(ckpt_path),
-    }
-    _write_report(out, cfg, summary)
-    return summary
-
-
-def _write_report(out: Path, cfg: ClassifierConfig, summary: dict[str, Any]) -> None:
-    model = cfg.model
-    kind = cfg.arch if cfg.arch == "resnet" else (
-        "vanilla i-ResNet twin" if model.get("coeff") is None else f"i-ResNet (c = {model.get('coeff')})"
-    )
-    spe = summary["seconds_per_epoch"]
-    lines = [
-        f"# Classifier run: {kind} on {cfg.data}",
-        "",
-        f"- epochs: {summary['epochs']} of {cfg.epochs}, batch {cfg.batch_size}, SGD lr {cfg.lr} (x{cfg.gamma} at "
-        f"{', '.join(f'{m:.0%}' for m in cfg.milestones)}), momentum {cfg.momentum}, weight decay {cfg.weight_decay}",
-        f"- augmentation: shifts up to {cfg.shift} px{', horizontal flips' if cfg.flip else ''}",
-        f"- test error: {summary['test_error']:.2f} %" if summary["test_error"] is not None else "- test error: n/a",
-        f"- seconds per epoch: {spe:.2f}" if spe is not None else "- seconds per epoch: n/a",
-        f"- diverged: {summary['diverged']}",
-        f"- checkpoint: `{CHECKPOINT_NAME}` (certify with `invertible certify {out / CHECKPOINT_NAME}`)",
-        "",
-    ]
-    atomic_write_text(out / "report.md", "\n".join(lines))

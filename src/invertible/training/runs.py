@@ -23,12 +23,12 @@ __all__ = ["load_run", "model_config_of"]
 def model_config_of(ck: Checkpoint) -> tuple[str, dict[str, Any]]:
     """``(kind, model config)`` of a checkpoint, for the current schema and the older ones."""
     cfg = ck.config
+    if ck.kind == "invertible.classifier":  # classifier checkpoints before the schema (their config has "model")
+        arch = cfg["arch"]
+        return ("iresnet_classifier" if arch == "iresnet" else "preact_resnet"), dict(cfg["model"])
     if isinstance(cfg.get("model"), dict):  # a run: {"model": {...}, "train": {...}, ...}
         model_cfg = dict(cfg["model"])
         return str(model_cfg.pop("kind", None) or ck.kind), model_cfg
-    if ck.kind == "invertible.classifier":  # classifier checkpoints before the schema
-        arch = cfg["arch"]
-        return ("iresnet_classifier" if arch == "iresnet" else "preact_resnet"), dict(cfg["model"])
     if "kind" in cfg:  # flow checkpoints before the schema stored the model config itself
         model_cfg = dict(cfg)
         return str(model_cfg.pop("kind")), model_cfg
@@ -46,8 +46,11 @@ def load_run(path: str | os.PathLike, *, use_ema: bool = True,
     ck = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path, device="cpu")
     kind, model_cfg = model_config_of(ck)
     model = build_model(kind, model_cfg)
-    dtype = getattr(torch, ck.config.get("dtype") or ck.meta.get("dtype") or "float32")
     state = ck.group("model")
+    # the recorded dtype; checkpoints that record none (the old classifiers) keep their weights' dtype
+    name = ck.config.get("dtype") or ck.meta.get("dtype")
+    stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    dtype = getattr(torch, name) if name else stored
     if use_ema:
         state.update(ck.group("ema"))
     model.to(dtype=dtype)
