@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from invertible.analysis import layer_preimages
-from invertible.analysis._data import load_cifar10, load_images, load_mnist_npz, to_rgb32
 from invertible.cli import main
+from invertible.data.arrays import load_cifar10, load_mnist_npz, load_model_inputs, to_rgb32
+from invertible.io import save_checkpoint
 from invertible.models.relu_nets import ThinCIFAR, ToyMLP, relu_net_config
-from invertible.training.checkpoint import save_checkpoint
 
 
 def test_mnist_npz_and_padding(tmp_path):
@@ -26,7 +26,7 @@ def test_mnist_npz_and_padding(tmp_path):
     rgb = to_rgb32(x)
     assert rgb.shape == (4, 3, 32, 32)
     assert torch.equal(rgb[:, 1, 2:30, 2:30], x[:, 0]) and rgb[:, :, :2].abs().max() == 0
-    assert load_images(tmp_path / "m.npz", (3, 32, 32)).shape == (4, 3, 32, 32)
+    assert load_model_inputs(tmp_path / "m.npz", (3, 32, 32)).shape == (4, 3, 32, 32)
     np.savez(tmp_path / "bad.npz", pixels=images)
     with pytest.raises(ValueError, match="'images' and 'labels'"):
         load_mnist_npz(tmp_path / "bad.npz")
@@ -55,7 +55,8 @@ def test_cifar_pickles_load_safely(tmp_path):
 def _toy_checkpoint(tmp_path):
     torch.manual_seed(0)
     net = ToyMLP()
-    save_checkpoint(tmp_path / "toy.safetensors", net.state_dict(), {"model": relu_net_config(net)})
+    save_checkpoint(tmp_path / "toy.safetensors", {f"model.{k}": v for k, v in net.state_dict().items()},
+                    kind="relu_net", config={"model": relu_net_config(net)})
     points = torch.randn(30, 2)
     np.save(tmp_path / "points.npy", points.numpy())
     return net, points
@@ -77,7 +78,8 @@ def test_analyze_relu_on_an_mlp_reports_spectra_and_preimages(tmp_path, capsys):
 def test_analyze_relu_on_a_cnn_with_window(tmp_path):
     torch.manual_seed(0)
     net = ThinCIFAR()
-    save_checkpoint(tmp_path / "thin.safetensors", net.state_dict(), {"model": relu_net_config(net)})
+    save_checkpoint(tmp_path / "thin.safetensors", {f"model.{k}": v for k, v in net.state_dict().items()},
+                    kind="relu_net", config={"model": relu_net_config(net)})
     np.save(tmp_path / "x.npy", torch.rand(2, 3, 32, 32).numpy())
     rc = main(["analyze-relu", str(tmp_path / "thin.safetensors"), "--data", str(tmp_path / "x.npy"),
                "--n", "1", "--window", "2", "--json", str(tmp_path / "o.json"), "--no-progress"])
@@ -94,7 +96,7 @@ def test_analyze_relu_user_errors(tmp_path, capsys):
     assert main(["analyze-relu", ckpt, "--data", str(tmp_path / "nothing.npy")]) == 2
     np.save(tmp_path / "wrong.npy", np.zeros((3, 5), dtype=np.float32))
     assert main(["analyze-relu", ckpt, "--data", str(tmp_path / "wrong.npy")]) == 2
-    save_checkpoint(tmp_path / "plain.safetensors", {"w": torch.zeros(1)}, {})
+    save_checkpoint(tmp_path / "plain.safetensors", {"w": torch.zeros(1)}, kind="weights", config={})
     assert main(["analyze-relu", str(tmp_path / "plain.safetensors"), "--data", str(tmp_path / "points.npy")]) == 2
     err = capsys.readouterr().err
     assert "--n must be positive" in err and "the model expects (2,)" in err and "no model config" in err
@@ -110,3 +112,21 @@ def test_chapter_3_experiments_are_registered():
     x, y = fig3_1.two_circles(400, factor=0.5, noise=0.0, generator=torch.Generator().manual_seed(0))
     r = x.norm(dim=1)
     assert torch.allclose(r[y == 1], torch.tensor(0.5)) and torch.allclose(r[y == 0], torch.tensor(1.0))
+
+
+def test_checkpoints_before_the_schema_still_load_and_foreign_weights_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from invertible.training.runs import load_run
+
+    torch.manual_seed(0)
+    net = ToyMLP()
+    save_file(dict(net.state_dict()), str(tmp_path / "old.safetensors"),
+              metadata={"meta": json.dumps({"model": relu_net_config(net), "experiment": "fig3.1"})})
+    loaded, ck = load_run(tmp_path / "old.safetensors")
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
+    bad = {f"model.{k}": v[..., :1] for k, v in net.state_dict().items()}
+    save_checkpoint(tmp_path / "bad.safetensors", bad, kind="relu_net", config={"model": relu_net_config(net)})
+    with pytest.raises(ValueError, match="do not fit a relu_net model"):
+        load_run(tmp_path / "bad.safetensors")

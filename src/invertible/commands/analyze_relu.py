@@ -39,23 +39,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from invertible.analysis import layer_preimages, layer_spectra, spectrum_summary
-    from invertible.analysis._data import load_images
-    from invertible.models.relu_nets import build_relu_net
-    from invertible.training.checkpoint import atomic_write_text, load_checkpoint
+    from invertible.data.arrays import load_model_inputs
+    from invertible.io import atomic_write_text
+    from invertible.training.runs import load_run, model_config_of
 
     if args.n < 1:
         raise ValueError(f"--n must be positive, got {args.n}")
-    tensors, meta = load_checkpoint(args.checkpoint)
-    if "model" not in meta:
-        raise ValueError(f"{args.checkpoint} has no model config in its metadata (not a ReLU-network checkpoint)")
-    net = build_relu_net(meta["model"])
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise ValueError(f"{args.checkpoint}: weights do not fit {meta['model'].get('name')}: {exc}") from exc
-    net = net.to(args.device).eval()
-    input_shape = tuple(meta["model"]["input_shape"])
-    x = load_images(args.data, input_shape)
+    net, ck = load_run(args.checkpoint, device=args.device)
+    if ck.kind != "relu_net" and getattr(net, "kind", None) != "relu_net":
+        raise ValueError(f"{args.checkpoint} holds a {ck.kind} model, not a ReLU network of chapter 3")
+    model_cfg = model_config_of(ck)[1]
+    input_shape = tuple(net.config.input_shape)
+    x = load_model_inputs(args.data, input_shape)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[: args.n]
     x = x[perm].to(args.device)
 
@@ -77,13 +72,13 @@ def run(args: argparse.Namespace) -> int:
     rows = spectrum_summary(spectra)
     cols = "input window " + (f"{window[1].stop - window[1].start}x{window[2].stop - window[2].start}"
                               if window else "full")
-    print(f"{meta['model']['name']} from {args.checkpoint} · {len(x)} inputs from {args.data} · {cols}")
+    print(f"{model_cfg['name']} from {args.checkpoint} · {len(x)} inputs from {args.data} · {cols}")
     print(f"{'stage':8s} {'units':>7s} {'#sv':>5s} {'#nonzero':>9s} {'cond':>10s} {'sigma_max':>10s} "
           f"{'sigma_min':>10s}   (medians over inputs)")
     for r in rows:
         print(f"{r['stage']:8s} {r['out_features']:7d} {r['n_singular_values']:5d} {r['median_n_nonzero']:9.1f} "
               f"{r['median_condition']:10.4g} {r['median_sigma_max']:10.4g} {r['median_sigma_min_nonzero']:10.4g}")
-    result: dict = {"model": meta["model"], "n_inputs": len(x), "window": cols, "stages": rows}
+    result: dict = {"model": model_cfg, "n_inputs": len(x), "window": cols, "stages": rows}
     if len(input_shape) == 1:
         layers = layer_preimages(net, x.cpu())
         print("\npreimage classes of ReLU layers (Theorem 3.3; fraction of inputs)")

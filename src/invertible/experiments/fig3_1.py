@@ -16,8 +16,8 @@ from torch import nn
 
 from invertible.analysis import condition_numbers, preimage_classes
 from invertible.experiments.registry import RunContext, register
+from invertible.io import save_checkpoint
 from invertible.models.relu_nets import ToyMLP, relu_net_config
-from invertible.training.checkpoint import save_checkpoint
 from invertible.training.engine import LoopConfig, Trainer
 from invertible.training.losses import FunctionObjective
 from invertible.training.sources import FullBatchSource
@@ -95,8 +95,9 @@ def run(ctx: RunContext) -> dict:
     net.eval()
     with torch.no_grad():
         acc = float((net(x_test).argmax(1) == y_test).double().mean())
-    save_checkpoint(ctx.out / "toy_mlp.safetensors", net.state_dict(),
-                    {"model": relu_net_config(net), "experiment": "fig3.1", "test_accuracy": acc})
+    save_checkpoint(ctx.out / "toy_mlp.safetensors", {f"model.{k}": v for k, v in net.state_dict().items()},
+                    kind="relu_net", config={"model": relu_net_config(net), "experiment": "fig3.1"},
+                    meta={"test_accuracy": acc})
     np.save(ctx.out / "points.npy", x_test[:200].numpy())
 
     G = cfg["grid"]

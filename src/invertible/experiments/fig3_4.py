@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from invertible.analysis import layer_spectra, relu_stages, spectrum_summary, stage_outputs
-from invertible.analysis._data import load_cifar10, load_mnist_npz, to_rgb32
+from invertible.data.arrays import load_cifar10, load_mnist_npz, to_rgb32
 from invertible.data.images import default_mnist_npz
 from invertible.data.images import load_images as load_image_set
 from invertible.experiments.registry import RunContext, register
+from invertible.io import save_checkpoint
 from invertible.models.relu_nets import ThinCIFAR, WideCIFAR, relu_net_config
-from invertible.training.checkpoint import save_checkpoint
 from invertible.training.classification import CrossEntropyObjective
 from invertible.training.engine import LoopConfig, Trainer
 from invertible.training.sources import ShuffledSource
@@ -119,9 +119,9 @@ def run(ctx: RunContext) -> dict:
         loss = _train(net, xtr, ytr, epochs=cfg["epochs"], batch=cfg["batch"], lr=cfg["lr"], ctx=ctx,
                       name=name, device=device)
         acc = _accuracy(net, xte, yte, device)
-        save_checkpoint(ctx.out / f"{name}.safetensors", net.state_dict(),
-                        {"model": relu_net_config(net), "experiment": "fig3.4", "data": data_desc,
-                         "test_accuracy": acc})
+        save_checkpoint(ctx.out / f"{name}.safetensors", {f"model.{k}": v for k, v in net.state_dict().items()},
+                        kind="relu_net", config={"model": relu_net_config(net), "experiment": "fig3.4",
+                                                 "data": data_desc}, meta={"test_accuracy": acc})
         spectra = layer_spectra(net, x_eval, window=window,
                                 progress=lambda it, name=name: ctx.progress(it, desc=f"fig3.4 spectra {name}"))
         rows = spectrum_summary(spectra)

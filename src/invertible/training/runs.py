@@ -32,7 +32,9 @@ def model_config_of(ck: Checkpoint) -> tuple[str, dict[str, Any]]:
     if "kind" in cfg:  # flow checkpoints before the schema stored the model config itself
         model_cfg = dict(cfg)
         return str(model_cfg.pop("kind")), model_cfg
-    raise ValueError(f"{ck.path} does not say which model it holds (no kind / model config)")
+    if ck.kind is None and "name" in cfg and "kwargs" in cfg:  # chapter-3 ReLU networks before the schema
+        return "relu_net", dict(cfg)
+    raise ValueError(f"{ck.path} does not say which model it holds (no kind and no model config)")
 
 
 def load_run(path: str | os.PathLike, *, use_ema: bool = True,
@@ -46,7 +48,7 @@ def load_run(path: str | os.PathLike, *, use_ema: bool = True,
     ck = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path, device="cpu")
     kind, model_cfg = model_config_of(ck)
     model = build_model(kind, model_cfg)
-    state = ck.group("model")
+    state = ck.group("model") or dict(ck.tensors)  # before the schema, ReLU networks stored bare state dicts
     # the recorded dtype; checkpoints that record none (the old classifiers) keep their weights' dtype
     name = ck.config.get("dtype") or ck.meta.get("dtype")
     stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
@@ -54,5 +56,8 @@ def load_run(path: str | os.PathLike, *, use_ema: bool = True,
     if use_ema:
         state.update(ck.group("ema"))
     model.to(dtype=dtype)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing / unexpected / mis-shaped tensors
+        raise ValueError(f"{ck.path}: the stored weights do not fit a {kind} model: {exc}") from exc
     return model.to(device).eval(), ck

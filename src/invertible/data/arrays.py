@@ -1,4 +1,4 @@
-"""Small private image loaders for the chapter-3 experiments (MNIST npz, CIFAR-10 pickles, raw arrays).
+"""Image tensors for analysing trained networks (chapter 3): MNIST npz, CIFAR-10 pickles, raw arrays.
 
 The file formats themselves are read by :mod:`invertible.data.images` (CIFAR-10 pickles through a restricted
 unpickler that never rebuilds arbitrary objects).
@@ -14,7 +14,7 @@ import torch
 from invertible.data.images import load_images as load_image_set
 from invertible.data.images import read_cifar_batch
 
-__all__ = ["load_cifar10", "load_images", "load_mnist_npz", "to_rgb32"]
+__all__ = ["load_cifar10", "load_mnist_npz", "load_model_inputs", "to_rgb32"]
 
 
 def load_cifar10(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -58,7 +58,7 @@ def to_rgb32(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).contiguous()
 
 
-def load_images(path: str | Path, input_shape: tuple[int, ...]) -> torch.Tensor:
+def load_model_inputs(path: str | Path, input_shape: tuple[int, ...]) -> torch.Tensor:
     """Inputs for a model with per-sample ``input_shape`` from ``.npy`` (raw array ``(N, *input_shape)``),
     an MNIST-style ``.npz`` (padded to 3x32x32 if the model wants that) or CIFAR-10 pickles (test split
     preferred). Returns float32 ``(N, *input_shape)``."""
