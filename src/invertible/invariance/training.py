@@ -175,16 +175,17 @@ class ICEObjective(Objective):
 
     ``history`` collects one record per epoch (the engine logs once per epoch): ``{"epoch", "loss", "ce",
     "nuisance_ce", "mle", "acc"}``, each the mean over the epoch's steps. ``x, y``: the whole training set
-    (for the best-response refits).
+    (for the best-response refits). ``D_nc`` and the prior take the model's dtype, as the batches do.
     """
 
     def __init__(self, model: FullyInvertibleClassifier, config: TrainConfig, x: torch.Tensor, y: torch.Tensor):
         n_nuisance = model.dim - model.n_classes
-        self.config, self.x, self.y = config, x, y
+        dtype = next(model.parameters()).dtype  # the engine hands the model its batches in this dtype
+        self.config, self.x, self.y = config, x.to(dtype), y
         self.nuisance = NuisanceClassifier(n_nuisance, model.n_classes, hidden=config.nuisance_hidden,
                                            n_hidden_layers=config.nuisance_layers,
-                                           standardize=config.nuisance_standardize).to(x.device, x.dtype)
-        self.prior = FactorizedGaussian(n_nuisance).to(x.device, x.dtype)
+                                           standardize=config.nuisance_standardize).to(x.device, dtype)
+        self.prior = FactorizedGaussian(n_nuisance).to(x.device, dtype)
         self.nuisance_opt = torch.optim.Adam(self.nuisance.parameters(), lr=config.nuisance_lr)
         ice = config.objective == "ice"
         self.weights = (config.nuisance_weight, config.mle_weight) if ice else (0.0, 0.0)
@@ -263,7 +264,7 @@ def ice_trainer(
     spe = source.steps_per_epoch(init_distributed(x.device).world_size)
     model_cfg = dict(model_config) if model_config is not None else fi_model_config(model)
     cfg = {"recipe": "ice", "model": model_cfg, "train": asdict(config), "n_train": int(x.shape[0]),
-           "dtype": str(x.dtype).replace("torch.", ""), **dict(meta or {})}
+           "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), **dict(meta or {})}
     folder = run if isinstance(run, RunFolder) or run is None else RunFolder(run)
     loop = LoopConfig(steps=max(1, config.epochs * spe), log_every=spe)
     return Trainer(model, objective, optimizer, source, loop, folder, kind=model_cfg.get("kind"), config=cfg,
