@@ -165,7 +165,7 @@ def test_training_resumes_exactly(tmp_path):
     assert resumed.history == straight.history
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
     other = TrainConfig(**{**cfg.__dict__, "lr": 0.1})
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match="differs in train.lr"):
         train_classifier(fresh(), x, y, other, run_dir=tmp_path / "b", resume=True, show_progress=False)
     with pytest.raises(FileNotFoundError):
         train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "c", resume=True, show_progress=False)

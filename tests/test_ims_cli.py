@@ -40,14 +40,25 @@ def test_cv_roc_lda(synth, tmp_path, capsys):
     assert "ROC/LDA (worst / best K)" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"balanced_accuracy_spot", "balanced_accuracy_core"} <= set(metrics)
-    assert (tmp_path / "boxplot.png").is_file()
+    assert (tmp_path / "figures" / "boxplot.png").is_file()
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"] == "roc-lda" and config["folds"] == 4 and config["data"]["n_spectra"] == 96
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    ks = {r["run"] for r in records}  # one record per K and fold
+    assert len(ks) > 1 and len(records) == 4 * len(ks) and all(r["method"] == "ROC/LDA" for r in records)
+    assert "figures/boxplot.png" in (tmp_path / "report.md").read_text()
 
 
-def test_cv_isotopenet_one_epoch(synth, capsys):
+def test_cv_isotopenet_one_epoch(synth, tmp_path, capsys):
     assert main(["ims", "cv", "--imzml", str(synth / "synthetic.imzML"), "--annotations",
                  str(synth / "synthetic.csv"), "--model", "isotopenet", "--epochs", "1", "--repeats", "2",
-                 "--threads", "1", "--no-progress"]) == 0
+                 "--threads", "1", "--no-progress", "--out", str(tmp_path)]) == 0
     assert "IsotopeNet |" in capsys.readouterr().out
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["run"], r["fold"]) for r in records] == [(f"run {i}", f) for i in (1, 2) for f in range(4)]
+    assert all(len(r["train_loss"]) == 1 for r in records)
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 1
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) >= {"model", "balanced_accuracy_spot"}
 
 
 def test_user_errors_are_one_line(synth, tmp_path, capsys):

@@ -121,7 +121,7 @@ def run_design(args: argparse.Namespace) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from invertible.training.checkpoint import atomic_write_text
+        from invertible.io import atomic_write_text
 
         args.out.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -149,7 +149,6 @@ def run_cv(args: argparse.Namespace) -> int:
         MethodResult,
         cross_validate_net,
         cross_validate_roc_lda,
-        fig7_5_boxplot,
         fig7_5_table,
         load_dataset,
         method_metrics,
@@ -191,14 +190,45 @@ def run_cv(args: argparse.Namespace) -> int:
         name = {"isotopenet": "IsotopeNet", "residualnet": "ResidualNet"}[args.model]
         result = MethodResult(name, runs)
     results = {name: result}
-    print(fig7_5_table(results, "this data"))
+    table = fig7_5_table(results, "this data")
+    print(table)
     metrics = method_metrics(result)
     if args.out:
-        from invertible.training.checkpoint import atomic_write_text
-
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out / "metrics.json", json.dumps({"model": args.model, **metrics}, indent=2))
-        fig = fig7_5_boxplot(results)
-        fig.savefig(args.out / "boxplot.png", dpi=120, bbox_inches="tight")
-        print(f"wrote {args.out / 'metrics.json'} and boxplot.png")
+        _write_cv_run(args, ds, result, metrics, table, None if args.model == "roc-lda" else tc)
     return 0
+
+
+def _write_cv_run(args: argparse.Namespace, ds, result, metrics: dict, table: str, train_config) -> None:
+    """The one run folder of ``ims cv``: config.json (every setting, the resolved Table A.2 config), one
+    metrics.jsonl record per fold of every run (networks) or every K (ROC/LDA), metrics.json, the box plot
+    under figures/, report.md."""
+    from dataclasses import asdict
+
+    from invertible.ims.evaluate import fig7_5_boxplot
+    from invertible.io import RunFolder
+
+    run = RunFolder(args.out).make()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}
+    run.write_config({"command": "ims cv", **settings,
+                      "train": asdict(train_config) if train_config is not None else None,
+                      "data": {"n_spectra": len(ds.y), "n_bins": int(ds.X.shape[1]), "classes": list(ds.classes),
+                               "n_tmas": int(ds.tma.max()) + 1, "n_cores": int(ds.core.max()) + 1}})
+    run.reset_metrics()
+    for i, cv in enumerate(result.runs):
+        label = result.labels[i] if result.labels else f"run {i + 1}"
+        for f, (spot, core) in enumerate(zip(cv.fold_spot, cv.fold_core, strict=True)):
+            record = {"split": "fold", "method": result.name, "run": label, "fold": f,
+                      "balanced_accuracy_spot": spot, "balanced_accuracy_core": core}
+            if cv.history:
+                record["train_loss"] = cv.history[f]
+                record["seed"] = args.seed * 1000 + i  # cross_validate_net's run seed (fold f: seed * 100 + f)
+            run.log(record)
+    run.write_summary({"model": args.model, **metrics})
+    run.save_figure(fig7_5_boxplot({result.name: result}), "boxplot")
+    setting = [f"{len(ds.y)} spectra x {ds.X.shape[1]} bins, classes {', '.join(map(str, ds.classes))}",
+               f"{args.folds}-fold cross-validation on TMA level (seed {args.seed})"]
+    if train_config is not None:
+        setting.append(f"{args.repeats} runs; Table A.2 ({args.task}): " +
+                       ", ".join(f"{k}={v}" for k, v in asdict(train_config).items()))
+    run.report(f"ims cv: {result.name}", {"Setting": setting, "Balanced accuracy": table})
+    print(f"wrote {run.path}/ (config.json, metrics.jsonl, metrics.json, figures/boxplot.png, report.md)")

@@ -4,8 +4,10 @@
   attacks of Example 6.6 on both spheres (the table behind Fig. 6.3).
 * ``invertible train-ice --data mnist --objective ice --epochs 10 --out runs/ice`` trains a fi-RevNet (or
   ``--backbone iresnet``) with CE or iCE (Definition 6.14, eq. 6.13) on shiftMNIST-style data, with a progress
-  bar, a run folder (config.json, metrics.jsonl, atomic checkpoint) and ``--resume``; it prints the test errors
-  on the in-distribution, shifted and clean test sets.
+  bar, the one run folder (config.json with data, model and recipe; metrics.jsonl per epoch; metrics.json with
+  the test errors; figures/training_curves.png; report.md; the checkpoint) and ``--resume`` (refused, naming
+  the keys, when any setting but ``--epochs`` differs); it prints the test errors on the in-distribution,
+  shifted and clean test sets.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def run_spheres(args: argparse.Namespace) -> int:
         vals = [curves[a][s][i] for a in ("perturbation", "invariance") for s in ("inner", "outer")]
         print(f"{b:7.3f} " + " ".join(f"{v:10.3f}" for v in vals))
     if args.json:
-        from invertible.training.checkpoint import atomic_write_text
+        from invertible.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({"budgets": list(args.budgets), **curves}, indent=2))
     return 0
@@ -90,8 +92,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     from invertible.data.shifted import shift_images
     from invertible.experiments.shiftmnist import load_splits, to_float
+    from invertible.invariance.plots import training_curves
     from invertible.invariance.training import TrainConfig, evaluate_error, train_classifier
+    from invertible.io import RunFolder, atomic_write_json
     from invertible.models.firevnet import fi_iresnet, fi_revnet
+    from invertible.training.distributed import is_main
 
     splits = load_splits(args.data, n_train=args.n_train, n_test=args.n_test, downsample=args.downsample,
                          seed=args.seed)
@@ -101,22 +106,47 @@ def run_train(args: argparse.Namespace) -> int:
     build = fi_revnet if args.backbone == "revnet" else fi_iresnet
     torch.manual_seed(args.seed)
     model = build(shape, 10, n_squeeze=n_squeeze)
-    device = torch.device(args.device)
-    x_train = to_float(shift_images(splits.x_train, splits.y_train, "train", patch_size=patch)).to(device)
+    device, dtype = torch.device(args.device), next(model.parameters()).dtype
+    x_train = to_float(shift_images(splits.x_train, splits.y_train, "train", patch_size=patch)).to(device, dtype)
     config = TrainConfig(objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          nuisance_lr=args.nuisance_lr, nuisance_weight=args.nuisance_weight,
                          mle_weight=args.mle_weight, nuisance_steps=args.nuisance_steps, form=args.form,
                          nuisance_hidden=args.nuisance_hidden, seed=args.seed)
-    train_classifier(model, x_train, splits.y_train.to(device), config, run_dir=args.out, resume=args.resume,
-                     show_progress=not args.no_progress)
+    # everything that rebuilds the run: the model (builder + sizes), the data set and its shift, the recipe
+    model_config = {"kind": "fi_revnet" if args.backbone == "revnet" else "fi_iresnet", "input_shape": list(shape),
+                    "n_classes": 10, "n_squeeze": n_squeeze}
+    data = {"name": str(args.data), "n_train": args.n_train, "n_test": args.n_test, "downsample": args.downsample,
+            "split_seed": args.seed, "shift": "patch = label (train), random patch (shifted)", "patch_size": patch,
+            "shape": list(shape), "n_train_used": len(splits.y_train)}
+    res = train_classifier(model, x_train, splits.y_train.to(device), config, run_dir=args.out, resume=args.resume,
+                           show_progress=not args.no_progress, desc=f"train-ice {args.objective}",
+                           model_config=model_config, meta={"data": data, "backbone": args.backbone})
     g = torch.Generator().manual_seed(args.seed + 2)
     errors = {}
     for mode in ("train", "shifted", "clean"):
-        x = to_float(shift_images(splits.x_test, splits.y_test, mode, patch_size=patch, generator=g)).to(device)
-        errors[mode] = evaluate_error(model, x, splits.y_test.to(device))
+        x = to_float(shift_images(splits.x_test, splits.y_test, mode, patch_size=patch, generator=g))
+        errors[mode] = evaluate_error(model, x.to(device, dtype), splits.y_test.to(device))
     print(f"test error ({args.objective}, {splits.name} {shape[1]}x{shape[2]}): in-distribution {errors['train']:.3f}, "
           f"shifted {errors['shifted']:.3f}, clean {errors['clean']:.3f}")
-    from invertible.training.checkpoint import atomic_write_text
-
-    atomic_write_text(Path(args.out) / "test_errors.json", json.dumps(errors, indent=2))
+    if not is_main():
+        return 0
+    run = RunFolder(args.out)
+    last = res.history[-1] if res.history else {}
+    run.write_summary({"objective": args.objective, "backbone": args.backbone, "data": splits.name,
+                       "epochs": len(res.history), "test_error": errors, "final_epoch": last})
+    atomic_write_json(run.path / "test_errors.json", errors)
+    if res.history:
+        run.save_figure(training_curves(res.history, f"{args.objective.upper()} on {splits.name} (fi-{args.backbone})"),
+                        "training_curves")
+    settings = [f"{k} = {v}" for k, v in vars(config).items()]
+    table = ["| test set | error |", "|---|---|"] + [f"| {m} | {e:.3f} |" for m, e in errors.items()]
+    run.report(f"train-ice: {args.objective.upper()}, fi-{args.backbone} on {splits.name}", {
+        "Setting": [f"data {args.data}: {len(splits.y_train)} training / {len(splits.y_test)} test images "
+                    f"{shape[1]}x{shape[2]}, the label planted as a {patch}x{patch} patch during training",
+                    f"model fi-{args.backbone}, {n_squeeze} squeeze stage(s)", *settings],
+        "Test error": "\n".join(table) + "\n\n'train': patch = label as in training; 'shifted': the patch at a "
+                      "random position (the shortcut is gone); 'clean': no patch.",
+        "Training (last epoch)": [f"{k} = {v:.4g}" for k, v in last.items() if k != "epoch"] or "no epochs run",
+    })
+    print(f"wrote {run.path}/ (config.json, metrics.jsonl, metrics.json, figures/, report.md, checkpoint)")
     return 0

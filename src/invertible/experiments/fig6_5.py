@@ -19,6 +19,7 @@ from invertible.experiments.shiftmnist import (
     ice_config,
     load_splits,
     make_model,
+    model_config,
     quick_dataset,
     single_intraop_thread,
     to_float,
@@ -81,7 +82,8 @@ def _run(ctx: RunContext) -> dict:
         torch.manual_seed(ctx.seed)
         model = make_model(splits.shape)
         train_classifier(model, x_train, y_train, config, run_dir=ctx.out / f"{name}_{objective}",
-                         show_progress=ctx.show_progress, desc=f"fig6.5 {objective}")
+                         show_progress=ctx.show_progress, desc=f"fig6.5 {objective}",
+                         model_config=model_config(splits.shape))
         model.eval()
         xs, xt = x_test[src], x_test[tgt]
         with torch.no_grad():

@@ -100,10 +100,19 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
+def model_config(shape: tuple[int, int, int], n_classes: int = 10) -> dict:
+    """The fi-RevNet of :func:`make_model` as a JSON config (``kind`` + the builder's arguments), stored in the
+    run folders' config and checkpoints."""
+    n_squeeze = 2 if shape[1] % 4 == 0 and shape[1] >= 16 else 1
+    return {"kind": "fi_revnet", "input_shape": list(shape), "n_classes": n_classes, "n_squeeze": n_squeeze,
+            "conv_blocks": 2, "hidden": 32, "dense_blocks": 2, "dense_hidden": 256}
+
+
 def make_model(shape: tuple[int, int, int], n_classes: int = 10) -> FullyInvertibleClassifier:
     """fi-RevNet sized for the image: one squeeze stage for 8x8 and 14x14, two for 28x28."""
-    n_squeeze = 2 if shape[1] % 4 == 0 and shape[1] >= 16 else 1
-    return fi_revnet(shape, n_classes, n_squeeze=n_squeeze, conv_blocks=2, hidden=32, dense_blocks=2, dense_hidden=256)
+    cfg = model_config(shape, n_classes)
+    sizes = {k: v for k, v in cfg.items() if k not in ("kind", "input_shape", "n_classes")}
+    return fi_revnet(shape, n_classes, **sizes)
 
 
 def ice_config(epochs: int, seed: int) -> TrainConfig:
@@ -148,7 +157,8 @@ def _run_dataset(ctx: RunContext, splits: ImageSplits, epochs: int) -> dict[str,
         torch.manual_seed(ctx.seed)
         model = make_model(splits.shape)
         train_classifier(model, x_train, y_train, config, run_dir=ctx.out / f"{splits.name}_{objective}",
-                         show_progress=ctx.show_progress, desc=f"shiftmnist {splits.name} {objective}")
+                         show_progress=ctx.show_progress, desc=f"shiftmnist {splits.name} {objective}",
+                         model_config=model_config(splits.shape))
         errors[objective] = {mode: evaluate_error(model, x, y_test) for mode, x in tests.items()}
         # fresh-restart check: a linear probe fitted after training on z_n of the training set; on the shifted
         # test set its prediction tells whether z_n still carries the digit or the planted patch

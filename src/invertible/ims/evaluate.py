@@ -163,13 +163,15 @@ def summarize(values: Iterable[float]) -> dict[str, float]:
 
 @dataclass
 class CVRun:
-    """One full cross-validation run: pooled out-of-fold spot/core balanced accuracies and per-fold ones."""
+    """One full cross-validation run: pooled out-of-fold spot/core balanced accuracies and per-fold ones;
+    for networks ``history[f]`` is fold ``f``'s mean training loss per epoch."""
 
     spot: float
     core: float
     fold_spot: list[float]
     fold_core: list[float]
     pred: np.ndarray
+    history: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -228,6 +230,7 @@ def cross_validate_net(
     n_classes = len(ds.classes) or int(ds.y.max()) + 1
     pred = np.zeros(len(ds.y), np.int64)
     proba = np.zeros((len(ds.y), n_classes))
+    history = []
     for f, test in enumerate(folds):
         train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
         scaler = _fit_scaler(ds.X, train_rows)
@@ -235,12 +238,14 @@ def cross_validate_net(
         net = (IsotopeNet(ds.X.shape[1], n_classes, dropout=config.dropout) if model == "isotopenet"
                else ResidualNet(n_classes)).to(device)
         gen = torch.Generator().manual_seed(seed * 100 + f)
-        train_classifier(net, _Rows(ds.X, train_rows, scaler.scale_), ds.y[train_rows], config,
-                         generator=gen, progress=progress)
+        history.append(train_classifier(net, _Rows(ds.X, train_rows, scaler.scale_), ds.y[train_rows], config,
+                                        generator=gen, progress=progress))
         p = predict_proba(net, _Rows(ds.X, test_rows, scaler.scale_))
         proba[test_rows] = p
         pred[test_rows] = p.argmax(1)
-    return _score(ds, folds, pred, proba)
+    run = _score(ds, folds, pred, proba)
+    run.history = history
+    return run
 
 
 def cross_validate_roc_lda(ds: IMSDataset, folds: list[np.ndarray],

@@ -19,6 +19,7 @@ References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), Bioi
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -219,11 +220,6 @@ TRAIN_CONFIGS: dict[tuple[str, str], TrainConfig] = {
 }
 
 
-def _l2_weights(model: nn.Module) -> list[torch.Tensor]:
-    return [p for name, p in model.named_parameters()
-            if name.endswith("weight") and p.dim() > 1 and p.requires_grad]
-
-
 def train_classifier(
     model: nn.Module,
     X: np.ndarray,
@@ -233,44 +229,22 @@ def train_classifier(
     generator: torch.Generator | None = None,
     progress: Callable[[Iterable, str, int], Iterable] | None = None,
     device: torch.device | str | None = None,
+    out: str | os.PathLike | None = None,
 ) -> list[float]:
-    """Train ``model`` with Adam on cross-entropy + L2 (Table A.2). ``X`` (n, d) float array (may be a
-    memmap; batches are copied as they are drawn), ``y`` (n,) int in ``[0, n_classes)``. Returns the mean
-    training loss per epoch. Device: the model's (``device`` moves it first)."""
+    """Train ``model`` with Adam on cross-entropy + L2 (Table A.2) on the training engine
+    (:mod:`invertible.ims.training`). ``X`` (n, d) float array (may be a memmap; batches are copied as they
+    are drawn), ``y`` (n,) int in ``[0, n_classes)``; the epochs are successive ``torch.randperm(n,
+    generator)`` (``None``: the global generator). Returns the mean training loss per epoch. Device: the
+    model's (``device`` moves it first). ``progress``: any value shows the engine's progress bar. ``out``: a
+    run folder for the engine's ``metrics.jsonl`` and checkpoint (default: none)."""
+    from invertible.ims.training import train_ims_classifier
+
     if len(X) != len(y) or len(X) == 0:
         raise ValueError(f"X and y must be non-empty and equally long, got {len(X)} and {len(y)}")
     if device is not None:
         model.to(device)
-    dev, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    decay = _l2_weights(model)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    n = len(X)
-    epochs = range(config.epochs)
-    if progress is not None:
-        epochs = progress(epochs, "epochs", config.epochs)
-    history = []
     model.train()
-    for _ in epochs:
-        perm = torch.randperm(n, generator=generator)
-        total = 0.0
-        for s in range(0, n, config.batch_size):
-            idx = perm[s:s + config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            xb = torch.from_numpy(np.ascontiguousarray(X[np.sort(idx.numpy())])).to(dev, dtype)
-            yb = yt[np.sort(idx.numpy())].to(dev)
-            loss = F.cross_entropy(model(xb), yb)
-            if config.weight_decay:
-                loss = loss + config.weight_decay * sum((w * w).sum() for w in decay)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        history.append(total / n)
-        if progress is not None and hasattr(epochs, "set_postfix"):
-            epochs.set_postfix(loss=f"{history[-1]:.3f}")
-    return history
+    return train_ims_classifier(model, X, y, config, generator=generator, out=out, show_progress=progress is not None)
 
 
 @torch.no_grad()

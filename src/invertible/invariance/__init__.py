@@ -4,10 +4,19 @@
   invariance attacks (Figure 6.3).
 * :mod:`~invertible.invariance.metameric`: metameric samples ``F^{-1}(z_s, z~_n)`` (Definition 6.8, Figure 6.5).
 * :mod:`~invertible.invariance.ice`: the independence cross-entropy with nuisance classifier and nuisance
-  maximum likelihood (Definition 6.14, eq. 6.13); :mod:`~invertible.invariance.training` trains with it.
+  maximum likelihood (Definition 6.14, eq. 6.13); :mod:`~invertible.invariance.training` is its recipe on the
+  training engine.
 """
 
-from invertible.invariance.ice import FactorizedGaussian, ICELosses, NuisanceClassifier, ice_losses, ice_step
+from invertible.invariance.ice import (
+    FactorizedGaussian,
+    ICELosses,
+    NuisanceClassifier,
+    ice_losses,
+    ice_metrics,
+    ice_round,
+    ice_step,
+)
 from invertible.invariance.metameric import logit_deviation, metameric_sample, nuisance_interpolation
 from invertible.invariance.spheres import (
     MisalignedSphereClassifier,
@@ -19,11 +28,21 @@ from invertible.invariance.spheres import (
     sample_sphere,
     sample_spheres,
 )
-from invertible.invariance.training import TrainConfig, TrainResult, evaluate_error, train_classifier
+from invertible.invariance.training import (
+    ICEObjective,
+    ICESource,
+    TrainConfig,
+    TrainResult,
+    evaluate_error,
+    ice_trainer,
+    train_classifier,
+)
 
 __all__ = [
     "FactorizedGaussian",
     "ICELosses",
+    "ICEObjective",
+    "ICESource",
     "MisalignedSphereClassifier",
     "NuisanceClassifier",
     "TrainConfig",
@@ -32,7 +51,10 @@ __all__ = [
     "attack_accuracy",
     "evaluate_error",
     "ice_losses",
+    "ice_metrics",
+    "ice_round",
     "ice_step",
+    "ice_trainer",
     "invariance_attack",
     "logit_deviation",
     "metameric_sample",

@@ -30,6 +30,7 @@ Barber & Agakov (2003) for the variational bound of Lemma 6.15.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,8 @@ __all__ = [
     "NuisanceClassifier",
     "adversarial_nuisance_loss",
     "ice_losses",
+    "ice_metrics",
+    "ice_round",
     "ice_step",
 ]
 
@@ -200,6 +203,41 @@ def ice_losses(
     return _terms(model, nuisance, prior, z, logdet, y, nuisance_weight, mle_weight, form)
 
 
+def ice_round(
+    model: FullyInvertibleClassifier,
+    nuisance: NuisanceClassifier,
+    prior: FactorizedGaussian | None,
+    nuisance_optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    nuisance_weight: float = 1.0,
+    mle_weight: float = 1.0,
+    nuisance_steps: int = 1,
+    form: str = "minimax",
+    sync_gradients: Callable[[list[torch.Tensor]], None] | None = None,
+) -> ICELosses:
+    """The nuisance half of one round of the min-max game of Definition 6.14, and the network's loss.
+
+    From a single forward pass of the network: ``nuisance_steps`` ascent steps of ``theta_nc`` on ``L_nCE``
+    (descent on the nuisance classifier's cross-entropy on the current ``z_n``, detached; each gradient passed
+    through ``sync_gradients`` first, e.g. the all-reduce of data-parallel training), then the terms of
+    eq. 6.13 against the updated classifier. ``model_loss`` is left for the caller to minimize over ``theta``
+    (and the prior); its backward pass also leaves (opposite-signed) gradients on ``theta_nc``, which the
+    next round's ``zero_grad`` drops.
+    """
+    _check_weights(y, x, nuisance_weight, mle_weight, prior, form)
+    z, logdet = _encode(model, x, mle_weight > 0)
+    z_n = model.split(z)[1].detach()
+    for _ in range(nuisance_steps if nuisance_weight > 0 else 0):
+        nuisance_optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(nuisance(z_n), y).backward()
+        if sync_gradients is not None:
+            sync_gradients([p for p in nuisance.parameters() if p.grad is not None])
+        nuisance_optimizer.step()
+    return _terms(model, nuisance, prior, z, logdet, y, nuisance_weight, mle_weight, form)
+
+
 def ice_step(
     model: FullyInvertibleClassifier,
     nuisance: NuisanceClassifier,
@@ -222,24 +260,24 @@ def ice_step(
 
     ``model_optimizer`` must hold the network's (and prior's) parameters only, ``nuisance_optimizer`` the
     nuisance classifier's. With ``nuisance_weight = mle_weight = 0`` this is a plain cross-entropy step.
-    Returns the batch's loss terms and accuracy as floats.
+    Returns the batch's loss terms and accuracy as floats (:func:`ice_round` does step 1; the training
+    recipe, :mod:`invertible.invariance.training`, leaves step 2 to the engine).
     """
-    _check_weights(y, x, nuisance_weight, mle_weight, prior, form)
-    z, logdet = _encode(model, x, mle_weight > 0)
-    z_n = model.split(z)[1].detach()
-    for _ in range(nuisance_steps if nuisance_weight > 0 else 0):
-        nuisance_optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(nuisance(z_n), y).backward()
-        nuisance_optimizer.step()
-    terms = _terms(model, nuisance, prior, z, logdet, y, nuisance_weight, mle_weight, form)
+    terms = ice_round(model, nuisance, prior, nuisance_optimizer, x, y, nuisance_weight=nuisance_weight,
+                      mle_weight=mle_weight, nuisance_steps=nuisance_steps, form=form)
     model_optimizer.zero_grad(set_to_none=True)
     terms.model_loss.backward()
     model_optimizer.step()
     nuisance_optimizer.zero_grad(set_to_none=True)  # drop the (opposite-signed) grads the model loss left there
+    return {k: float(v) for k, v in ice_metrics(terms, y).items()}
+
+
+def ice_metrics(terms: ICELosses, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"loss", "ce", "nuisance_ce", "mle", "acc"}`` of a round as detached 0-dim tensors (no host sync)."""
     return {
-        "loss": float(terms.model_loss.detach()),
-        "ce": float(terms.semantic_ce.detach()),
-        "nuisance_ce": float(terms.nuisance_ce.detach()),
-        "mle": float(terms.mle.detach()),
-        "acc": float((terms.logits.argmax(1) == y).double().mean()),
+        "loss": terms.model_loss.detach(),
+        "ce": terms.semantic_ce.detach(),
+        "nuisance_ce": terms.nuisance_ce.detach(),
+        "mle": terms.mle.detach(),
+        "acc": (terms.logits.argmax(1) == y).double().mean(),
     }

@@ -1,35 +1,58 @@
-"""Training fully invertible classifiers with cross-entropy or independence cross-entropy (Definition 6.14).
+"""The iCE recipe on the training engine: fully invertible classifiers trained with cross-entropy or the
+independence cross-entropy of Definition 6.14 (eq. 6.13).
 
-:func:`train_classifier` runs the alternating min-max updates of :func:`~invertible.invariance.ice.ice_step`
-(plain CE when ``objective="ce"``) with a tqdm progress bar showing the live loss and accuracy. Given a run
-folder it writes ``config.json``, one line per epoch to ``metrics.jsonl`` and an atomic safetensors checkpoint
-(network, nuisance classifier, prior, both Adam states, the shuffling generator) after every epoch, so
-``resume=True`` continues a killed run exactly where the last completed epoch ended.
+One engine step is one round of the min-max game ``min_theta max_theta_nc L(theta, theta_nc)``:
+:class:`ICEObjective` takes ``nuisance_steps`` ascent steps of the nuisance classifier ``D_nc`` on the detached
+``z_n`` of the batch (gradients all-reduced under DDP) and returns the network's loss of eq. 6.13 from the same
+forward pass,
+
+    L = L_sCE + nuisance_weight * (nuisance term of ``form``) + mle_weight * L_MLEn / d,
+
+which the engine minimizes over ``theta`` and the prior ``(beta, gamma)`` with Adam. With
+``nuisance_refit_steps > 0`` every epoch starts with the best response ``theta_nc*`` (:func:`_refit_nuisance`,
+the classifier Theorem 6.16 assumes). ``objective="ce"`` sets both weights to 0 (plain cross-entropy).
+
+The data order is the classic loop's: one ``torch.Generator().manual_seed(seed)`` whose successive
+``randperm(n)`` are the epochs, batches of ``batch_size`` including the ragged last one
+(:class:`ICESource`). The nuisance classifier, the prior and the nuisance optimizer are checkpointed with the
+network (the engine's schema: ``kind`` = the model's kind, the run's complete config), so ``resume=True``
+continues a killed run exactly; it may extend ``epochs`` and refuses any other change, naming the keys.
+
+References: Jacobsen, Behrmann, Zemel, Bethge (2019) "Excessive Invariance Causes Adversarial Vulnerability".
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch import nn
 
-from invertible.invariance.ice import FactorizedGaussian, NuisanceClassifier, ice_step
+from invertible.invariance.ice import FactorizedGaussian, NuisanceClassifier, ice_metrics, ice_round
+from invertible.io import RunFolder
 from invertible.models.firevnet import FullyInvertibleClassifier
-from invertible.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from invertible.training.distributed import average_gradients, broadcast_buffers, init_distributed
+from invertible.training.engine import LoopConfig, Trainer
+from invertible.training.objective import Objective
+from invertible.training.permuted import PermutedSource
 
 __all__ = [
+    "ICEObjective",
+    "ICESource",
     "TrainConfig",
     "TrainResult",
     "evaluate_error",
+    "ice_trainer",
     "nuisance_probe",
     "nuisance_probe_accuracy",
     "train_classifier",
 ]
 
-CHECKPOINT = "checkpoint.safetensors"
+HISTORY_KEYS = ("loss", "ce", "nuisance_ce", "mle", "acc")
 
 
 @dataclass
@@ -123,35 +146,130 @@ def nuisance_probe_accuracy(
     return float((predict(x_test) == y_test.cpu().numpy()).mean())
 
 
-def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    sd = opt.state_dict()
-    for idx, state in sd["state"].items():
-        for key, value in state.items():
-            tensors[f"{prefix}.state.{idx}.{key}"] = torch.as_tensor(value)
-    meta[f"{prefix}.param_groups"] = sd["param_groups"]
+class ICESource(PermutedSource):
+    """``(x[idx], y[idx])`` for the batches of :class:`~invertible.training.permuted.PermutedSource` with one
+    generator seeded by ``seed`` and the ragged last batch kept: ``ceil(n / batch_size)`` steps per epoch on
+    one rank. ``x (N, *input_shape)``, ``y (N,)`` stay where they are (the indices follow them)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0):
+        super().__init__(x.shape[0], batch_size, seed=seed)
+        self.x, self.y = x, y
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.x.device)
+        return self.x[idx], self.y[idx]
 
 
-def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    head = f"{prefix}.state."
-    for name, value in tensors.items():
-        if name.startswith(head):
-            idx, key = name[len(head) :].split(".", 1)
-            state.setdefault(int(idx), {})[key] = value
-    groups = meta[f"{prefix}.param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
+def _sync(params: list[torch.Tensor]) -> None:
+    average_gradients(params)
 
 
-def _prefixed(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+def _broadcast(module: nn.Module) -> None:
+    if dist.is_available() and dist.is_initialized():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, 0)
 
 
-def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    head = prefix + "."
-    return {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+class ICEObjective(Objective):
+    """One round of the min-max game per step (module docstring); owns ``D_nc``, the prior and ``D_nc``'s Adam.
+
+    ``history`` collects one record per epoch (the engine logs once per epoch): ``{"epoch", "loss", "ce",
+    "nuisance_ce", "mle", "acc"}``, each the mean over the epoch's steps. ``x, y``: the whole training set
+    (for the best-response refits). ``D_nc`` and the prior take the model's dtype, as the batches do.
+    """
+
+    def __init__(self, model: FullyInvertibleClassifier, config: TrainConfig, x: torch.Tensor, y: torch.Tensor):
+        n_nuisance = model.dim - model.n_classes
+        dtype = next(model.parameters()).dtype  # the engine hands the model its batches in this dtype
+        self.config, self.x, self.y = config, x.to(dtype), y
+        self.nuisance = NuisanceClassifier(n_nuisance, model.n_classes, hidden=config.nuisance_hidden,
+                                           n_hidden_layers=config.nuisance_layers,
+                                           standardize=config.nuisance_standardize).to(x.device, dtype)
+        self.prior = FactorizedGaussian(n_nuisance).to(x.device, dtype)
+        self.nuisance_opt = torch.optim.Adam(self.nuisance.parameters(), lr=config.nuisance_lr)
+        ice = config.objective == "ice"
+        self.weights = (config.nuisance_weight, config.mle_weight) if ice else (0.0, 0.0)
+        self.history: list[dict[str, float]] = []
+        self._epoch = 0
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"nuisance": self.nuisance, "prior": self.prior}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"nuisance": self.nuisance_opt}
+
+    def loss(self, model, batch, trainer):
+        x, y = batch
+        self._epoch = trainer.step // trainer.source.steps_per_epoch(trainer.dist.world_size)
+        self.nuisance_opt.zero_grad(set_to_none=True)  # what the last network step left on theta_nc
+        terms = ice_round(model, self.nuisance, self.prior, self.nuisance_opt, x, y, nuisance_weight=self.weights[0],
+                          mle_weight=self.weights[1], nuisance_steps=self.config.nuisance_steps, form=self.config.form,
+                          sync_gradients=_sync if trainer.dist.enabled else None)
+        metrics = ice_metrics(terms, y)
+        return terms.model_loss, {k: metrics[k] for k in HISTORY_KEYS[1:]}
+
+    def on_epoch_start(self, model, epoch, trainer) -> None:
+        if self.config.objective == "ice" and self.config.nuisance_refit_steps > 0:
+            _refit_nuisance(model, self.nuisance, self.nuisance_opt, self.x, self.y,
+                            self.config.nuisance_refit_steps, self.config.batch_size)
+            _broadcast(self.nuisance)
+
+    def progress_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        # the engine logs once per epoch (log_every = steps per epoch): these are the epoch's means
+        self.history.append({"epoch": self._epoch + 1, **{k: means[k] for k in HISTORY_KEYS}})
+        return {"ce": means["ce"], "acc": means["acc"], "nce": means["nuisance_ce"]}
+
+
+def fi_model_config(model: FullyInvertibleClassifier) -> dict[str, Any]:
+    """The model's JSON config with its ``kind``: the registry's (``model.kind`` / ``model.config``) when the
+    model was built through it, else the kind read off the blocks (``fi_iresnet`` for i-ResNet blocks,
+    ``fi_revnet`` otherwise) with the input shape and number of classes."""
+    if getattr(model, "config", None) is not None and getattr(model, "kind", None):
+        from invertible.training.density import model_config_dict
+
+        return model_config_dict(model)
+    from invertible.nn import ResidualBlock
+
+    kind = "fi_iresnet" if any(isinstance(m, ResidualBlock) for m in model.modules()) else "fi_revnet"
+    return {"kind": kind, "input_shape": list(model.input_shape), "n_classes": model.n_classes}
+
+
+def ice_trainer(
+    model: FullyInvertibleClassifier,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    run: str | Path | RunFolder | None = None,
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+    show_progress: bool = True,
+    desc: str | None = None,
+) -> Trainer:
+    """The engine set up for the iCE recipe: :class:`ICESource`, :class:`ICEObjective`, Adam(lr) over the
+    network and the prior, one log record and one checkpoint per epoch, ``config.epochs`` epochs.
+
+    The run's ``config.json`` is ``{"recipe": "ice", "model", "train", "n_train", "dtype", "loop",
+    "world_size", **meta}`` (``model_config``: how to rebuild the model, default :func:`fi_model_config`;
+    ``meta``: e.g. the data set under ``"data"``); a resumed run may change ``train.epochs`` only.
+    """
+    if x.shape[0] != y.shape[0] or y.dim() != 1:
+        raise ValueError(f"x and y must have the same length, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if tuple(x.shape[1:]) != model.input_shape:
+        raise ValueError(f"x must be (N, {', '.join(map(str, model.input_shape))}), got {tuple(x.shape)}")
+    model.to(x.device)
+    objective = ICEObjective(model, config, x, y)
+    source = ICESource(x, y, config.batch_size, seed=config.seed)
+    optimizer = torch.optim.Adam([*model.parameters(), *objective.prior.parameters()], lr=config.lr)
+    spe = source.steps_per_epoch(init_distributed(x.device).world_size)
+    model_cfg = dict(model_config) if model_config is not None else fi_model_config(model)
+    cfg = {"recipe": "ice", "model": model_cfg, "train": asdict(config), "n_train": int(x.shape[0]),
+           "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), **dict(meta or {})}
+    folder = run if isinstance(run, RunFolder) or run is None else RunFolder(run)
+    loop = LoopConfig(steps=max(1, config.epochs * spe), log_every=spe)
+    return Trainer(model, objective, optimizer, source, loop, folder, kind=model_cfg.get("kind"), config=cfg,
+                   resume_may_change=("train.epochs", "loop.steps"), show_progress=show_progress,
+                   desc=desc or config.objective)
 
 
 def train_classifier(
@@ -164,80 +282,40 @@ def train_classifier(
     resume: bool = False,
     show_progress: bool = True,
     desc: str | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``x (N, *input_shape)`` float, ``y (N,)`` int64 with CE or iCE (eq. 6.13).
+    """Train ``model`` on ``x (N, *input_shape)`` float, ``y (N,)`` int64 with CE or iCE (eq. 6.13) on the engine.
 
-    Mini-batches are drawn by a ``torch.Generator`` seeded with ``config.seed``; parameters live on the device
-    of ``x``. With ``run_dir`` the run is checkpointed after every epoch; ``resume=True`` loads the checkpoint
-    (``FileNotFoundError`` if there is none) and continues with the next epoch up to ``config.epochs`` (which may
-    be larger than before; every other setting must match the checkpoint's).
+    Parameters live on the device of ``x``. With ``run_dir`` the run folder gets ``config.json``, one
+    ``metrics.jsonl`` record per epoch and a checkpoint after every epoch (an existing run there is replaced
+    unless ``resume``); ``resume=True`` loads it (``FileNotFoundError`` if there is none) and continues up to
+    ``config.epochs`` (which may be larger than before; any other changed setting is a ``ValueError`` naming
+    the keys). ``history``: one record per epoch, the mean of each term over the epoch's steps.
     """
-    from tqdm.auto import tqdm
-
-    if x.shape[0] != y.shape[0] or y.dim() != 1:
-        raise ValueError(f"x and y must have the same length, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if tuple(x.shape[1:]) != model.input_shape:
-        raise ValueError(f"x must be (N, {', '.join(map(str, model.input_shape))}), got {tuple(x.shape)}")
-    device = x.device
-    model.to(device)
-    n_nuisance = model.dim - model.n_classes
-    nuisance = NuisanceClassifier(n_nuisance, model.n_classes, hidden=config.nuisance_hidden,
-                                  n_hidden_layers=config.nuisance_layers,
-                                  standardize=config.nuisance_standardize).to(device, x.dtype)
-    prior = FactorizedGaussian(n_nuisance).to(device, x.dtype)
-    model_opt = torch.optim.Adam([*model.parameters(), *prior.parameters()], lr=config.lr)
-    nuisance_opt = torch.optim.Adam(nuisance.parameters(), lr=config.nuisance_lr)
-    gen = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    run = Path(run_dir) if run_dir is not None else None
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
-    if resume:
-        if run is None:
-            raise ValueError("resume=True needs a run_dir")
-        tensors, meta = load_checkpoint(run / CHECKPOINT, device=device)
-        saved = {k: v for k, v in (meta.get("config") or {}).items() if k != "epochs"}
-        if saved != {k: v for k, v in asdict(config).items() if k != "epochs"}:  # more epochs may be asked for
-            raise ValueError(f"{run / CHECKPOINT} was written with a different config: {meta.get('config')}")
-        model.load_state_dict(_unprefixed("model", tensors))
-        nuisance.load_state_dict(_unprefixed("nuisance", tensors))
-        prior.load_state_dict(_unprefixed("prior", tensors))
-        _restore_optimizer("opt_model", model_opt, tensors, meta)
-        _restore_optimizer("opt_nuisance", nuisance_opt, tensors, meta)
-        gen.set_state(tensors["generator"].cpu())
-        history, start_epoch = list(meta["history"]), int(meta["epoch"])
-    if run is not None:
-        atomic_write_text(run / "config.json", json.dumps(asdict(config), indent=2))
-        atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    weights = (config.nuisance_weight, config.mle_weight) if config.objective == "ice" else (0.0, 0.0)
-    n = x.shape[0]
-    steps = (n + config.batch_size - 1) // config.batch_size
+    if config.epochs == 0 and not resume:
+        return _untrained(model, x, y, config)
+    trainer = ice_trainer(model, x, y, config, run_dir, model_config=model_config, meta=meta,
+                          show_progress=show_progress, desc=desc)
+    objective: ICEObjective = trainer.objective  # type: ignore[assignment]
     model.train()
-    for epoch in range(start_epoch, config.epochs):
-        if config.objective == "ice" and config.nuisance_refit_steps > 0:
-            _refit_nuisance(model, nuisance, nuisance_opt, x, y, config.nuisance_refit_steps, config.batch_size)
-        perm = torch.randperm(n, generator=gen).to(device)
-        sums: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"{desc or config.objective} epoch {epoch + 1}/{config.epochs}",
-                   disable=not show_progress, leave=False)
-        for s in bar:
-            idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
-            stats = ice_step(
-                model, nuisance, prior, model_opt, nuisance_opt, x[idx], y[idx], nuisance_weight=weights[0],
-                mle_weight=weights[1], nuisance_steps=config.nuisance_steps, form=config.form,
-            )
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(ce=f"{stats['ce']:.3f}", acc=f"{stats['acc']:.3f}", nce=f"{stats['nuisance_ce']:.3f}")
-        record = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()}}
-        history.append(record)
-        if run is not None:
-            _save(run, model, nuisance, prior, model_opt, nuisance_opt, gen, config, history, epoch + 1)
-            with open(run / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+    trainer.fit(resume=resume, overwrite=True)
+    objective.nuisance_opt.zero_grad(set_to_none=True)
+    broadcast_buffers(objective.nuisance)  # its running statistics, from rank 0 like the network's
+    history = objective.history
+    if resume and trainer.run is not None:
+        first = history[0]["epoch"] if history else config.epochs + 1
+        done = [r for r in trainer.run.read_metrics() if r.get("split") == "train" and r["epoch"] + 1 < first]
+        history = [{"epoch": r["epoch"] + 1, **{k: r[k] for k in HISTORY_KEYS}} for r in done] + history
     model.eval()
-    return TrainResult(model, nuisance, prior, history)
+    return TrainResult(model, objective.nuisance, objective.prior, history)
+
+
+def _untrained(model, x, y, config) -> TrainResult:
+    model.to(x.device)
+    objective = ICEObjective(model, config, x, y)
+    model.eval()
+    return TrainResult(model, objective.nuisance, objective.prior, [])
 
 
 def _refit_nuisance(model, nuisance, nuisance_opt, x, y, steps: int, batch_size: int) -> None:
@@ -262,10 +340,3 @@ def _refit_nuisance(model, nuisance, nuisance_opt, x, y, steps: int, batch_size:
     nuisance_opt.zero_grad(set_to_none=True)
 
 
-def _save(run: Path, model, nuisance, prior, model_opt, nuisance_opt, gen, config, history, epoch: int) -> None:
-    tensors = {**_prefixed("model", model), **_prefixed("nuisance", nuisance), **_prefixed("prior", prior)}
-    meta: dict[str, Any] = {"config": asdict(config), "history": history, "epoch": epoch}
-    _flatten_optimizer("opt_model", model_opt, tensors, meta)
-    _flatten_optimizer("opt_nuisance", nuisance_opt, tensors, meta)
-    tensors["generator"] = gen.get_state()
-    save_checkpoint(run / CHECKPOINT, tensors, meta)
