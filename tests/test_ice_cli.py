@@ -22,6 +22,10 @@ def test_train_ice_writes_the_run_folder_and_refuses_other_data(tmp_path, capsys
     assert [r["epoch"] for r in records if r["split"] == "train"] == [0]
     assert (out / "figures" / "training_curves.png").stat().st_size > 0
     assert "training_curves.png" in (out / "report.md").read_text()
+    from invertible.training.runs import load_run
+
+    model, ck = load_run(out)  # the one loader rebuilds the fi-RevNet from the registry
+    assert ck.kind == "fi_revnet" and model.n_classes == 10
     capsys.readouterr()
     # the same 8x8 digits from another file: the weights would fit, the run would not be the same one
     from sklearn.datasets import load_digits
