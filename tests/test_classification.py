@@ -11,7 +11,6 @@ from invertible.cli import main
 from invertible.io import load_checkpoint
 from invertible.lipschitz import converge_spectral_norms
 from invertible.training.augment import Augmentation
-from invertible.training.checkpoint import save_checkpoint as save_legacy_checkpoint
 from invertible.training.classification import ClassifierConfig, load_classifier, train_classifier
 from invertible.training.classifier import build_classifier, evaluate, load_classification_data
 from invertible.training.runs import load_run
@@ -162,8 +161,10 @@ def test_old_classifier_checkpoints_still_load(tmp_path, digits):
         model(digits.x_train[:16].double())  # data-dependent initialization, as the first training step does
     meta = {"kind": "invertible.classifier", "version": 1, "config": cfg.to_json(), "epoch": 3, "step": 24,
             "metrics": {"test_error": 12.5}, "mean": [0.5], "std": [1.0]}
-    save_legacy_checkpoint(tmp_path / "checkpoint.safetensors", {f"model.{k}": v for k, v in
-                                                                 model.state_dict().items()}, meta)
+    from safetensors.torch import save_file  # the format before the schema: {"meta": json} only
+
+    save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "checkpoint.safetensors"), metadata={"meta": json.dumps(meta)})
     loaded, ck = load_run(tmp_path)
     assert type(loaded) is type(model) and next(loaded.parameters()).dtype == torch.float64
     for k, v in model.state_dict().items():
