@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from invertible.analysis import layer_preimages
-from invertible.analysis._data import load_cifar10, load_images, load_mnist_npz, to_rgb32
 from invertible.cli import main
+from invertible.data.tensors import load_cifar10, load_images, load_mnist_npz, to_rgb32
 from invertible.models.relu_nets import ThinCIFAR, ToyMLP, relu_net_config
 from invertible.training.checkpoint import save_checkpoint
 
@@ -97,7 +97,8 @@ def test_analyze_relu_user_errors(tmp_path, capsys):
     save_checkpoint(tmp_path / "plain.safetensors", {"w": torch.zeros(1)}, {})
     assert main(["analyze-relu", str(tmp_path / "plain.safetensors"), "--data", str(tmp_path / "points.npy")]) == 2
     err = capsys.readouterr().err
-    assert "--n must be positive" in err and "the model expects (2,)" in err and "no model config" in err
+    assert "argument --n: expected a positive integer" in err
+    assert "the model expects (2,)" in err and "no model config" in err
 
 
 def test_chapter_3_experiments_are_registered():

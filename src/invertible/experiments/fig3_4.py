@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from invertible.analysis import layer_spectra, relu_stages, spectrum_summary, stage_outputs
-from invertible.analysis._data import load_cifar10, load_mnist_npz, to_rgb32
 from invertible.data.images import default_mnist_npz
 from invertible.data.images import load_images as load_image_set
+from invertible.data.tensors import load_cifar10, load_mnist_npz, to_rgb32
 from invertible.experiments.registry import RunContext, register
 from invertible.models.relu_nets import ThinCIFAR, WideCIFAR, relu_net_config
 from invertible.training.checkpoint import save_checkpoint

@@ -14,13 +14,15 @@ import math
 import platform
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from invertible.training.checkpoint import atomic_write_text
+from invertible.io import atomic_write_text
+from invertible.threads import intraop_threads
 
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
@@ -141,15 +143,10 @@ def run_experiment(
     }
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2))
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    if quick:
-        # Quick runs use tiny models, for which one thread is as fast as two and immune to oversubscription.
-        torch.set_num_threads(1)
     start = time.perf_counter()
-    try:
+    # Quick runs use tiny models, for which one thread is as fast as two and immune to oversubscription.
+    with intraop_threads(1) if quick else nullcontext():
         metrics = exp.run(ctx)
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     metrics = {**_jsonable(metrics), "seconds": round(seconds, 2)}
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2))

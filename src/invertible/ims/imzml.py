@@ -414,7 +414,7 @@ def read_imzml(
         np.save(cache_dir / "coordinates.npy", index.coordinates)
         meta = {"key": key, "complete": True, "source": str(imzml), "n": n, "d": d,
                 "indexed_by": index.indexed_by}
-        from invertible.training.checkpoint import atomic_write_text
+        from invertible.io import atomic_write_text
 
         atomic_write_text(cache_dir / "meta.json", json.dumps(meta, indent=2))
         out = np.load(cache_dir / "spectra.npy", mmap_mode="r")
