@@ -1,4 +1,5 @@
-"""Data sets: images from user files, toy densities, shifted variants (nothing is downloaded)."""
+"""Data sets: images from user files (uint8 arrays, seeded splits, model-shaped tensors), toy densities, shifted
+variants (nothing is downloaded)."""
 
 from invertible.data.dequantize import dequantize, nats_to_bits_per_dim
 from invertible.data.images import load_images, read_idx, train_test_split_indices
