@@ -1,25 +1,43 @@
-# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv when missing.
+# On a fresh clone: `make test` (fast lane) or `make demo`. Every target creates .venv when it is missing.
+#
+# Which torch gets installed (only when .venv has none yet):
+#   make test                                                   # TORCH from the default index (on Linux: a CUDA
+#                                                               # build with ~17 nvidia-* packages, several GB)
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu  # CPU-only build (~200 MB)
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cu126  # a specific CUDA build
 PY ?= python3
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
+PIP_TORCH := $(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )'$(TORCH)'
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test test-all lint bench clean-venv
 
+# torch first, on its own, so that TORCH_INDEX decides the build (CPU or CUDA) before anything else pulls one.
 $(BIN)/invertible: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@# The CPU wheel of torch first, pinned, so that nothing can pull a multi-GB CUDA build.
-	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	@$(BIN)/python -c "import torch" 2>/dev/null || { echo "$(PIP_TORCH)"; $(PIP_TORCH); }
 	$(BIN)/pip install -q -e ".[dev]"
 	@touch $(BIN)/invertible
 
 demo: $(BIN)/invertible
 	$(BIN)/invertible reproduce --all --quick --out runs/demo
 
+# Fast lane: everything but the tests marked slow.
 test: $(BIN)/invertible
-	$(BIN)/python -m pytest -x -q
+	$(BIN)/python -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+
+# Every test (what CI runs, .ci/run). PYTEST_ARGS="--device cuda" runs the device-aware tests on a GPU.
+test-all: $(BIN)/invertible
+	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
 
 lint: $(BIN)/invertible
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(BIN)/invertible
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

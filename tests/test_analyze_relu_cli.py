@@ -99,7 +99,8 @@ def test_analyze_relu_user_errors(tmp_path, capsys):
     save_checkpoint(tmp_path / "plain.safetensors", {"w": torch.zeros(1)}, kind="weights", config={})
     assert main(["analyze-relu", str(tmp_path / "plain.safetensors"), "--data", str(tmp_path / "points.npy")]) == 2
     err = capsys.readouterr().err
-    assert "--n must be positive" in err and "the model expects (2,)" in err and "no model config" in err
+    assert "argument --n: expected a positive integer" in err
+    assert "the model expects (2,)" in err and "no model config" in err
 
 
 def test_chapter_3_experiments_are_registered():

@@ -6,7 +6,7 @@ import numpy as np
 
 from invertible.cli import main
 
-TRAIN = ["train-flow", "--data", "8gaussians", "--blocks", "2", "--hidden", "8", "8", "--n-test", "300",
+TRAIN = ["train-flow", "--data", "8gaussians", "--blocks", "2", "--hidden", "8,8", "--n-test", "300",
          "--eval-samples", "300", "--no-progress", "--threads", "1"]
 
 

@@ -50,6 +50,7 @@ def test_theorem_5_8_truncation_bound(seed, coeff):
     assert inv.power_series_truncation_bound(lip, 3, 20) < inv.power_series_truncation_bound(lip, 3, 2) * coeff**10
 
 
+@pytest.mark.cpu_only  # seeded by a CPU torch.Generator in the test body
 @pytest.mark.parametrize("probe", ["gaussian", "rademacher"])
 def test_power_series_is_unbiased_for_the_truncated_series(probe):
     """E_v[estimate] = PS(J, n) (Lemma 5.6): the only bias is truncation."""
@@ -63,6 +64,7 @@ def test_power_series_is_unbiased_for_the_truncated_series(probe):
     assert abs(ld.mean() - target) < 4 * se
 
 
+@pytest.mark.cpu_only  # seeded by a CPU torch.Generator in the test body
 @pytest.mark.parametrize("dist", ["geometric", "poisson"])
 @pytest.mark.parametrize("neumann", [True, False])
 def test_russian_roulette_is_unbiased(dist, neumann):
@@ -77,6 +79,7 @@ def test_russian_roulette_is_unbiased(dist, neumann):
     assert (se < 0.05).all()  # and the test has power
 
 
+@pytest.mark.cpu_only  # seeded by a CPU torch.Generator in the test body
 def test_neumann_gradient_is_unbiased_and_value_is_not_the_surrogate():
     g, x = _contractive(2, 0.9, seed=4)
     g.eval()
@@ -172,6 +175,7 @@ def test_estimator_argument_validation():
         inv.RussianRouletteLogDet(dist="binomial")
 
 
+@pytest.mark.cpu_only  # seeded by a CPU torch.Generator in the test body
 def test_generator_makes_estimates_reproducible():
     g, x = _contractive()
     a = inv.RussianRouletteLogDet(generator=torch.Generator().manual_seed(7))(g, x)[1]
@@ -179,6 +183,7 @@ def test_generator_makes_estimates_reproducible():
     assert torch.equal(a, b)
 
 
+@pytest.mark.cpu_only  # seeded by a CPU torch.Generator in the test body
 def test_power_series_neumann_gradient_matches_backprop_through_the_series_in_expectation():
     """Truncated at n terms, d/dtheta PS(J, n) = sum_{k<n} (-1)^k tr(J^k dJ): both estimators are unbiased for it."""
     g, x = _contractive(2, 0.6, seed=8)

@@ -47,6 +47,7 @@ def test_forward_jacobian_logdet_is_exact(d, act, preact):
             torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preact", [False, True])
 def test_forward_jacobian_logdet_compiled_matches_eager(preact):
     """The opt-in torch.compile path computes the same exact log-det and parameter gradients (training mode)."""

@@ -1,7 +1,11 @@
 """The ``invertible`` command. Thin: parses options and calls the library.
 
 Each sub-command lives in ``invertible/commands/<name>.py`` with ``add_parser(subparsers)`` that registers
-itself and sets ``func(args) -> int``. Add a module to :data:`COMMAND_MODULES` to add a command.
+itself and sets ``func(args) -> int``; the flags they share are declared once in
+``invertible/commands/_options.py``. Add a module to :data:`COMMAND_MODULES` to add a command.
+
+Every user error, from argparse (a bad option value) or from the library (``ValueError``,
+``FileNotFoundError``), is one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -18,8 +22,15 @@ COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce", "invertible
                                    "invertible.commands.invariance", "invertible.commands.flow")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` (and, by inheritance, every sub-parser) whose usage errors are a single line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="invertible",
         description="Invertible neural networks: i-ResNets, residual flows, invertibility analysis, "
         "excessive invariance and IMS tumour typing (reproductions of Behrmann's thesis).",
@@ -32,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed as one line)
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

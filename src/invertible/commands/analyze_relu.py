@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from invertible.commands._options import add_device, add_json, add_progress, add_seed, nonnegative_int, positive_int
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -24,14 +26,14 @@ def add_parser(sub) -> None:
     p.add_argument("--data", type=Path, required=True,
                    help="inputs: .npy array (N, *input_shape), MNIST-style .npz (padded to 3x32x32 for CIFAR "
                         "models) or a CIFAR-10 python-pickle folder/batch file")
-    p.add_argument("--n", type=int, default=50, help="number of inputs (random, seeded; default 50)")
-    p.add_argument("--window", type=int, default=None,
+    p.add_argument("--n", type=positive_int, default=50, help="number of inputs (random, seeded; default 50)")
+    p.add_argument("--window", type=nonnegative_int, default=None,
                    help="image models: Jacobian w.r.t. the centred KxK window of all channels (default 8; "
                         "0 = full input, expensive)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
-    p.add_argument("--no-progress", action="store_true")
+    add_seed(p)
+    add_device(p)
+    add_json(p, help="also write the results as JSON here")
+    add_progress(p)
     p.set_defaults(func=run)
 
 

@@ -7,12 +7,17 @@ import json
 import math
 from pathlib import Path
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+from invertible.commands._options import (
+    add_device,
+    add_json,
+    add_out,
+    add_progress,
+    add_resume,
+    add_seed,
+    nonnegative_int,
+    positive_int,
+    positive_int_list,
+)
 
 
 def _coeff(text: str) -> float | None:
@@ -37,22 +42,23 @@ def add_parser(sub) -> None:
     p.add_argument("--arch", choices=("iresnet", "resnet"), default="iresnet")
     p.add_argument("--coeff", type=_coeff, default=0.9, help="spectral-norm coefficient c in (0,1), or 'none'")
     p.add_argument("--norm", choices=("actnorm", "batchnorm", "none"), default="actnorm")
-    p.add_argument("--blocks", type=_ints, default=None, help="residual blocks per stage, e.g. 13,13,13")
-    p.add_argument("--channels", type=int, default=16, help="channels after injective padding")
-    p.add_argument("--hidden", type=_ints, default=None, help="bottleneck width per stage, e.g. 32,64,64")
+    p.add_argument("--blocks", type=positive_int_list, default=None, help="residual blocks per stage, e.g. 13,13,13")
+    p.add_argument("--channels", type=positive_int, default=16, help="channels after injective padding")
+    p.add_argument("--hidden", type=positive_int_list, default=None, help="bottleneck width per stage, e.g. 32,64,64")
     p.add_argument("--init-squeeze", action="store_true", help="squeeze the input once before padding")
-    p.add_argument("--n-power-iterations", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--n-power-iterations", type=positive_int, default=1)
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--shift", type=int, default=None, help="max random shift in pixels (default 2*min(H,W)//28)")
-    p.add_argument("--train-subset", type=int, default=None)
-    p.add_argument("--test-subset", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--shift", type=nonnegative_int, default=None,
+                   help="max random shift in pixels (default 2*min(H,W)//28)")
+    p.add_argument("--train-subset", type=positive_int, default=None)
+    p.add_argument("--test-subset", type=positive_int, default=None)
+    add_seed(p)
+    add_device(p)
+    add_out(p, required=True)
+    add_resume(p, help="continue the checkpoint in --out")
+    add_progress(p)
     p.set_defaults(func=train)
 
     c = sub.add_parser(
@@ -64,11 +70,11 @@ def add_parser(sub) -> None:
     )
     c.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint.safetensors or its run folder")
     c.add_argument("--fast", action="store_true", help="power iteration + FFT bounds instead of dense SVDs")
-    c.add_argument("--json", type=Path, default=None, help="where to save the certificate (JSON)")
+    add_json(c, help="where to save the certificate (JSON)")
     c.add_argument("--data", nargs="?", const="", default=None, metavar="NAME",
                    help="also measure the realized local Lip(g_t) on test images (no NAME: the training data set)")
     c.add_argument("--data-root", default=None)
-    c.add_argument("--n", type=int, default=32, help="test images for --data")
+    c.add_argument("--n", type=positive_int, default=32, help="test images for --data")
     c.set_defaults(func=certify)
 
     v = sub.add_parser(
@@ -81,9 +87,10 @@ def add_parser(sub) -> None:
     v.add_argument("checkpoints", type=Path, nargs="+", metavar="CKPT")
     v.add_argument("--data", default=None, help="data set (default: the one the first model was trained on)")
     v.add_argument("--data-root", default=None)
-    v.add_argument("--n", type=int, default=10, help="number of test images")
-    v.add_argument("--iterations", type=int, default=100, help="fixed-point iterations per block (thesis: 100)")
-    v.add_argument("--out", type=Path, default=None, help="output folder (default: <first CKPT folder>/invert)")
+    v.add_argument("--n", type=positive_int, default=10, help="number of test images")
+    v.add_argument("--iterations", type=positive_int, default=100,
+                   help="fixed-point iterations per block (thesis: 100)")
+    add_out(v, help="output folder (default: <first CKPT folder>/invert)")
     v.set_defaults(func=invert)
 
 

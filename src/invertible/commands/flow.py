@@ -14,6 +14,20 @@ import json
 import math
 from pathlib import Path
 
+from invertible.commands._options import (
+    add_device,
+    add_json,
+    add_out,
+    add_progress,
+    add_resume,
+    add_seed,
+    add_threads,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
+
 _DTYPES = ("float32", "float64")
 
 
@@ -26,45 +40,46 @@ def add_parser(sub) -> None:
     p.add_argument("--data", required=True, help="8gaussians, checkerboard, 2spirals, pinwheel, rings, moons, "
                    "circles, swissroll, digits, mnist, fashion-mnist, cifar10 or a path (.npz / IDX / CIFAR folder)")
     p.add_argument("--data-root", default=None, help="folder or file of a named image set")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    add_out(p, required=True)
     p.add_argument("--arch", choices=("resflow", "coupling"), default="resflow")
     p.add_argument("--mode", choices=("auto", "exact", "resflow", "iresnet"), default="auto",
                    help="log-det estimator for training: exact (small d), resflow (unbiased Russian roulette + "
                    "Neumann gradient), iresnet (truncated power series); auto: exact for 2-D, resflow for images")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 2000 for 2-D data)")
-    p.add_argument("--epochs", type=float, default=None, help="epochs over an image training set")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 2000 for 2-D data)")
+    p.add_argument("--epochs", type=positive_float, default=None, help="epochs over an image training set")
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", choices=("adam", "adamax"), default="adam")
-    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
-    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--warmup", type=nonnegative_int, default=0, help="linear learning-rate warm-up steps")
+    p.add_argument("--grad-clip", type=positive_float, default=None)
     p.add_argument("--ema", type=float, default=None, help="parameter EMA decay, e.g. 0.999")
-    p.add_argument("--blocks", type=int, default=None, help="residual blocks (per scale for images)")
-    p.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (vector) / filters (image)")
+    p.add_argument("--blocks", type=positive_int, default=None, help="residual blocks (per scale for images)")
+    p.add_argument("--hidden", type=positive_int_list, default=None,
+                   help="hidden widths, e.g. 128,128 (vector) / filters (image: the first entry)")
     p.add_argument("--coeff", type=float, default=0.9, help="spectral-norm bound c in (0, 1)")
-    p.add_argument("--scales", type=int, default=3, help="scale-blocks of the image flow")
+    p.add_argument("--scales", type=positive_int, default=3, help="scale-blocks of the image flow")
     p.add_argument("--factor-out", action="store_true", help="factor out half the channels between scales")
-    p.add_argument("--n-terms", type=int, default=10, help="power-series terms (iresnet mode)")
-    p.add_argument("--n-test", type=int, default=10_000)
-    p.add_argument("--subset", type=int, default=None, help="use only this many training images")
-    p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default: each epoch)")
-    p.add_argument("--eval-samples", type=int, default=2000, help="validation samples during training")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-terms", type=positive_int, default=10, help="power-series terms (iresnet mode)")
+    p.add_argument("--n-test", type=positive_int, default=10_000)
+    p.add_argument("--subset", type=positive_int, default=None, help="use only this many training images")
+    p.add_argument("--eval-every", type=positive_int, default=None, help="validate every N steps (default: each epoch)")
+    p.add_argument("--eval-samples", type=positive_int, default=2000, help="validation samples during training")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, help="also checkpoint every N steps")
+    add_seed(p)
     p.add_argument("--dtype", choices=_DTYPES, default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    add_device(p)
+    add_threads(p)
+    add_resume(p, help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--tensorboard", action="store_true", help="also log to OUT/tb (needs tensorboard)")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress(p)
     p.set_defaults(func=train_flow)
 
     s = sub.add_parser("sample", help="draw samples from a trained flow",
                        description="Sample x = F^{-1}(z), z ~ N(0, I), by fixed-point inversion of every block.")
     s.add_argument("checkpoint", type=Path, help="run folder or checkpoint.safetensors")
-    s.add_argument("-n", type=int, default=1000, help="number of samples")
-    s.add_argument("--out", type=Path, default=None, help="output .png (a .npy of the samples is written beside)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-n", type=positive_int, default=1000, help="number of samples")
+    add_out(s, help="output .png (a .npy of the samples is written beside)")
+    add_seed(s)
     s.add_argument("--no-ema", action="store_true", help="use the live instead of the averaged weights")
     s.set_defaults(func=sample)
 
@@ -74,11 +89,11 @@ def add_parser(sub) -> None:
     e.add_argument("checkpoint", type=Path, help="run folder or checkpoint.safetensors")
     e.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
     e.add_argument("--data-root", default=None)
-    e.add_argument("--n-test", type=int, default=None)
-    e.add_argument("--batch-size", type=int, default=500)
-    e.add_argument("--n-exact", type=int, default=8, help="fixed terms of the unbiased estimator")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", type=Path, default=None, help="also write the result as JSON")
+    e.add_argument("--n-test", type=positive_int, default=None)
+    e.add_argument("--batch-size", type=positive_int, default=500)
+    e.add_argument("--n-exact", type=nonnegative_int, default=8, help="fixed terms of the unbiased estimator")
+    add_seed(e)
+    add_json(e)
     e.add_argument("--no-ema", action="store_true")
     e.set_defaults(func=evaluate)
 
@@ -281,5 +296,7 @@ def evaluate(args: argparse.Namespace) -> int:
             print(f"true density on the same test set: {best:.4f} nats (gap {res['nll'] - best:+.4f})")
             res["true_nll"] = best
     if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
+        from invertible.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(res, indent=2))
     return 0

@@ -11,6 +11,16 @@ import argparse
 import json
 from pathlib import Path
 
+from invertible.commands._options import (
+    add_device,
+    add_out,
+    add_progress,
+    add_seed,
+    add_threads,
+    positive_float,
+    positive_int,
+)
+
 MODELS = ("isotopenet", "residualnet", "roc-lda")
 
 
@@ -22,12 +32,12 @@ def add_parser(sub) -> None:
     s = ims.add_parser("synth", help="write a synthetic TMA measurement (imzML + annotation CSV)")
     s.add_argument("--preset", default="adsq-like", choices=["adsq-like", "lp-like"])
     s.add_argument("--quick", action="store_true", help="small sizes (192 spectra x 1024 bins)")
-    s.add_argument("--spectra", type=int, help="override the number of spectra")
-    s.add_argument("--bins", type=int, help="override the number of m/z bins")
-    s.add_argument("--tmas", type=int, help="override the number of TMAs")
-    s.add_argument("--out", type=Path, required=True, help="output folder")
+    s.add_argument("--spectra", type=positive_int, help="override the number of spectra")
+    s.add_argument("--bins", type=positive_int, help="override the number of m/z bins")
+    s.add_argument("--tmas", type=positive_int, help="override the number of TMAs")
+    add_out(s, required=True, help="output folder")
     s.add_argument("--name", default="synthetic", help="file stem (NAME.imzML, NAME.ibd, NAME.csv)")
-    s.add_argument("--seed", type=int, default=0)
+    add_seed(s)
     s.set_defaults(func=run_synth)
 
     d = ims.add_parser("design", help="isotope-pattern size vs receptive field, mean bin width, stride")
@@ -35,9 +45,9 @@ def add_parser(sub) -> None:
     src.add_argument("--imzml", type=Path, help="take the m/z axis from this measurement")
     src.add_argument("--preset", default="adsq-like", choices=["adsq-like", "lp-like"])
     d.add_argument("--t-iso", type=float, default=0.005, help="isotope threshold (section 7.3.2)")
-    d.add_argument("--resolving-power", type=float, default=3000.0, help="m / FWHM of a peak")
-    d.add_argument("--step", type=float, default=250.0, help="mass step of the table (Da)")
-    d.add_argument("--out", type=Path, help="folder for design.png and design.json")
+    d.add_argument("--resolving-power", type=positive_float, default=3000.0, help="m / FWHM of a peak")
+    d.add_argument("--step", type=positive_float, default=250.0, help="mass step of the table (Da)")
+    add_out(d, help="folder for design.png and design.json")
     d.set_defaults(func=run_design)
 
     c = ims.add_parser("cv", help="4-fold TMA-level cross-validation of one method")
@@ -45,19 +55,19 @@ def add_parser(sub) -> None:
     c.add_argument("--annotations", type=Path, required=True, help="CSV with columns x,y,core,tma,label")
     c.add_argument("--model", required=True, choices=MODELS)
     c.add_argument("--task", default="adsq", choices=["adsq", "lp"], help="Table A.2 setting to use")
-    c.add_argument("--epochs", type=int, help="override the epochs of Table A.2")
-    c.add_argument("--batch-size", type=int, help="override the batch size of Table A.2")
-    c.add_argument("--repeats", type=int, default=4, help="runs of a network (median and IQR)")
-    c.add_argument("--folds", type=int, default=4)
+    c.add_argument("--epochs", type=positive_int, help="override the epochs of Table A.2")
+    c.add_argument("--batch-size", type=positive_int, help="override the batch size of Table A.2")
+    c.add_argument("--repeats", type=positive_int, default=4, help="runs of a network (median and IQR)")
+    c.add_argument("--folds", type=positive_int, default=4, help="number of TMA-level folds (default 4)")
     c.add_argument("--mz-min", type=float)
     c.add_argument("--mz-max", type=float)
-    c.add_argument("--baseline-window", type=int, help="remove a rolling-minimum baseline of this many bins")
+    c.add_argument("--baseline-window", type=positive_int, help="remove a rolling-minimum baseline of this many bins")
     c.add_argument("--cache", type=Path, help="folder for memory-mapped spectra (large measurements)")
-    c.add_argument("--threads", type=int, help="torch CPU threads")
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", type=Path, help="folder for metrics.json and the box plot")
-    c.add_argument("--no-progress", action="store_true")
+    add_threads(c)
+    add_device(c)
+    add_seed(c)
+    add_out(c, help="folder for metrics.json and the box plot")
+    add_progress(c)
     c.set_defaults(func=run_cv)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -204,7 +214,7 @@ def _write_cv_run(args: argparse.Namespace, ds, result, metrics: dict, table: st
     under figures/, report.md."""
     from dataclasses import asdict
 
-    from invertible.ims.evaluate import fig7_5_boxplot
+    from invertible.ims.plots import fig7_5_boxplot
     from invertible.io import RunFolder
 
     run = RunFolder(args.out).make()

@@ -14,20 +14,35 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from invertible.commands._options import (
+    add_device,
+    add_json,
+    add_out,
+    add_progress,
+    add_resume,
+    add_seed,
+    float_list,
+    float_pair,
+    nonnegative_int,
+    positive_int,
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("spheres", help="accuracy vs l2 budget of the two analytic attacks (Example 6.6)",
                        description="Adversarial spheres: perturbation vs invariance attacks, mis-aligned classifier.")
-    p.add_argument("--dim", type=int, default=500, help="dimension d (default 500)")
-    p.add_argument("--unused", type=int, default=10, help="n, coordinates the classifier ignores (default 10)")
-    p.add_argument("--radii", type=float, nargs=2, default=(1.0, 1.3), metavar=("R1", "R2"))
-    p.add_argument("--n-train", type=int, default=2000, help="training points per sphere (sets the bias)")
-    p.add_argument("--n-test", type=int, default=1000, help="test points per sphere")
-    p.add_argument("--budgets", type=float, nargs="+", default=[0.1 * i for i in range(13)])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="also write the curves to this JSON file")
+    p.add_argument("--dim", type=positive_int, default=500, help="dimension d (default 500)")
+    p.add_argument("--unused", type=nonnegative_int, default=10,
+                   help="n, coordinates the classifier ignores (default 10)")
+    p.add_argument("--radii", type=float_pair, default=(1.0, 1.3), metavar="R1,R2",
+                   help="radii of the inner and outer sphere (default 1.0,1.3)")
+    p.add_argument("--n-train", type=positive_int, default=2000, help="training points per sphere (sets the bias)")
+    p.add_argument("--n-test", type=positive_int, default=1000, help="test points per sphere")
+    p.add_argument("--budgets", type=float_list, default=[0.1 * i for i in range(13)],
+                   help="l2 budgets, e.g. 0,0.1,0.2 (default 0,0.1,...,1.2)")
+    add_seed(p)
+    add_json(p, help="also write the curves to this JSON file")
     p.set_defaults(func=run_spheres)
 
     t = sub.add_parser("train-ice", help="train a fully invertible classifier with CE or iCE on shifted data",
@@ -35,24 +50,24 @@ def add_parser(sub) -> None:
     t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, digits or an .npz / IDX folder")
     t.add_argument("--objective", choices=("ce", "ice"), default="ice")
     t.add_argument("--backbone", choices=("revnet", "iresnet"), default="revnet")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--n-train", type=int, default=8000)
-    t.add_argument("--n-test", type=int, default=2000)
+    t.add_argument("--epochs", type=positive_int, default=10)
+    t.add_argument("--n-train", type=positive_int, default=8000)
+    t.add_argument("--n-test", type=positive_int, default=2000)
     t.add_argument("--downsample", action="store_true", help="average-pool 28x28 images to 14x14")
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--batch-size", type=positive_int, default=128)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--nuisance-steps", type=int, default=2)
-    t.add_argument("--nuisance-hidden", type=int, default=0, help="0: linear nuisance classifier")
+    t.add_argument("--nuisance-steps", type=nonnegative_int, default=2)
+    t.add_argument("--nuisance-hidden", type=nonnegative_int, default=0, help="0: linear nuisance classifier")
     t.add_argument("--nuisance-lr", type=float, default=3e-3)
     t.add_argument("--nuisance-weight", type=float, default=1.0)
     t.add_argument("--mle-weight", type=float, default=1.0)
     t.add_argument("--form", choices=("minimax", "nonsaturating"), default="nonsaturating",
                    help="network's nuisance term: minimax = Definition 6.14 literally")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--out", type=Path, required=True, help="run folder")
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    t.add_argument("--no-progress", action="store_true")
+    add_seed(t)
+    add_device(t)
+    add_out(t, required=True)
+    add_resume(t, help="continue from the run folder's checkpoint")
+    add_progress(t)
     t.set_defaults(func=run_train)
 
 
@@ -91,7 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from invertible.data.shifted import shift_images
-    from invertible.experiments.shiftmnist import load_splits, to_float
+    from invertible.data.splits import load_splits, to_float
     from invertible.invariance.plots import training_curves
     from invertible.invariance.training import TrainConfig, evaluate_error, train_classifier
     from invertible.io import RunFolder, atomic_write_json

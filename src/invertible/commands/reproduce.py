@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from invertible.commands._options import add_device, add_out, add_progress, add_seed
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -16,24 +18,26 @@ def add_parser(sub) -> None:
     )
     p.add_argument("ids", nargs="*", metavar="ID", help="experiment ids, e.g. fig4.4 table5.1")
     p.add_argument("--list", action="store_true", help="list registered experiments and exit")
-    p.add_argument("--all", action="store_true", help="run every registered experiment")
+    p.add_argument("--all", action="store_true", help="run every registered experiment (no IDs with it)")
     p.add_argument("--quick", action="store_true", help="small settings that finish in minutes on a CPU")
-    p.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_out(p, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
+    add_seed(p)
+    add_device(p)
+    add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from invertible.experiments import experiments, run_experiment
-    from invertible.training.checkpoint import atomic_write_text
+    from invertible.io import atomic_write_text
 
     registry = experiments()
     if args.list:
         for exp in registry.values():
             print(f"{exp.id:12s} {exp.title}")
         return 0
+    if args.all and args.ids:
+        raise ValueError(f"pass experiment ids or --all, not both (got --all and {' '.join(args.ids)})")
     ids = list(registry) if args.all else args.ids
     if not ids:
         raise ValueError("name experiments to run (see --list) or pass --all")

@@ -1,4 +1,6 @@
-"""Image tensors for analysing trained networks (chapter 3): MNIST npz, CIFAR-10 pickles, raw arrays.
+"""Image files as float tensors ``[0, 1]`` shaped for a model: MNIST npz, CIFAR-10 pickles, raw ``.npy`` arrays.
+
+Used by the chapter-3 analysis (``invertible analyze-relu``, Fig. 3.4).
 
 The file formats themselves are read by :mod:`invertible.data.images` (CIFAR-10 pickles through a restricted
 unpickler that never rebuilds arbitrary objects).

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from invertible.experiments.registry import RunContext, register
-from invertible.experiments.shiftmnist import single_intraop_thread
 from invertible.invariance.spheres import MisalignedSphereClassifier, accuracy_vs_budget, sample_sphere, sample_spheres
+from invertible.threads import single_intraop_thread
 
 THESIS = """\
 Fig. 6.3 (curves, no table): spheres R1 = 1, R2 = 1.3, d = 500, n = 10 unused dimensions. Perturbation attacks

@@ -13,19 +13,12 @@ from __future__ import annotations
 
 import torch
 
+from invertible.data.splits import load_splits, quick_dataset, to_float
 from invertible.experiments.registry import RunContext, register
-from invertible.experiments.shiftmnist import (
-    ce_config,
-    ice_config,
-    load_splits,
-    make_model,
-    model_config,
-    quick_dataset,
-    single_intraop_thread,
-    to_float,
-)
+from invertible.experiments.shiftmnist import ce_config, ice_config, make_model, model_config
 from invertible.invariance.metameric import logit_deviation, nuisance_interpolation
 from invertible.invariance.training import evaluate_error, train_classifier
+from invertible.threads import single_intraop_thread
 
 THESIS = """\
 Fig. 6.5 (qualitative): "When training with cross-entropy, virtually any image can be turned into any class without

@@ -81,6 +81,7 @@ def run(ctx: RunContext) -> dict:
     import matplotlib.pyplot as plt
 
     from invertible.ims.evaluate import fig7_5_table
+    from invertible.ims.plots import fig7_5_boxplot
 
     tasks = ("adsq-like",) if ctx.quick else ("adsq-like", "lp-like")
     all_metrics, tables = {}, []
@@ -91,20 +92,7 @@ def run(ctx: RunContext) -> dict:
         tables.append(f"**{task}{' (quick)' if ctx.quick else ''}**: {metrics['n_spectra']} spectra, "
                       f"{metrics['n_bins']} bins, {metrics['n_cores']} cores, 8 TMAs\n\n"
                       + fig7_5_table(results, task))
-        data, names = [], []
-        for name, res in results.items():
-            if name == "ROC/LDA":
-                best = max(range(len(res.runs)), key=lambda i: res.runs[i].spot)
-                data.append(res.runs[best].fold_spot)
-                names.append(f"ROC/LDA\n({res.labels[best]})")
-            else:
-                data.append([v for r in res.runs for v in r.fold_spot])
-                names.append(name)
-        ax.boxplot(data, medianprops={"color": "red"})
-        ax.set_xticks(range(1, len(names) + 1), names)
-        ax.set_ylabel("balanced accuracy (spot), per fold")
-        ax.set_title(f"task {task}")
-        ax.grid(axis="y", alpha=0.3)
+        fig7_5_boxplot(results, f"task {task}", ax=ax)
     ctx.save_figure(fig, "fig7_5_boxplot")
     ctx.report("\n\n".join(tables))
     if ctx.quick:

@@ -14,6 +14,7 @@ import importlib
 import platform
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from invertible.io import RunFolder, jsonable
+from invertible.threads import intraop_threads
 
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
@@ -130,15 +132,10 @@ def run_experiment(
     }
     run.write_config(config)
     torch.manual_seed(seed)
-    threads = torch.get_num_threads()
-    if quick:
-        # Quick runs use tiny models, for which one thread is as fast as two and immune to oversubscription.
-        torch.set_num_threads(1)
     start = time.perf_counter()
-    try:
+    # Quick runs use tiny models, for which one thread is as fast as two and immune to oversubscription.
+    with intraop_threads(1) if quick else nullcontext():
         metrics = exp.run(ctx)
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     metrics = {**jsonable(metrics), "seconds": round(seconds, 2)}
     run.write_summary(metrics)

@@ -13,19 +13,16 @@ Quick: MNIST-10k average-pooled to 14x14 (8x8 scikit-learn digits when the npz i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from invertible.data.images import load_images, train_test_split_indices
+from invertible.data.images import load_images
 from invertible.data.shifted import plant_feature, shift_images
+from invertible.data.splits import ImageSplits, load_splits, quick_dataset, to_float
 from invertible.experiments.registry import RunContext, register
 from invertible.invariance.training import TrainConfig, evaluate_error, nuisance_probe, train_classifier
 from invertible.models.firevnet import FullyInvertibleClassifier, fi_revnet
+from invertible.threads import single_intraop_thread
 
 THESIS = """\
 No table in the thesis: Remark 6.12 describes the experiment of Jacobsen et al. (2019b) - a feature (a pixel or
@@ -33,71 +30,6 @@ texture) planted into MNIST that predicts the label during training and is rando
 Theorem 6.18 predicts that, with I(Y; Z_n) = 0 enforced by the iCE loss, the logits keep the information the
 shortcut does not carry. Expected: the CE-trained model relies on the shortcut and fails on the shifted test set;
 the iCE-trained model has a clearly lower error there."""
-
-
-@dataclass
-class ImageSplits:
-    """uint8 images ``(N, 1, H, W)`` and int64 labels for training and test, plus the source's name."""
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
-
-
-def load_splits(dataset: str, *, n_train: int, n_test: int, downsample: bool, seed: int) -> ImageSplits:
-    """Random train/test subsets of ``dataset`` ("mnist", "fashion-mnist" or "digits"), optionally average-pooled
-    2x2 (28x28 -> 14x14). MNIST-10k has no split: 20% are held out at random (seeded)."""
-    rng = np.random.default_rng(seed)
-    if dataset == "fashion-mnist":
-        xa, ya = load_images(dataset, "train")
-        xb, yb = load_images(dataset, "test")
-        tr, te = rng.permutation(len(xa))[:n_train], rng.permutation(len(xb))[:n_test]
-        x_train, y_train, x_test, y_test = xa[tr], ya[tr], xb[te], yb[te]
-    else:
-        images, labels = load_images(dataset)
-        tr, te = train_test_split_indices(len(images), 0.2, seed=seed)
-        tr, te = rng.permutation(tr)[:n_train], rng.permutation(te)[:n_test]
-        x_train, y_train, x_test, y_test = images[tr], labels[tr], images[te], labels[te]
-    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (x_train, y_train, x_test, y_test)]
-    if downsample and tensors[0].shape[-1] % 2 == 0 and tensors[0].shape[-1] > 8:
-        for i in (0, 2):
-            tensors[i] = F.avg_pool2d(tensors[i].float(), 2).round().to(torch.uint8)
-    return ImageSplits(dataset, *tensors)
-
-
-@contextmanager
-def single_intraop_thread() -> Iterator[None]:
-    """Run small CPU models on one intra-op thread and restore the previous setting afterwards.
-
-    These models are too small to gain from intra-op parallelism, and on shared cores torch's multi-threaded
-    kernels can be an order of magnitude slower (measured: quick fig6.5 16 s with one thread, 380 s with two on
-    a 2-core machine loaded by other jobs).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def quick_dataset() -> str:
-    """MNIST-10k when its npz is present, else scikit-learn's digits (always available)."""
-    try:
-        load_images("mnist")
-        return "mnist"
-    except FileNotFoundError:
-        return "digits"
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255.0
 
 
 def model_config(shape: tuple[int, int, int], n_classes: int = 10) -> dict:

@@ -20,7 +20,6 @@ from invertible.ims.evaluate import (
     core_vote,
     cross_validate_net,
     cross_validate_roc_lda,
-    fig7_5_boxplot,
     fig7_5_table,
     load_dataset,
     method_metrics,
@@ -47,6 +46,7 @@ from invertible.ims.models import (
     predict_proba,
     train_classifier,
 )
+from invertible.ims.plots import fig7_5_boxplot
 from invertible.ims.preprocess import StdScaler, crop, remove_baseline, tic_normalize
 from invertible.ims.synthetic import (
     PRESETS,

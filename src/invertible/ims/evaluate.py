@@ -7,8 +7,7 @@
 * Neural networks are trained ``repeats`` times with identical settings (different seeds); the table shows
   the median over runs and the interquartile range. A run's accuracy pools the out-of-fold predictions of
   all 4 folds. ROC/LDA is deterministic: the table shows its worst and best ``K`` in 5..100.
-* The box plot (Fig. 7.5 right) shows spot-level balanced accuracy of every fold of every run (for ROC/LDA
-  of the best ``K``).
+* The box plot (Fig. 7.5 right) is drawn by :func:`invertible.ims.plots.fig7_5_boxplot`.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ __all__ = [
     "core_vote",
     "cross_validate_net",
     "cross_validate_roc_lda",
-    "fig7_5_boxplot",
     "fig7_5_table",
     "load_dataset",
     "method_metrics",
@@ -261,7 +259,7 @@ def cross_validate_roc_lda(ds: IMSDataset, folds: list[np.ndarray],
     return MethodResult("ROC/LDA", [_score(ds, folds, preds[k], None) for k in ks], [f"K={k}" for k in ks])
 
 
-# ----------------------------------------------------------------------------------------- table & plot
+# ----------------------------------------------------------------------------------------- metrics & table
 
 
 def method_metrics(result: MethodResult) -> dict:
@@ -290,28 +288,3 @@ def fig7_5_table(results: dict[str, MethodResult], task: str = "synthetic") -> s
         else:
             lines.append(f"| {name} | {s['median']:.3f} ± {s['iqr']:.3f} | {c['median']:.3f} ± {c['iqr']:.3f} |")
     return "\n".join(lines)
-
-
-def fig7_5_boxplot(results: dict[str, MethodResult], title: str = ""):
-    """Box plot of per-fold spot-level balanced accuracy (Fig. 7.5 right). Returns a matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data, names = [], []
-    for name, res in results.items():
-        if res.name == "ROC/LDA":
-            best = int(np.argmax([r.spot for r in res.runs]))
-            data.append(res.runs[best].fold_spot)
-            names.append(f"{name}\n({res.labels[best]})")
-        else:
-            data.append([v for r in res.runs for v in r.fold_spot])
-            names.append(name)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.boxplot(data, medianprops={"color": "red"})
-    ax.set_xticks(range(1, len(names) + 1), names)
-    ax.set_ylabel("balanced accuracy (spot), per fold")
-    ax.set_title(title or "4-fold TMA-level cross-validation")
-    ax.grid(axis="y", alpha=0.3)
-    return fig

@@ -267,7 +267,7 @@ def write_imzml(
     memory stays flat. Returns the imzML and CSV paths."""
     from pyimzml.ImzMLWriter import ImzMLWriter
 
-    from invertible.training.checkpoint import atomic_write_text
+    from invertible.io import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,117 @@
+"""The CLI's shared flags and argument types, declared once for every sub-command.
+
+**Types** (argparse ``type=`` callables; a bad value is an argparse error, i.e. one line and exit code 2):
+
+* ``positive_int`` / ``nonnegative_int`` / ``positive_float``: counts and sizes that must be ``> 0`` (``>= 0``),
+  so ``--batch-size 0`` is refused at the shell instead of being silently replaced by a default;
+* ``int_list`` / ``positive_int_list`` / ``float_list`` / ``float_pair``: the ONE list syntax, comma-separated
+  (``--hidden 32,64``, ``--blocks 4,4``, ``--radii 1.0,1.3``, ``--budgets 0,0.1,0.2``); empty lists and empty
+  items are refused.
+
+**Flags** (``add_*(parser)``): ``--seed``, ``--device``, ``--out``, ``--resume``, ``--progress/--no-progress``,
+``--threads``, ``--json``. ``--debug`` belongs to :mod:`invertible.cli` (it is global, not per command).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+__all__ = [
+    "add_device", "add_json", "add_out", "add_progress", "add_resume", "add_seed", "add_threads",
+    "float_list", "float_pair", "int_list", "nonnegative_int", "positive_float", "positive_int",
+    "positive_int_list",
+]
+
+
+# -- scalar types -------------------------------------------------------------------------------------------------
+def _number(text: str, convert: Callable[[str], T], what: str, ok: Callable[[T], bool]) -> T:
+    try:
+        value = convert(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer ``n >= 1`` (a count: batch size, epochs, steps, folds, samples, ...)."""
+    return _number(text, int, "a positive integer", lambda v: v >= 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer ``n >= 0``."""
+    return _number(text, int, "a non-negative integer", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """A finite number ``x > 0``."""
+    return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+# -- list types ---------------------------------------------------------------------------------------------------
+def list_type(convert: Callable[[str], T], what: str, *, length: int | None = None) -> Callable[[str], list[T]]:
+    """An argparse type for comma-separated values: ``"a,b,c" -> [convert(a), convert(b), convert(c)]``.
+
+    ``what`` names the items in the error ("integers", "positive integers", ...); ``length`` fixes the number
+    of items. Whitespace around items is ignored; an empty list or an empty item is an error.
+    """
+
+    def parse(text: str) -> list[T]:
+        items = [t.strip() for t in text.split(",")]
+        count = "" if length is None else f"{length} "
+        error = argparse.ArgumentTypeError(f"expected {count}comma-separated {what}, got {text!r}")
+        if not text.strip() or any(not t for t in items) or (length is not None and len(items) != length):
+            raise error
+        try:
+            return [convert(t) for t in items]
+        except (ValueError, argparse.ArgumentTypeError):
+            raise error from None
+
+    parse.__name__ = f"list of {what}"  # argparse names the type in some messages
+    return parse
+
+
+int_list = list_type(int, "integers")
+positive_int_list = list_type(positive_int, "positive integers")
+float_list = list_type(float, "numbers")
+float_pair = list_type(float, "numbers", length=2)
+
+
+# -- shared flags -------------------------------------------------------------------------------------------------
+def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def add_device(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+    p.add_argument("--device", default=default, help=f"torch device: cpu, cuda or cuda:N (default {default})")
+
+
+def add_out(p: argparse.ArgumentParser, *, required: bool = False, default: Path | None = None,
+            help: str = "run folder") -> None:
+    p.add_argument("--out", type=Path, required=required, default=default, help=help)
+
+
+def add_resume(p: argparse.ArgumentParser, help: str = "continue the run in --out from its checkpoint") -> None:
+    p.add_argument("--resume", action="store_true", help=help)
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    """``--progress`` (default) / ``--no-progress``; the value is ``args.no_progress``."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", dest="no_progress", action="store_false", help="show progress bars (default)")
+    g.add_argument("--no-progress", dest="no_progress", action="store_true", help="hide progress bars")
+    p.set_defaults(no_progress=False)
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (torch.set_num_threads)")
+
+
+def add_json(p: argparse.ArgumentParser, help: str = "also write the result as JSON to this file") -> None:
+    p.add_argument("--json", type=Path, default=None, help=help)
