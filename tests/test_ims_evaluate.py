@@ -20,8 +20,8 @@ from invertible.ims.evaluate import (
     summarize,
     tma_folds,
 )
-from invertible.ims.models import TrainConfig
 from invertible.ims.synthetic import generate, preset, write_imzml
+from invertible.ims.training import TrainConfig
 
 
 def test_balanced_accuracy():

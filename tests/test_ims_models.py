@@ -11,11 +11,10 @@ from invertible.ims.models import (
     LocallyConnected1d,
     ResidualLayer1d,
     ResidualNet,
-    TrainConfig,
     count_parameters,
     predict_proba,
-    train_classifier,
 )
+from invertible.ims.training import TrainConfig, train_classifier
 
 
 def test_isotopenet_lengths_and_output_for_27286_bins():

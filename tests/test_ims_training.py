@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from invertible.ims.models import IsotopeNet, ResidualNet, TrainConfig, train_classifier
-from invertible.ims.training import RowSource, ims_model_config, l2_weights
+from invertible.ims.models import IsotopeNet, ResidualNet
+from invertible.ims.training import RowSource, TrainConfig, ims_model_config, l2_weights, train_classifier
 
 D = 120
 

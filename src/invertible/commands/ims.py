@@ -164,7 +164,7 @@ def run_cv(args: argparse.Namespace) -> int:
         method_metrics,
         tma_folds,
     )
-    from invertible.ims.models import TRAIN_CONFIGS
+    from invertible.ims.training import TRAIN_CONFIGS
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -44,8 +44,8 @@ def run_task(ctx: RunContext, task: str, *, quick: bool) -> tuple[dict, dict]:
         method_metrics,
         tma_folds,
     )
-    from invertible.ims.models import TRAIN_CONFIGS
     from invertible.ims.synthetic import generate, preset, write_imzml
+    from invertible.ims.training import TRAIN_CONFIGS
 
     cfg = preset(task, quick=quick)
     data = generate(cfg, seed=ctx.seed)

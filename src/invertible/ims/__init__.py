@@ -36,15 +36,12 @@ from invertible.ims.isotopes import (
     suggest_stride,
 )
 from invertible.ims.models import (
-    TRAIN_CONFIGS,
     IsotopeNet,
     LocallyConnected1d,
     ResidualLayer1d,
     ResidualNet,
-    TrainConfig,
     count_parameters,
     predict_proba,
-    train_classifier,
 )
 from invertible.ims.plots import fig7_5_boxplot
 from invertible.ims.preprocess import StdScaler, crop, remove_baseline, tic_normalize
@@ -57,6 +54,7 @@ from invertible.ims.synthetic import (
     tof_axis,
     write_imzml,
 )
+from invertible.ims.training import TRAIN_CONFIGS, TrainConfig, train_classifier
 
 __all__ = [
     "DEFAULT_KS", "ROCLDA", "mann_whitney_auc", "roc_lda_predict",

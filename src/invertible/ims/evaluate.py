@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from invertible.ims.baseline import DEFAULT_KS, roc_lda_predict
-from invertible.ims.models import IsotopeNet, ResidualNet, TrainConfig, predict_proba, train_classifier
+from invertible.ims.models import IsotopeNet, ResidualNet, predict_proba
 from invertible.ims.preprocess import StdScaler
+from invertible.ims.training import TrainConfig, train_classifier
 
 __all__ = [
     "CVRun",

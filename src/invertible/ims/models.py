@@ -1,4 +1,4 @@
-"""IsotopeNet (thesis Table 7.2) and ResidualNet (Table A.1) for 1-d mass spectra, and their training (A.2).
+"""IsotopeNet (thesis Table 7.2) and ResidualNet (Table A.1) for 1-d mass spectra; trained by ims/training.py.
 
 Both are stacks of residual layers of depth 2 in pre-activation order (He et al. 2016)::
 
@@ -19,9 +19,7 @@ References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), Bioi
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,11 +31,8 @@ __all__ = [
     "LocallyConnected1d",
     "ResidualLayer1d",
     "ResidualNet",
-    "TrainConfig",
-    "TRAIN_CONFIGS",
     "count_parameters",
     "predict_proba",
-    "train_classifier",
 ]
 
 
@@ -196,55 +191,6 @@ class ResidualNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training setting of Table A.2: Adam with step size ``lr``; ``weight_decay`` is the L2 coefficient
-    lambda, added to the loss as ``lambda * sum ||W||^2`` over conv/linear/locally connected weights (not
-    biases or BatchNorm), as a Keras ``kernel_regularizer`` does."""
-
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    batch_size: int = 256
-    epochs: int = 300
-    dropout: float = 0.3
-
-
-#: Table A.2 per (task, model).
-TRAIN_CONFIGS: dict[tuple[str, str], TrainConfig] = {
-    ("adsq", "isotopenet"): TrainConfig(weight_decay=0.05, batch_size=256, epochs=300, dropout=0.3),
-    ("adsq", "residualnet"): TrainConfig(weight_decay=0.05, batch_size=64, epochs=100, dropout=0.0),
-    ("lp", "isotopenet"): TrainConfig(weight_decay=0.01, batch_size=256, epochs=30, dropout=0.3),
-    ("lp", "residualnet"): TrainConfig(weight_decay=0.001, batch_size=64, epochs=30, dropout=0.0),
-}
-
-
-def train_classifier(
-    model: nn.Module,
-    X: np.ndarray,
-    y: np.ndarray,
-    config: TrainConfig,
-    *,
-    generator: torch.Generator | None = None,
-    progress: Callable[[Iterable, str, int], Iterable] | None = None,
-    device: torch.device | str | None = None,
-    out: str | os.PathLike | None = None,
-) -> list[float]:
-    """Train ``model`` with Adam on cross-entropy + L2 (Table A.2) on the training engine
-    (:mod:`invertible.ims.training`). ``X`` (n, d) float array (may be a memmap; batches are copied as they
-    are drawn), ``y`` (n,) int in ``[0, n_classes)``; the epochs are successive ``torch.randperm(n,
-    generator)`` (``None``: the global generator). Returns the mean training loss per epoch. Device: the
-    model's (``device`` moves it first). ``progress``: any value shows the engine's progress bar. ``out``: a
-    run folder for the engine's ``metrics.jsonl`` and checkpoint (default: none)."""
-    from invertible.ims.training import train_ims_classifier
-
-    if len(X) != len(y) or len(X) == 0:
-        raise ValueError(f"X and y must be non-empty and equally long, got {len(X)} and {len(y)}")
-    if device is not None:
-        model.to(device)
-    model.train()
-    return train_ims_classifier(model, X, y, config, generator=generator, out=out, show_progress=progress is not None)
 
 
 @torch.no_grad()

@@ -14,26 +14,74 @@ References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), Bioi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from invertible.ims.models import IsotopeNet, ResidualNet
 from invertible.io import RunFolder
 from invertible.training.distributed import init_distributed
 from invertible.training.engine import LoopConfig, Trainer
 from invertible.training.objective import Objective
 from invertible.training.permuted import PermutedSource
 
-if TYPE_CHECKING:
-    from invertible.ims.models import TrainConfig
+__all__ = ["IMSObjective", "RowSource", "TRAIN_CONFIGS", "TrainConfig", "ims_model_config", "ims_trainer", "l2_weights",
+           "train_classifier", "train_ims_classifier"]
 
-__all__ = ["IMSObjective", "RowSource", "ims_model_config", "ims_trainer", "l2_weights", "train_ims_classifier"]
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training setting of Table A.2: Adam with step size ``lr``; ``weight_decay`` is the L2 coefficient
+    lambda, added to the loss as ``lambda * sum ||W||^2`` over conv/linear/locally connected weights (not
+    biases or BatchNorm), as a Keras ``kernel_regularizer`` does."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    batch_size: int = 256
+    epochs: int = 300
+    dropout: float = 0.3
+
+
+#: Table A.2 per (task, model).
+TRAIN_CONFIGS: dict[tuple[str, str], TrainConfig] = {
+    ("adsq", "isotopenet"): TrainConfig(weight_decay=0.05, batch_size=256, epochs=300, dropout=0.3),
+    ("adsq", "residualnet"): TrainConfig(weight_decay=0.05, batch_size=64, epochs=100, dropout=0.0),
+    ("lp", "isotopenet"): TrainConfig(weight_decay=0.01, batch_size=256, epochs=30, dropout=0.3),
+    ("lp", "residualnet"): TrainConfig(weight_decay=0.001, batch_size=64, epochs=30, dropout=0.0),
+}
+
+
+def train_classifier(
+    model: nn.Module,
+    X: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    *,
+    generator: torch.Generator | None = None,
+    progress: Callable[[Iterable, str, int], Iterable] | None = None,
+    device: torch.device | str | None = None,
+    out: str | os.PathLike | None = None,
+) -> list[float]:
+    """Train ``model`` with Adam on cross-entropy + L2 (Table A.2) on the training engine
+    (below). ``X`` (n, d) float array (may be a memmap; batches are copied as they
+    are drawn), ``y`` (n,) int in ``[0, n_classes)``; the epochs are successive ``torch.randperm(n,
+    generator)`` (``None``: the global generator). Returns the mean training loss per epoch. Device: the
+    model's (``device`` moves it first). ``progress``: any value shows the engine's progress bar. ``out``: a
+    run folder for the engine's ``metrics.jsonl`` and checkpoint (default: none)."""
+    if len(X) != len(y) or len(X) == 0:
+        raise ValueError(f"X and y must be non-empty and equally long, got {len(X)} and {len(y)}")
+    if device is not None:
+        model.to(device)
+    model.train()
+    return train_ims_classifier(model, X, y, config, generator=generator, out=out, show_progress=progress is not None)
+
 
 
 def l2_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -96,7 +144,6 @@ def ims_model_config(model: nn.Module) -> dict[str, Any]:
     """What rebuilds an :class:`~invertible.ims.models.IsotopeNet` or
     :class:`~invertible.ims.models.ResidualNet` (its ``kind`` and constructor arguments), read off the
     modules; ``{"kind": <class name>}`` for any other model."""
-    from invertible.ims.models import IsotopeNet, ResidualNet
 
     if isinstance(model, IsotopeNet):
         layers = list(model.features)
