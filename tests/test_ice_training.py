@@ -160,7 +160,7 @@ def test_two_gloo_ranks_end_identical_and_only_rank0_writes(tmp_path):
     for k, v in r0["final"].items():
         torch.testing.assert_close(v, r1["final"][k], rtol=0, atol=0, equal_nan=True, msg=k)
     assert any(not torch.equal(r0["final"][f"model.{k}"], v) for k, v in r0["init"].items() if v.is_floating_point())
-    assert {p.name for p in (tmp_path / "rank0").iterdir()} == {"config.json", "metrics.jsonl",
-                                                                "checkpoint.safetensors"}
+    assert {p.name for p in (tmp_path / "rank0").iterdir()} == {"config.json", "metrics.jsonl", "metrics.json",
+                                                                "report.md", "checkpoint.safetensors"}
     assert not (tmp_path / "rank1").exists()
     assert json.loads((tmp_path / "rank0" / "config.json").read_text())["world_size"] == 2

@@ -139,7 +139,7 @@ def test_two_gloo_ranks_end_identical_and_only_rank0_writes(tmp_path):
         torch.testing.assert_close(v, r1["final"][k], rtol=0, atol=0, msg=k)
     assert any(not torch.equal(v, r0["init"][k]) for k, v in r0["final"].items() if v.is_floating_point())
     assert not torch.equal(r0["history"], r1["history"])  # the ranks trained on different halves of each batch
-    assert {p.name for p in (tmp_path / "rank0").iterdir()} == {"config.json", "metrics.jsonl",
-                                                                "checkpoint.safetensors"}
+    assert {p.name for p in (tmp_path / "rank0").iterdir()} == {"config.json", "metrics.jsonl", "metrics.json",
+                                                                "report.md", "checkpoint.safetensors"}
     assert not (tmp_path / "rank1").exists()
     assert json.loads((tmp_path / "rank0" / "config.json").read_text())["model"]["kind"] == "isotopenet"

@@ -206,6 +206,9 @@ def test_resume_mid_logging_interval_gives_identical_metrics(tmp_path):
 
 def test_resume_after_the_final_checkpoint_writes_nothing_twice(tmp_path):
     _toy_trainer(tmp_path / "run", "exact", steps=4).fit()
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["step"] == 4 and summary["val"]["exact"] and summary["last_train"]["step"] == 4
+    assert "Training run: vector_resflow" in (tmp_path / "run" / "report.md").read_text()
     before = _records(tmp_path / "run")
     out = _toy_trainer(tmp_path / "run", "exact", steps=4).fit(resume=True)
     assert out["step"] == 4 and out["val"] is not None

@@ -345,4 +345,22 @@ class Trainer:
         elif self._val_step != self.step:  # resumed after the final checkpoint: nothing new to validate
             self.validate()
             self._val_step = self.step
-        return {"step": self.step, "stopped": False, "diverged": self.diverged, "val": self.last_val}
+        result = {"step": self.step, "stopped": False, "diverged": self.diverged, "val": self.last_val}
+        self._write_summary(result)
+        return result
+
+    def _write_summary(self, result: dict[str, Any]) -> None:
+        """``metrics.json`` and a plain ``report.md`` of the run (a recipe's command may write richer ones)."""
+        if self.run is None:
+            return
+        last_train = next((r for r in reversed(self.run.read_metrics()) if r.get("split") == "train"), {})
+        self.run.write_summary({**result, "train_seconds": self.seconds, "last_train": last_train})
+        val = self.last_val or {}
+        self.run.report(f"Training run: {self.kind}", {
+            "Run": [f"{self.step} of {self.loop.steps} steps in {self.seconds:.1f} s of training, "
+                    f"{self.dist.world_size} process(es)", f"diverged: {self.diverged}"],
+            "Last training record": [f"{k} = {v}" for k, v in last_train.items() if k != "split"] or "none",
+            "Validation": [f"{k} = {v}" for k, v in val.items()] or "none",
+            "Settings": "`config.json` holds every setting; `invertible` rebuilds the model with "
+                        "`invertible.training.load_run`.",
+        })
