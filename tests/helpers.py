@@ -42,3 +42,34 @@ def autograd_jacobian(f, x: torch.Tensor) -> torch.Tensor:
         jac = torch.autograd.functional.jacobian(lambda t: f(t).reshape(-1), xi)
         rows.append(jac.reshape(jac.shape[0], -1))
     return torch.stack(rows)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_entry(rank: int, worker, world: int, port: int, folder: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        worker(rank, world, folder)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def spawn_gloo_ranks(worker, folder, world: int = 2) -> None:
+    """Run ``worker(rank, world, folder)`` in ``world`` processes that form a gloo group as torchrun's would
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT`` set; one intra-op thread each); the engine joins the group."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_entry, args=(worker, world, _free_port(), str(folder)), nprocs=world, join=True)

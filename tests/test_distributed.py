@@ -1,13 +1,12 @@
 """Data-parallel training: 2 gloo processes on CPU end with identical weights; only rank 0 writes."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from helpers import spawn_gloo_ranks
 from invertible.data.toy2d import sample_toy
 from invertible.io import RunFolder
 from invertible.models.resflow import vector_residual_flow
@@ -17,16 +16,7 @@ from invertible.training.density import DensityConfig, density_trainer
 from invertible.training.sources import SamplerSource
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, folder: str) -> None:
     torch.manual_seed(0)
     model = vector_residual_flow(2, n_blocks=2, hidden=(8, 8), mode="resflow").double()
     src = SamplerSource(lambda n, g: sample_toy("8gaussians", n, g), 16, seed=0, epoch_steps=2, dtype=torch.float64)
@@ -38,13 +28,12 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     trainer.fit()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save({"init": init, "final": state}, os.path.join(folder, f"rank{rank}.pt"))
-    dist.destroy_process_group()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_gloo_ranks_hold_identical_weights(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo_ranks(_worker, tmp_path)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     changed = False
@@ -57,10 +46,7 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
 
 
-def _classifier_worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _classifier_worker(rank: int, world: int, folder: str) -> None:
     torch.set_default_dtype(torch.float64)
     data = load_classification_data("digits", train_subset=128, test_subset=32)
     cfg = ClassifierConfig(model={"blocks": [1, 1], "channels": 4, "hidden": [8, 8], "coeff": 0.9}, epochs=2,
@@ -75,12 +61,12 @@ def _classifier_worker(rank: int, world: int, port: int, folder: str) -> None:
     torch.save({"init": init, "final": state}, os.path.join(folder, f"clf_rank{rank}.pt"))
     summary = train_classifier(cfg, os.path.join(folder, "run"), progress=False, data=data)  # no DDP refusal
     torch.save({"summary": summary}, os.path.join(folder, f"clf_summary{rank}.pt"))
-    dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_gloo_ranks_train_the_classifier_to_identical_weights(tmp_path):
-    mp.spawn(_classifier_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo_ranks(_classifier_worker, tmp_path)
     r0 = torch.load(tmp_path / "clf_rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "clf_rank1.pt", weights_only=True)
     changed = False

@@ -2,13 +2,12 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from helpers import spawn_gloo_ranks
 from invertible.invariance.ice import FactorizedGaussian, NuisanceClassifier, ice_step
 from invertible.invariance.training import TrainConfig, _refit_nuisance, train_classifier
 from invertible.io import load_checkpoint
@@ -130,16 +129,7 @@ def test_permuted_source_replays_any_step():
         glob.indices(0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, folder: str) -> None:
     x, y = _data(40)
     cfg = TrainConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True, nuisance_refit_steps=3,
                       seed=1)
@@ -149,12 +139,12 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     state.update({f"nuisance.{k}": v for k, v in res.nuisance.state_dict().items()})
     state.update({f"prior.{k}": v for k, v in res.prior.state_dict().items()})
     torch.save({"init": init, "final": state}, os.path.join(folder, f"state{rank}.pt"))
-    dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_gloo_ranks_end_identical_and_only_rank0_writes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo_ranks(_worker, tmp_path)
     r0 = torch.load(tmp_path / "state0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "state1.pt", weights_only=True)
     for k, v in r0["final"].items():

@@ -2,15 +2,14 @@
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from helpers import spawn_gloo_ranks
 from invertible.ims.models import IsotopeNet, ResidualNet
 from invertible.ims.training import RowSource, TrainConfig, ims_model_config, l2_weights, train_classifier
 
@@ -109,16 +108,7 @@ def test_row_source_reads_sorted_rows_and_skips_one_sample_batches():
     assert rebuilt.fc.out_features == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, folder: str) -> None:
     X, y = _data(40)
     torch.manual_seed(0)
     net = IsotopeNet(D, dropout=0.3)
@@ -127,12 +117,12 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
                             generator=torch.Generator().manual_seed(1), out=os.path.join(folder, f"rank{rank}"))
     torch.save({"init": init, "final": net.state_dict(), "history": torch.tensor(hist)},
                os.path.join(folder, f"state{rank}.pt"))
-    dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_gloo_ranks_end_identical_and_only_rank0_writes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo_ranks(_worker, tmp_path)
     r0 = torch.load(tmp_path / "state0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "state1.pt", weights_only=True)
     for k, v in r0["final"].items():  # parameters by the gradient all-reduce, BatchNorm statistics by broadcast
