@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import invertible as inv  # noqa: E402
 from _common import median_time, parser, print_table, write_json  # noqa: E402
 from invertible.data import digits_tensors  # noqa: E402
-from invertible.experiments._conv_iresnet import train_digits_flow  # noqa: E402
 from invertible.models.conv_iresnet import conv_iresnet  # noqa: E402
+from invertible.training.digits import train_digits_flow  # noqa: E402
 
 
 def trained_blocks(coeff: float, steps: int, seed: int):

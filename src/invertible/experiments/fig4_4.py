@@ -9,9 +9,9 @@ import torch
 
 import invertible as inv
 from invertible.data import digits_tensors
-from invertible.experiments._conv_iresnet import train_classifier
 from invertible.experiments.registry import RunContext, register
 from invertible.models.conv_iresnet import Classifier, conv_iresnet
+from invertible.training.digits import train_digits_classifier
 
 COEFFS = (0.5, 0.7, 0.9)
 TARGET = 1e-6
@@ -80,7 +80,8 @@ def run(ctx: RunContext) -> dict:
         torch.manual_seed(ctx.seed)
         body = conv_iresnet(c, blocks_per_stage=1 if ctx.quick else 2, hidden=16 if ctx.quick else 32).double()
         model = Classifier(body, channels=16).double()
-        train_classifier(model, xtr, ytr, steps, ctx, desc=f"train c={c}")
+        train_digits_classifier(model, xtr, ytr, steps, ctx.generator(1), desc=f"train c={c}",
+                                show_progress=ctx.show_progress)
         lips[str(c)] = max(b.certify() for b in body if isinstance(b, inv.ResidualBlock))
         curves[str(c)] = {}
         iters[str(c)] = {}

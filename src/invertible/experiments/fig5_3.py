@@ -9,10 +9,10 @@ import torch
 
 import invertible as inv
 from invertible.data import digits_tensors
-from invertible.experiments._conv_iresnet import train_digits_flow
 from invertible.experiments.registry import RunContext, register
 from invertible.logdet import set_estimators as set_logdet
 from invertible.models.conv_iresnet import conv_iresnet
+from invertible.training.digits import train_digits_flow
 
 THESIS = """
 Figure 5.3: the bias of the truncated power-series estimator (Algorithm 2, eq. 5.12) decreases quickly as the

@@ -1,7 +1,6 @@
-"""Training loops for the small digits i-ResNet (:mod:`invertible.models.conv_iresnet`) shared by the
-chapter-4/5 core reproductions: trained briefly so that Fig. 4.4 and Fig. 5.3 are measured on learned, not random,
-weights. The model (:mod:`invertible.models.conv_iresnet`), the data (:func:`invertible.data.digits_tensors`) and
-the estimator policy (:func:`invertible.logdet.set_estimators`) live in the library.
+"""Short training runs of the small digits i-ResNet (:mod:`invertible.models.conv_iresnet`), on the engine: the
+chapter-4/5 core reproductions (Fig. 4.4, Fig. 5.3) and the inverse-solver / log-det benchmarks measure learned,
+not random, weights. Data: :func:`invertible.data.digits_tensors`.
 """
 
 from __future__ import annotations
@@ -16,16 +15,19 @@ from invertible.training.engine import LoopConfig, Trainer
 from invertible.training.losses import DequantizedNLLObjective
 from invertible.training.sources import RandomIndexSource
 
-__all__ = ["train_classifier", "train_digits_flow"]
+__all__ = ["train_digits_classifier", "train_digits_flow"]
 
 
-def train_classifier(model: Classifier, x, y, steps: int, ctx, desc: str, lr: float = 2e-3, batch: int = 64):
-    """Adam on the cross-entropy, ``batch`` rows drawn with replacement per step from ``ctx.generator(1)``, run
-    by the engine (no run folder); then the spectral norms are converged (Remark 4.9). Returns the last loss."""
-    source = RandomIndexSource((x, y), batch, ctx.generator(1), epoch_steps=steps)
+def train_digits_classifier(model: Classifier, x: torch.Tensor, y: torch.Tensor, steps: int,
+                            generator: torch.Generator, *, lr: float = 2e-3, batch: int = 64, desc: str = "train",
+                            show_progress: bool = False) -> float:
+    """Adam on the cross-entropy, ``batch`` rows of ``x (N, C, H, W)``, ``y (N,)`` drawn with replacement per step
+    from ``generator``, run by the engine (no run folder); the spectral norms are converged at the end
+    (Remark 4.9). Returns the last loss."""
+    source = RandomIndexSource((x, y), batch, generator, epoch_steps=steps)
     objective = CrossEntropyObjective()
     Trainer(model, objective, torch.optim.Adam(model.parameters(), lr=lr), source,
-            LoopConfig(steps=steps, log_every=steps, on_nonfinite="stop"), show_progress=ctx.show_progress,
+            LoopConfig(steps=steps, log_every=steps, on_nonfinite="stop"), show_progress=show_progress,
             desc=desc).fit()
     model.eval()
     return float(objective.last_loss)
