@@ -13,7 +13,7 @@ from invertible.invariance.ice import (
     ice_losses,
     ice_step,
 )
-from invertible.invariance.training import TrainConfig, train_classifier
+from invertible.invariance.training import ICEConfig, train_ice
 from invertible.models.firevnet import fi_revnet
 
 C = 3
@@ -140,7 +140,7 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="form"):
         ice_losses(model, nuisance, prior, x, y, form="gan")
     with pytest.raises(ValueError, match="objective"):
-        TrainConfig(objective="mse")
+        ICEConfig(objective="mse")
     with pytest.raises(ValueError, match="expects"):
         nuisance(torch.randn(2, 5))
 
@@ -148,27 +148,27 @@ def test_bad_arguments_raise():
 def test_training_resumes_exactly(tmp_path):
     _, _, _, x, y = _setup()
     x, y = x.repeat(3, 1, 1, 1), y.repeat(3)
-    cfg = TrainConfig(objective="ice", epochs=2, batch_size=16, nuisance_hidden=8, seed=3)
+    cfg = ICEConfig(objective="ice", epochs=2, batch_size=16, nuisance_hidden=8, seed=3)
 
     def fresh():
         torch.manual_seed(5)
         return fi_revnet((1, 4, 4), C, n_squeeze=1, conv_blocks=1, hidden=4, dense_blocks=1, dense_hidden=8)
 
-    straight = train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "a", show_progress=False)
-    half = TrainConfig(**{**cfg.__dict__, "epochs": 1})
-    train_classifier(fresh(), x, y, half, run_dir=tmp_path / "b", show_progress=False)  # "killed" after epoch 1
-    resumed = train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "b", resume=True, show_progress=False)
+    straight = train_ice(fresh(), x, y, cfg, run_dir=tmp_path / "a", show_progress=False)
+    half = ICEConfig(**{**cfg.__dict__, "epochs": 1})
+    train_ice(fresh(), x, y, half, run_dir=tmp_path / "b", show_progress=False)  # "killed" after epoch 1
+    resumed = train_ice(fresh(), x, y, cfg, run_dir=tmp_path / "b", resume=True, show_progress=False)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     for a, b in zip(straight.nuisance.parameters(), resumed.nuisance.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert resumed.history == straight.history
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
-    other = TrainConfig(**{**cfg.__dict__, "lr": 0.1})
+    other = ICEConfig(**{**cfg.__dict__, "lr": 0.1})
     with pytest.raises(ValueError, match="differs in train.lr"):
-        train_classifier(fresh(), x, y, other, run_dir=tmp_path / "b", resume=True, show_progress=False)
+        train_ice(fresh(), x, y, other, run_dir=tmp_path / "b", resume=True, show_progress=False)
     with pytest.raises(FileNotFoundError):
-        train_classifier(fresh(), x, y, cfg, run_dir=tmp_path / "c", resume=True, show_progress=False)
+        train_ice(fresh(), x, y, cfg, run_dir=tmp_path / "c", resume=True, show_progress=False)
 
 
 def test_confusion_term_is_zero_exactly_at_the_uniform_prediction_and_ignores_labels():
@@ -221,10 +221,10 @@ def test_training_with_refits_and_probe(tmp_path):
 
     _, _, _, x, y = _setup()
     x, y = x.repeat(3, 1, 1, 1), y.repeat(3)
-    cfg = TrainConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True, nuisance_refit_steps=5,
+    cfg = ICEConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True, nuisance_refit_steps=5,
                       form="confusion", seed=1)
     torch.manual_seed(5)
     model = fi_revnet((1, 4, 4), C, n_squeeze=1, conv_blocks=1, hidden=4, dense_blocks=1, dense_hidden=8)
-    res = train_classifier(model, x, y, cfg, run_dir=tmp_path / "r", show_progress=False)
+    res = train_ice(model, x, y, cfg, run_dir=tmp_path / "r", show_progress=False)
     assert len(res.history) == 2 and all(math.isfinite(v) for h in res.history for v in h.values())
     assert 0.0 <= nuisance_probe_accuracy(model, x, y, x, y) <= 1.0

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from helpers import spawn_gloo_ranks
 from invertible.invariance.ice import FactorizedGaussian, NuisanceClassifier, ice_step
-from invertible.invariance.training import TrainConfig, _refit_nuisance, train_classifier
+from invertible.invariance.training import ICEConfig, _refit_nuisance, train_ice
 from invertible.io import load_checkpoint
 from invertible.models.firevnet import fi_revnet
 from invertible.training.permuted import PermutedSource
@@ -27,8 +27,8 @@ def _data(n: int = 37):
     return torch.rand(n, 1, 4, 4, generator=g), torch.arange(n) % C
 
 
-def _classic_loop(model, x, y, config: TrainConfig):
-    """The loop train_classifier ran before the engine (verbatim, without files): the reference numbers."""
+def _classic_loop(model, x, y, config: ICEConfig):
+    """The loop train_ice ran before the engine (verbatim, without files): the reference numbers."""
     n_nuisance = model.dim - model.n_classes
     nuisance = NuisanceClassifier(n_nuisance, model.n_classes, hidden=config.nuisance_hidden,
                                   n_hidden_layers=config.nuisance_layers, standardize=config.nuisance_standardize)
@@ -59,11 +59,11 @@ def _classic_loop(model, x, y, config: TrainConfig):
 
 
 CASES = {
-    "ice-mlp-ragged": TrainConfig(objective="ice", epochs=3, batch_size=16, nuisance_hidden=8, seed=3),
-    "ice-refit-confusion": TrainConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True,
+    "ice-mlp-ragged": ICEConfig(objective="ice", epochs=3, batch_size=16, nuisance_hidden=8, seed=3),
+    "ice-refit-confusion": ICEConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True,
                                        nuisance_refit_steps=5, form="confusion", seed=1),
-    "ice-minimax": TrainConfig(objective="ice", epochs=2, batch_size=8, form="minimax", nuisance_steps=1, seed=4),
-    "ce": TrainConfig(objective="ce", epochs=2, batch_size=10, seed=2),
+    "ice-minimax": ICEConfig(objective="ice", epochs=2, batch_size=8, form="minimax", nuisance_steps=1, seed=4),
+    "ce": ICEConfig(objective="ce", epochs=2, batch_size=10, seed=2),
 }
 
 
@@ -74,7 +74,7 @@ def test_engine_reproduces_the_classic_loop_bit_for_bit(case, tmp_path):
     ref_model, ref_nc, ref_prior, ref_history = _classic_loop(_model(), x, y, cfg)
     ref_rng = torch.get_rng_state()
     x, y = _data()
-    res = train_classifier(_model(), x, y, cfg, run_dir=tmp_path / "run", show_progress=False)
+    res = train_ice(_model(), x, y, cfg, run_dir=tmp_path / "run", show_progress=False)
     assert res.history == ref_history
     assert torch.equal(torch.get_rng_state(), ref_rng)  # the same global random draws (refits), no others
     for new, ref in ((res.model, ref_model), (res.nuisance, ref_nc), (res.prior, ref_prior)):
@@ -87,9 +87,9 @@ def test_engine_reproduces_the_classic_loop_bit_for_bit(case, tmp_path):
 
 def test_run_folder_checkpoint_and_refused_resume(tmp_path):
     x, y = _data()
-    cfg = TrainConfig(objective="ice", epochs=2, batch_size=16, seed=3)
+    cfg = ICEConfig(objective="ice", epochs=2, batch_size=16, seed=3)
     meta = {"data": {"name": "toy", "n_train": 37}}
-    res = train_classifier(_model(), x, y, cfg, run_dir=tmp_path, show_progress=False, meta=meta)
+    res = train_ice(_model(), x, y, cfg, run_dir=tmp_path, show_progress=False, meta=meta)
     ck = load_checkpoint(tmp_path)
     assert ck.kind == "fi_revnet" and ck.config["model"]["kind"] == "fi_revnet"
     assert ck.config["train"] == json.loads(json.dumps(cfg.__dict__)) and ck.config["data"] == meta["data"]
@@ -102,12 +102,12 @@ def test_run_folder_checkpoint_and_refused_resume(tmp_path):
     assert [r["epoch"] + 1 for r in train] == [h["epoch"] for h in res.history] == [1, 2]
     assert all(r[k] == h[k] for r, h in zip(train, res.history, strict=True) for k in ("loss", "ce", "mle"))
     with pytest.raises(ValueError, match=r"differs in data\.n_train"):
-        train_classifier(_model(), x, y, cfg, run_dir=tmp_path, resume=True, show_progress=False,
+        train_ice(_model(), x, y, cfg, run_dir=tmp_path, resume=True, show_progress=False,
                          meta={"data": {"name": "toy", "n_train": 40}})
     with pytest.raises(ValueError, match=r"differs in .*train\.form"):
-        train_classifier(_model(), x, y, TrainConfig(**{**cfg.__dict__, "form": "minimax"}), run_dir=tmp_path,
+        train_ice(_model(), x, y, ICEConfig(**{**cfg.__dict__, "form": "minimax"}), run_dir=tmp_path,
                          resume=True, show_progress=False, meta=meta)
-    more = train_classifier(_model(), x, y, TrainConfig(**{**cfg.__dict__, "epochs": 3}), run_dir=tmp_path,
+    more = train_ice(_model(), x, y, ICEConfig(**{**cfg.__dict__, "epochs": 3}), run_dir=tmp_path,
                             resume=True, show_progress=False, meta=meta)
     assert [h["epoch"] for h in more.history] == [1, 2, 3] and more.history[:2] == res.history
 
@@ -131,10 +131,10 @@ def test_permuted_source_replays_any_step():
 
 def _worker(rank: int, world: int, folder: str) -> None:
     x, y = _data(40)
-    cfg = TrainConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True, nuisance_refit_steps=3,
+    cfg = ICEConfig(objective="ice", epochs=2, batch_size=16, nuisance_standardize=True, nuisance_refit_steps=3,
                       seed=1)
     init = {k: v.clone() for k, v in _model().state_dict().items()}
-    res = train_classifier(_model(), x, y, cfg, run_dir=os.path.join(folder, f"rank{rank}"), show_progress=False)
+    res = train_ice(_model(), x, y, cfg, run_dir=os.path.join(folder, f"rank{rank}"), show_progress=False)
     state = {f"model.{k}": v for k, v in res.model.state_dict().items()}
     state.update({f"nuisance.{k}": v for k, v in res.nuisance.state_dict().items()})
     state.update({f"prior.{k}": v for k, v in res.prior.state_dict().items()})

@@ -21,7 +21,7 @@ from invertible.ims.evaluate import (
     tma_folds,
 )
 from invertible.ims.synthetic import generate, preset, write_imzml
-from invertible.ims.training import TrainConfig
+from invertible.ims.training import IMSConfig
 
 
 def test_balanced_accuracy():
@@ -102,7 +102,7 @@ def test_network_cv_fits_scaler_on_training_tmas_only(quick_dataset, monkeypatch
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run = cross_validate_net(ds, folds, "isotopenet", TrainConfig(epochs=1, batch_size=32), seed=0)
+        run = cross_validate_net(ds, folds, "isotopenet", IMSConfig(epochs=1, batch_size=32), seed=0)
     finally:
         torch.set_num_threads(old)
     assert len(seen) == 4
@@ -110,4 +110,4 @@ def test_network_cv_fits_scaler_on_training_tmas_only(quick_dataset, monkeypatch
         np.testing.assert_array_equal(rows, np.flatnonzero(~test))
     assert len(run.fold_spot) == 4 and 0 <= run.spot <= 1 and 0 <= run.core <= 1
     with pytest.raises(ValueError, match="model must be"):
-        cross_validate_net(ds, folds, "mlp", TrainConfig(epochs=1))
+        cross_validate_net(ds, folds, "mlp", IMSConfig(epochs=1))

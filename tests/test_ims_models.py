@@ -14,7 +14,7 @@ from invertible.ims.models import (
     count_parameters,
     predict_proba,
 )
-from invertible.ims.training import TrainConfig, train_classifier
+from invertible.ims.training import IMSConfig, train_ims
 
 
 def test_isotopenet_lengths_and_output_for_27286_bins():
@@ -92,10 +92,10 @@ def test_training_learns_a_separable_task():
     X[y == 1, 40:60] += 1.5  # class 1 carries a bump
     torch.manual_seed(0)
     net = IsotopeNet(d, dropout=0.0)
-    hist = train_classifier(net, X, y, TrainConfig(lr=5e-3, weight_decay=1e-4, batch_size=16, epochs=12),
+    hist = train_ims(net, X, y, IMSConfig(lr=5e-3, weight_decay=1e-4, batch_size=16, epochs=12),
                             generator=torch.Generator().manual_seed(0))
     assert hist[-1] < 0.5 * hist[0]
     acc = (predict_proba(net, X).argmax(1) == y).mean()
     assert acc > 0.95
     with pytest.raises(ValueError, match="equally long"):
-        train_classifier(net, X, y[:-1], TrainConfig(epochs=1))
+        train_ims(net, X, y[:-1], IMSConfig(epochs=1))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from helpers import spawn_gloo_ranks
 from invertible.ims.models import IsotopeNet, ResidualNet
-from invertible.ims.training import RowSource, TrainConfig, ims_model_config, l2_weights, train_classifier
+from invertible.ims.training import IMSConfig, RowSource, ims_model_config, l2_weights, train_ims
 
 D = 120
 
@@ -24,8 +24,8 @@ def _data(n: int = 33):
     return X, y
 
 
-def _classic_loop(model, X, y, config: TrainConfig, generator):
-    """The loop train_classifier ran before the engine (verbatim): the reference numbers."""
+def _classic_loop(model, X, y, config: IMSConfig, generator):
+    """The loop train_ims ran before the engine (verbatim): the reference numbers."""
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     decay = l2_weights(model)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
@@ -53,10 +53,10 @@ def _classic_loop(model, X, y, config: TrainConfig, generator):
 
 
 CASES = {
-    "isotopenet-dropout": (lambda: IsotopeNet(D, dropout=0.3), TrainConfig(lr=5e-3, weight_decay=1e-3,
+    "isotopenet-dropout": (lambda: IsotopeNet(D, dropout=0.3), IMSConfig(lr=5e-3, weight_decay=1e-3,
                                                                          batch_size=16, epochs=3), 7),
-    "residualnet": (lambda: ResidualNet(2), TrainConfig(lr=5e-3, weight_decay=1e-3, batch_size=8, epochs=2), 3),
-    "global-generator": (lambda: IsotopeNet(D, dropout=0.3), TrainConfig(lr=5e-3, weight_decay=0.0, batch_size=16,
+    "residualnet": (lambda: ResidualNet(2), IMSConfig(lr=5e-3, weight_decay=1e-3, batch_size=8, epochs=2), 3),
+    "global-generator": (lambda: IsotopeNet(D, dropout=0.3), IMSConfig(lr=5e-3, weight_decay=0.0, batch_size=16,
                                                                        epochs=2), None),
 }
 
@@ -66,7 +66,7 @@ def test_engine_reproduces_the_classic_loop_bit_for_bit(case):
     build, cfg, seed = CASES[case]
     X, y = _data()  # 33 = 2 * 16 + 1 and 4 * 8 + 1: the one-sample batch is skipped
     runs = []
-    for train in (_classic_loop, lambda m, X, y, c, g: train_classifier(m, X, y, c, generator=g)):
+    for train in (_classic_loop, lambda m, X, y, c, g: train_ims(m, X, y, c, generator=g)):
         torch.manual_seed(0)
         model = build()
         gen = None if seed is None else torch.Generator().manual_seed(seed)
@@ -113,7 +113,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
     torch.manual_seed(0)
     net = IsotopeNet(D, dropout=0.3)
     init = {k: v.clone() for k, v in net.state_dict().items()}
-    hist = train_classifier(net, X, y, TrainConfig(lr=5e-3, weight_decay=1e-3, batch_size=16, epochs=2),
+    hist = train_ims(net, X, y, IMSConfig(lr=5e-3, weight_decay=1e-3, batch_size=16, epochs=2),
                             generator=torch.Generator().manual_seed(1), out=os.path.join(folder, f"rank{rank}"))
     torch.save({"init": init, "final": net.state_dict(), "history": torch.tensor(hist)},
                os.path.join(folder, f"state{rank}.pt"))

@@ -108,7 +108,7 @@ def run_train(args: argparse.Namespace) -> int:
     from invertible.data.shifted import shift_images
     from invertible.data.splits import load_splits, to_float
     from invertible.invariance.plots import training_curves
-    from invertible.invariance.training import TrainConfig, evaluate_error, train_classifier
+    from invertible.invariance.training import ICEConfig, evaluate_error, train_ice
     from invertible.io import RunFolder, atomic_write_json
     from invertible.models.firevnet import fi_iresnet, fi_revnet
     from invertible.training.distributed import is_main
@@ -123,7 +123,7 @@ def run_train(args: argparse.Namespace) -> int:
     model = build(shape, 10, n_squeeze=n_squeeze)
     device, dtype = torch.device(args.device), next(model.parameters()).dtype
     x_train = to_float(shift_images(splits.x_train, splits.y_train, "train", patch_size=patch)).to(device, dtype)
-    config = TrainConfig(objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    config = ICEConfig(objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          nuisance_lr=args.nuisance_lr, nuisance_weight=args.nuisance_weight,
                          mle_weight=args.mle_weight, nuisance_steps=args.nuisance_steps, form=args.form,
                          nuisance_hidden=args.nuisance_hidden, seed=args.seed)
@@ -133,7 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
     data = {"name": str(args.data), "n_train": args.n_train, "n_test": args.n_test, "downsample": args.downsample,
             "split_seed": args.seed, "shift": "patch = label (train), random patch (shifted)", "patch_size": patch,
             "shape": list(shape), "n_train_used": len(splits.y_train)}
-    res = train_classifier(model, x_train, splits.y_train.to(device), config, run_dir=args.out, resume=args.resume,
+    res = train_ice(model, x_train, splits.y_train.to(device), config, run_dir=args.out, resume=args.resume,
                            show_progress=not args.no_progress, desc=f"train-ice {args.objective}",
                            model_config=model_config, meta={"data": data, "backbone": args.backbone})
     g = torch.Generator().manual_seed(args.seed + 2)

@@ -17,7 +17,7 @@ from invertible.data.splits import load_splits, quick_dataset, to_float
 from invertible.experiments.registry import RunContext, register
 from invertible.experiments.shiftmnist import ce_config, ice_config, make_model, model_config
 from invertible.invariance.metameric import logit_deviation, nuisance_interpolation
-from invertible.invariance.training import evaluate_error, train_classifier
+from invertible.invariance.training import evaluate_error, train_ice
 from invertible.threads import single_intraop_thread
 
 THESIS = """\
@@ -74,7 +74,7 @@ def _run(ctx: RunContext) -> dict:
     ):
         torch.manual_seed(ctx.seed)
         model = make_model(splits.shape)
-        train_classifier(model, x_train, y_train, config, run_dir=ctx.out / f"{name}_{objective}",
+        train_ice(model, x_train, y_train, config, run_dir=ctx.out / f"{name}_{objective}",
                          show_progress=ctx.show_progress, desc=f"fig6.5 {objective}",
                          model_config=model_config(splits.shape))
         model.eval()

@@ -20,7 +20,7 @@ from invertible.data.images import load_images
 from invertible.data.shifted import plant_feature, shift_images
 from invertible.data.splits import ImageSplits, load_splits, quick_dataset, to_float
 from invertible.experiments.registry import RunContext, register
-from invertible.invariance.training import TrainConfig, evaluate_error, nuisance_probe, train_classifier
+from invertible.invariance.training import ICEConfig, evaluate_error, nuisance_probe, train_ice
 from invertible.models.firevnet import FullyInvertibleClassifier, fi_revnet
 from invertible.threads import single_intraop_thread
 
@@ -47,7 +47,7 @@ def make_model(shape: tuple[int, int, int], n_classes: int = 10) -> FullyInverti
     return fi_revnet(shape, n_classes, **sizes)
 
 
-def ice_config(epochs: int, seed: int) -> TrainConfig:
+def ice_config(epochs: int, seed: int) -> ICEConfig:
     """iCE as used here: a linear nuisance classifier on batch-standardized z_n, refitted from scratch on the
     whole training set (200 full-batch steps) at the start of every epoch - the best response theta_nc* that
     Theorem 6.16 assumes - and 2 of its steps per network step in between; non-saturating network term,
@@ -61,14 +61,14 @@ def ice_config(epochs: int, seed: int) -> TrainConfig:
     held-out 20% of the quick training set (patch = label) its validation error was 5.4% after 8 epochs and 1.0%
     after 12 (CE: 0.3% after 4), so quick mode trains both objectives 12 epochs (CE's shifted error is the same
     after 4 and 12 epochs)."""
-    return TrainConfig(objective="ice", epochs=epochs, batch_size=128, lr=1e-3, nuisance_lr=3e-3,
+    return ICEConfig(objective="ice", epochs=epochs, batch_size=128, lr=1e-3, nuisance_lr=3e-3,
                        nuisance_weight=1.0, mle_weight=1.0, nuisance_hidden=0, nuisance_steps=2,
                        nuisance_standardize=True, nuisance_refit_steps=200, form="nonsaturating", seed=seed)
 
 
 
-def ce_config(epochs: int, seed: int) -> TrainConfig:
-    return TrainConfig(objective="ce", epochs=epochs, batch_size=128, lr=1e-3, seed=seed)
+def ce_config(epochs: int, seed: int) -> ICEConfig:
+    return ICEConfig(objective="ce", epochs=epochs, batch_size=128, lr=1e-3, seed=seed)
 
 
 def _run_dataset(ctx: RunContext, splits: ImageSplits, epochs: int) -> dict[str, dict[str, float]]:
@@ -88,7 +88,7 @@ def _run_dataset(ctx: RunContext, splits: ImageSplits, epochs: int) -> dict[str,
     for objective, config in configs:
         torch.manual_seed(ctx.seed)
         model = make_model(splits.shape)
-        train_classifier(model, x_train, y_train, config, run_dir=ctx.out / f"{splits.name}_{objective}",
+        train_ice(model, x_train, y_train, config, run_dir=ctx.out / f"{splits.name}_{objective}",
                          show_progress=ctx.show_progress, desc=f"shiftmnist {splits.name} {objective}",
                          model_config=model_config(splits.shape))
         errors[objective] = {mode: evaluate_error(model, x, y_test) for mode, x in tests.items()}

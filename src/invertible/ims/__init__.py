@@ -54,7 +54,7 @@ from invertible.ims.synthetic import (
     tof_axis,
     write_imzml,
 )
-from invertible.ims.training import TRAIN_CONFIGS, TrainConfig, train_classifier
+from invertible.ims.training import TRAIN_CONFIGS, IMSConfig, train_ims
 
 __all__ = [
     "DEFAULT_KS", "ROCLDA", "mann_whitney_auc", "roc_lda_predict",
@@ -64,8 +64,8 @@ __all__ = [
     "Annotations", "ImzMLData", "align_annotations", "index_imzml", "read_annotations", "read_imzml", "resample",
     "ISOTOPENET_CONVS", "averagine_formula", "isotope_pattern", "pattern_bins", "receptive_field",
     "suggest_stride",
-    "TRAIN_CONFIGS", "IsotopeNet", "LocallyConnected1d", "ResidualLayer1d", "ResidualNet", "TrainConfig",
-    "count_parameters", "predict_proba", "train_classifier",
+    "TRAIN_CONFIGS", "IsotopeNet", "LocallyConnected1d", "ResidualLayer1d", "ResidualNet", "IMSConfig",
+    "count_parameters", "predict_proba", "train_ims",
     "StdScaler", "crop", "remove_baseline", "tic_normalize",
     "PRESETS", "SyntheticConfig", "generate", "preset", "spectrum_statistics", "tof_axis", "write_imzml",
 ]

@@ -23,7 +23,7 @@ import torch
 from invertible.ims.baseline import DEFAULT_KS, roc_lda_predict
 from invertible.ims.models import IsotopeNet, ResidualNet, predict_proba
 from invertible.ims.preprocess import StdScaler
-from invertible.ims.training import TrainConfig, train_classifier
+from invertible.ims.training import IMSConfig, train_ims
 
 __all__ = [
     "CVRun",
@@ -216,7 +216,7 @@ def cross_validate_net(
     ds: IMSDataset,
     folds: list[np.ndarray],
     model: str,
-    config: TrainConfig,
+    config: IMSConfig,
     *,
     seed: int = 0,
     device: str = "cpu",
@@ -237,8 +237,8 @@ def cross_validate_net(
         net = (IsotopeNet(ds.X.shape[1], n_classes, dropout=config.dropout) if model == "isotopenet"
                else ResidualNet(n_classes)).to(device)
         gen = torch.Generator().manual_seed(seed * 100 + f)
-        history.append(train_classifier(net, _Rows(ds.X, train_rows, scaler.scale_), ds.y[train_rows], config,
-                                        generator=gen, progress=progress))
+        history.append(train_ims(net, _Rows(ds.X, train_rows, scaler.scale_), ds.y[train_rows], config,
+                                        generator=gen, show_progress=progress is not None))
         p = predict_proba(net, _Rows(ds.X, test_rows, scaler.scale_))
         proba[test_rows] = p
         pred[test_rows] = p.argmax(1)

@@ -6,7 +6,7 @@ the sum over the weights of the convolutional, dense and locally connected layer
 as a Keras ``kernel_regularizer`` adds it. :class:`RowSource` reads mini-batches from a (memory-mapped) array
 in the order of the classic loop: one ``torch.randperm(n, generator)`` per epoch from ONE generator, batches
 of ``batch_size`` in permutation order, a batch with fewer than 2 samples skipped (BatchNorm needs two), its
-rows read in ascending order (sequential reads of a memmap). :func:`train_ims_classifier` returns the mean
+rows read in ascending order (sequential reads of a memmap). :func:`train_ims` returns the mean
 training loss per epoch, ``sum_B L_B * |B| / n``, as before.
 
 References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), Bioinformatics 34(7).
@@ -14,8 +14,7 @@ References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), Bioi
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,12 @@ from invertible.training.engine import LoopConfig, Trainer
 from invertible.training.objective import Objective
 from invertible.training.permuted import PermutedSource
 
-__all__ = ["IMSObjective", "RowSource", "TRAIN_CONFIGS", "TrainConfig", "ims_model_config", "ims_trainer", "l2_weights",
-           "train_classifier", "train_ims_classifier"]
+__all__ = ["IMSObjective", "RowSource", "TRAIN_CONFIGS", "IMSConfig", "ims_model_config", "ims_trainer", "l2_weights",
+           "train_ims"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class IMSConfig:
     """Training setting of Table A.2: Adam with step size ``lr``; ``weight_decay`` is the L2 coefficient
     lambda, added to the loss as ``lambda * sum ||W||^2`` over conv/linear/locally connected weights (not
     biases or BatchNorm), as a Keras ``kernel_regularizer`` does."""
@@ -50,37 +49,12 @@ class TrainConfig:
 
 
 #: Table A.2 per (task, model).
-TRAIN_CONFIGS: dict[tuple[str, str], TrainConfig] = {
-    ("adsq", "isotopenet"): TrainConfig(weight_decay=0.05, batch_size=256, epochs=300, dropout=0.3),
-    ("adsq", "residualnet"): TrainConfig(weight_decay=0.05, batch_size=64, epochs=100, dropout=0.0),
-    ("lp", "isotopenet"): TrainConfig(weight_decay=0.01, batch_size=256, epochs=30, dropout=0.3),
-    ("lp", "residualnet"): TrainConfig(weight_decay=0.001, batch_size=64, epochs=30, dropout=0.0),
+TRAIN_CONFIGS: dict[tuple[str, str], IMSConfig] = {
+    ("adsq", "isotopenet"): IMSConfig(weight_decay=0.05, batch_size=256, epochs=300, dropout=0.3),
+    ("adsq", "residualnet"): IMSConfig(weight_decay=0.05, batch_size=64, epochs=100, dropout=0.0),
+    ("lp", "isotopenet"): IMSConfig(weight_decay=0.01, batch_size=256, epochs=30, dropout=0.3),
+    ("lp", "residualnet"): IMSConfig(weight_decay=0.001, batch_size=64, epochs=30, dropout=0.0),
 }
-
-
-def train_classifier(
-    model: nn.Module,
-    X: np.ndarray,
-    y: np.ndarray,
-    config: TrainConfig,
-    *,
-    generator: torch.Generator | None = None,
-    progress: Callable[[Iterable, str, int], Iterable] | None = None,
-    device: torch.device | str | None = None,
-    out: str | os.PathLike | None = None,
-) -> list[float]:
-    """Train ``model`` with Adam on cross-entropy + L2 (Table A.2) on the training engine
-    (below). ``X`` (n, d) float array (may be a memmap; batches are copied as they
-    are drawn), ``y`` (n,) int in ``[0, n_classes)``; the epochs are successive ``torch.randperm(n,
-    generator)`` (``None``: the global generator). Returns the mean training loss per epoch. Device: the
-    model's (``device`` moves it first). ``progress``: any value shows the engine's progress bar. ``out``: a
-    run folder for the engine's ``metrics.jsonl`` and checkpoint (default: none)."""
-    if len(X) != len(y) or len(X) == 0:
-        raise ValueError(f"X and y must be non-empty and equally long, got {len(X)} and {len(y)}")
-    if device is not None:
-        model.to(device)
-    model.train()
-    return train_ims_classifier(model, X, y, config, generator=generator, out=out, show_progress=progress is not None)
 
 
 
@@ -162,7 +136,7 @@ def ims_trainer(
     model: nn.Module,
     X: Any,
     y: np.ndarray,
-    config: TrainConfig,
+    config: IMSConfig,
     *,
     generator: torch.Generator | None = None,
     out: str | Path | RunFolder | None = None,
@@ -184,10 +158,20 @@ def ims_trainer(
                    kind=model_cfg["kind"], config=cfg, show_progress=show_progress, desc="ims")
 
 
-def train_ims_classifier(model: nn.Module, X: Any, y: np.ndarray, config: TrainConfig, *,
-                         generator: torch.Generator | None = None, out: str | Path | RunFolder | None = None,
-                         meta: Mapping[str, Any] | None = None, show_progress: bool = False) -> list[float]:
-    """Train with :func:`ims_trainer`; returns the mean training loss per epoch (module docstring)."""
+def train_ims(model: nn.Module, X: Any, y: np.ndarray, config: IMSConfig, *,
+              generator: torch.Generator | None = None, device: torch.device | str | None = None,
+              out: str | Path | RunFolder | None = None, meta: Mapping[str, Any] | None = None,
+              show_progress: bool = False) -> list[float]:
+    """Train ``model`` with Adam on cross-entropy + L2 (Table A.2) with :func:`ims_trainer`. ``X`` (n, d) float
+    array (may be a memmap; batches are copied as they are drawn), ``y`` (n,) int in ``[0, n_classes)``; the
+    epochs are successive ``torch.randperm(n, generator)`` (``None``: the global generator). Device: the model's
+    (``device`` moves it first). ``out``: a run folder for ``metrics.jsonl`` and the checkpoint (default: none).
+    Returns the mean training loss per epoch (module docstring)."""
+    if len(X) != len(y) or len(X) == 0:
+        raise ValueError(f"X and y must be non-empty and equally long, got {len(X)} and {len(y)}")
+    if device is not None:
+        model.to(device)
+    model.train()
     if config.epochs < 1:
         return []
     trainer = ims_trainer(model, X, y, config, generator=generator, out=out, meta=meta, show_progress=show_progress)

@@ -29,13 +29,13 @@ from invertible.invariance.spheres import (
     sample_spheres,
 )
 from invertible.invariance.training import (
+    ICEConfig,
     ICEObjective,
     ICESource,
-    TrainConfig,
     TrainResult,
     evaluate_error,
     ice_trainer,
-    train_classifier,
+    train_ice,
 )
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
     "ICESource",
     "MisalignedSphereClassifier",
     "NuisanceClassifier",
-    "TrainConfig",
+    "ICEConfig",
     "TrainResult",
     "accuracy_vs_budget",
     "attack_accuracy",
@@ -63,5 +63,5 @@ __all__ = [
     "perturbation_attack",
     "sample_sphere",
     "sample_spheres",
-    "train_classifier",
+    "train_ice",
 ]

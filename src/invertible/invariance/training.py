@@ -43,20 +43,20 @@ from invertible.training.permuted import PermutedSource
 __all__ = [
     "ICEObjective",
     "ICESource",
-    "TrainConfig",
+    "ICEConfig",
     "TrainResult",
     "evaluate_error",
     "ice_trainer",
     "nuisance_probe",
     "nuisance_probe_accuracy",
-    "train_classifier",
+    "train_ice",
 ]
 
 HISTORY_KEYS = ("loss", "ce", "nuisance_ce", "mle", "acc")
 
 
 @dataclass
-class TrainConfig:
+class ICEConfig:
     """Hyper-parameters; ``objective="ce"`` ignores the nuisance and MLE settings.
 
     The defaults are what trains reliably in a few CPU epochs: a linear nuisance classifier with two steps per
@@ -178,7 +178,7 @@ class ICEObjective(Objective):
     (for the best-response refits). ``D_nc`` and the prior take the model's dtype, as the batches do.
     """
 
-    def __init__(self, model: FullyInvertibleClassifier, config: TrainConfig, x: torch.Tensor, y: torch.Tensor):
+    def __init__(self, model: FullyInvertibleClassifier, config: ICEConfig, x: torch.Tensor, y: torch.Tensor):
         n_nuisance = model.dim - model.n_classes
         dtype = next(model.parameters()).dtype  # the engine hands the model its batches in this dtype
         self.config, self.x, self.y = config, x.to(dtype), y
@@ -238,7 +238,7 @@ def ice_trainer(
     model: FullyInvertibleClassifier,
     x: torch.Tensor,
     y: torch.Tensor,
-    config: TrainConfig,
+    config: ICEConfig,
     run: str | Path | RunFolder | None = None,
     *,
     model_config: Mapping[str, Any] | None = None,
@@ -272,11 +272,11 @@ def ice_trainer(
                    desc=desc or config.objective)
 
 
-def train_classifier(
+def train_ice(
     model: FullyInvertibleClassifier,
     x: torch.Tensor,
     y: torch.Tensor,
-    config: TrainConfig,
+    config: ICEConfig,
     *,
     run_dir: str | Path | None = None,
     resume: bool = False,
