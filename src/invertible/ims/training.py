@@ -46,6 +46,7 @@ class IMSConfig:
     batch_size: int = 256
     epochs: int = 300
     dropout: float = 0.3
+    ema_decay: float | None = None  # parameter EMA (None: off, as in Table A.2)
 
 
 #: Table A.2 per (task, model).
@@ -153,8 +154,9 @@ def ims_trainer(
     cfg = {"recipe": "ims", "model": model_cfg, "train": asdict(config), "n_train": len(y),
            "dtype": str(p.dtype).replace("torch.", ""), **dict(meta or {})}
     folder = out if isinstance(out, RunFolder) or out is None else RunFolder(out)
-    return Trainer(model, IMSObjective(model, config.weight_decay, len(y)), torch.optim.Adam(model.parameters(),
-                   lr=config.lr), source, LoopConfig(steps=config.epochs * spe, log_every=spe), folder,
+    loop = LoopConfig(steps=config.epochs * spe, log_every=spe, ema_decay=config.ema_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    return Trainer(model, IMSObjective(model, config.weight_decay, len(y)), optimizer, source, loop, folder,
                    kind=model_cfg["kind"], config=cfg, show_progress=show_progress, desc="ims")
 
 

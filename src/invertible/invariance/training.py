@@ -80,6 +80,7 @@ class ICEConfig:
     form: str = "nonsaturating"  # the network's nuisance term: "minimax" (literally Definition 6.14) or "nonsaturating"
     nuisance_refit_steps: int = 0  # full-batch steps of a freshly initialized nuisance classifier per epoch
     seed: int = 0
+    ema_decay: float | None = None  # parameter EMA of the network (None: off)
 
     def __post_init__(self):
         if self.objective not in ("ce", "ice"):
@@ -266,7 +267,7 @@ def ice_trainer(
     cfg = {"recipe": "ice", "model": model_cfg, "train": asdict(config), "n_train": int(x.shape[0]),
            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), **dict(meta or {})}
     folder = run if isinstance(run, RunFolder) or run is None else RunFolder(run)
-    loop = LoopConfig(steps=max(1, config.epochs * spe), log_every=spe)
+    loop = LoopConfig(steps=max(1, config.epochs * spe), log_every=spe, ema_decay=config.ema_decay)
     return Trainer(model, objective, optimizer, source, loop, folder, kind=model_cfg.get("kind"), config=cfg,
                    resume_may_change=("train.epochs", "loop.steps"), show_progress=show_progress,
                    desc=desc or config.objective)

@@ -79,6 +79,7 @@ class ClassifierConfig:
         test_fraction: held-out fraction for data sets without a test split (digits, the MNIST npz).
         seed: seeds initialization, data order and augmentation.
         device: ``"cpu"`` or ``"cuda"``.
+        ema_decay: parameter EMA used for validation (``None``: off, as in A.1).
     """
 
     data: str = "digits"
@@ -99,6 +100,7 @@ class ClassifierConfig:
     test_fraction: float = 0.2
     seed: int = 0
     device: str = "cpu"
+    ema_decay: float | None = None
 
     def validate(self) -> None:
         if self.arch not in ARCHS:
@@ -209,7 +211,7 @@ def classifier_trainer(
               "dtype": str(p.dtype).replace("torch.", "")}
     optimizer = make_optimizer("sgd", model.parameters(), cfg.lr, weight_decay=cfg.weight_decay,
                                momentum=cfg.momentum)
-    loop = LoopConfig(steps=total, log_every=spe, eval_every=spe, on_nonfinite="stop")
+    loop = LoopConfig(steps=total, log_every=spe, eval_every=spe, on_nonfinite="stop", ema_decay=cfg.ema_decay)
     return Trainer(model, CrossEntropyObjective(data.x_test, data.y_test), optimizer, source, loop, run,
                    schedule=milestones(cfg.lr, total, cfg.milestones, cfg.gamma), kind=kind, config=config,
                    resume_may_change=(), show_progress=show_progress, desc=f"train {cfg.arch}")
