@@ -183,3 +183,10 @@ def test_cli_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "Traceback" not in err
+
+
+def test_model_keywords_are_checked_through_the_registry():
+    with pytest.raises(ValueError, match="hiden"):
+        build_classifier("iresnet", {"blocks": [1, 1], "channels": 4, "hiden": [8, 8]})
+    model = build_classifier("iresnet", {"blocks": [1, 1], "channels": 4, "hidden": [8, 8]})
+    assert model.kind == "iresnet_classifier" and tuple(model.config.blocks) == (1, 1)

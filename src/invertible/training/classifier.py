@@ -117,15 +117,12 @@ def classifier_kind(arch: str) -> str:
 
 
 def build_classifier(arch: str, model: dict[str, Any]) -> nn.Module:
-    """Instantiate ``"iresnet"`` (IResNetClassifier) or ``"resnet"`` (PreActResNet) from keyword arguments."""
-    from invertible.models.iresnet import IResNetClassifier
-    from invertible.models.resnet import PreActResNet
+    """Instantiate ``"iresnet"`` (IResNetClassifier) or ``"resnet"`` (PreActResNet) from keyword arguments,
+    through the model registry: the keywords become the kind's typed config, so an unknown or mistyped keyword
+    is a ``ValueError`` naming it, and the model carries ``kind`` and ``config`` for its checkpoint."""
+    from invertible.models.registry import build_model
 
-    if arch == "iresnet":
-        return IResNetClassifier(**model)
-    if arch == "resnet":
-        return PreActResNet(**model)
-    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    return build_model(classifier_kind(arch), model)
 
 
 @torch.no_grad()
