@@ -12,6 +12,7 @@ asked out of order (after a resume, or by another rank) replays the stream's ear
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -36,17 +37,20 @@ def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torc
     return torch.Generator().manual_seed(mixed)
 
 
-class DataSource:
-    """Interface: ``batch(step, rank, world_size) -> Tensor`` and ``steps_per_epoch(world_size)``."""
+class DataSource(ABC):
+    """The engine's data: batch ``step`` of rank ``rank`` as a pure function of ``(seed, step, rank,
+    world_size)``, so that a resumed run sees the batches an uninterrupted one would."""
 
     batch_size: int
     discrete: bool = False
 
+    @abstractmethod
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-        raise NotImplementedError
+        """Batch ``step`` of rank ``rank`` (a tensor or a tuple of tensors)."""
 
+    @abstractmethod
     def steps_per_epoch(self, world_size: int = 1) -> int:
-        raise NotImplementedError
+        """Steps per epoch (the engine validates and checkpoints at epoch ends)."""
 
 
 class SamplerSource(DataSource):
