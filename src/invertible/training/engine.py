@@ -180,7 +180,7 @@ class Trainer:
         """Restore the run folder's checkpoint; refuses one written for another config, naming the keys."""
         if self.run is None:
             raise ValueError("resume needs a run folder")
-        if not self.run.path.joinpath("checkpoint.safetensors").is_file():
+        if not self.run.has_checkpoint():
             raise FileNotFoundError(f"no checkpoint in {self.run.path} to resume from; start without --resume")
         ck = self.run.load_checkpoint(device=_first_param(self.model).device)
         diff = [k for k in config_differences(ck.config, self.config)
