@@ -133,3 +133,18 @@ def test_two_gloo_ranks_end_identical_and_only_rank0_writes(tmp_path):
                                                                 "report.md", "checkpoint.safetensors"}
     assert not (tmp_path / "rank1").exists()
     assert json.loads((tmp_path / "rank0" / "config.json").read_text())["model"]["kind"] == "isotopenet"
+
+
+def test_load_run_rebuilds_an_ims_network_from_its_run_folder(tmp_path):
+    from invertible.training.runs import load_run
+
+    X, y = _data(40)
+    torch.manual_seed(0)
+    net = IsotopeNet(D, 2, dropout=0.3)
+    train_ims(net, X, y, IMSConfig(lr=5e-3, weight_decay=1e-3, batch_size=16, epochs=1),
+              generator=torch.Generator().manual_seed(1), out=tmp_path)
+    loaded, ck = load_run(tmp_path)
+    assert ck.kind == "isotopenet" and isinstance(loaded, IsotopeNet)
+    net.eval()
+    x = torch.from_numpy(X[:5]).to(next(net.parameters()).dtype)
+    torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)

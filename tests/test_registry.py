@@ -22,6 +22,8 @@ SMALL = {
     "fi_iresnet": {"input_shape": [1, 8, 8], "n_squeeze": 1, "conv_blocks": 1, "hidden": 4, "dense_blocks": 1,
                    "dense_hidden": 8},
     "relu_net": {"name": "ToyMLP", "kwargs": {"hidden": 3, "n_classes": 2}, "input_shape": [2]},
+    "isotopenet": {"n_bins": 60, "n_classes": 3, "dropout": 0.0},  # registered by invertible.ims.models
+    "residualnet": {"n_classes": 2, "layers": [[4, 1], [4, 2]], "kernel_size": 3},
 }
 
 

@@ -18,6 +18,7 @@ References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), Bioi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -26,12 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from invertible.models import registry
+
 __all__ = [
     "IsotopeNet",
     "LocallyConnected1d",
     "ResidualLayer1d",
     "ResidualNet",
     "count_parameters",
+    "IsotopeNetConfig",
+    "ResidualNetConfig",
     "predict_proba",
 ]
 
@@ -203,3 +208,36 @@ def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 512) -> np.
         xb = torch.from_numpy(np.ascontiguousarray(X[s:s + batch_size])).to(dev, dtype)
         out.append(torch.softmax(model(xb), -1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class IsotopeNetConfig(registry.ModelConfig):
+    """Config of :class:`IsotopeNet` (kind ``isotopenet``): its constructor arguments."""
+
+    n_bins: int
+    n_classes: int = 2
+    dropout: float = 0.3
+    channels: tuple[int, ...] = (8, 8, 8, 1)
+    strides: tuple[int, ...] = (1, 5, 1, 3)
+    kernel_size: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualNetConfig(registry.ModelConfig):
+    """Config of :class:`ResidualNet` (kind ``residualnet``): its constructor arguments."""
+
+    n_classes: int = 2
+    layers: tuple[tuple[int, int], ...] = RESIDUALNET_LAYERS
+    kernel_size: int = 5
+
+
+@registry.register_model("isotopenet", IsotopeNetConfig)
+def _build_isotopenet(config: IsotopeNetConfig) -> IsotopeNet:
+    return IsotopeNet(**config.kwargs())
+
+
+@registry.register_model("residualnet", ResidualNetConfig)
+def _build_residualnet(config: ResidualNetConfig) -> ResidualNet:
+    kw = config.kwargs()
+    kw["layers"] = tuple(tuple(layer) for layer in kw["layers"])
+    return ResidualNet(**kw)

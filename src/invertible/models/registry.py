@@ -57,6 +57,11 @@ def _jsonable(v: Any) -> Any:
 
 _REGISTRY: dict[str, tuple[type[ModelConfig], Callable[[Any], nn.Module]]] = {}
 
+#: Kinds defined above the models layer (the chapter-7 networks) register themselves in their own module; the
+#: registry imports that module by name on first use, as the experiment registry finds its experiments, so that
+#: ``load_run`` rebuilds them without the models layer importing ``ims``.
+KIND_MODULES: dict[str, str] = {"isotopenet": "invertible.ims.models", "residualnet": "invertible.ims.models"}
+
 
 def register_model(kind: str, config_type: type) -> Callable[[C], C]:
     """Decorator: register ``builder(config) -> nn.Module`` for ``kind`` with its config dataclass."""
@@ -73,11 +78,15 @@ def register_model(kind: str, config_type: type) -> Callable[[C], C]:
 
 
 def model_kinds() -> tuple[str, ...]:
-    """The registered kinds, sorted."""
-    return tuple(sorted(_REGISTRY))
+    """The registered kinds (including those of :data:`KIND_MODULES`), sorted."""
+    return tuple(sorted(set(_REGISTRY) | set(KIND_MODULES)))
 
 
 def _entry(kind: str) -> tuple[type[ModelConfig], Callable[[Any], nn.Module]]:
+    if kind not in _REGISTRY and kind in KIND_MODULES:
+        import importlib
+
+        importlib.import_module(KIND_MODULES[kind])
     if kind not in _REGISTRY:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(model_kinds())}")
     return _REGISTRY[kind]
