@@ -17,6 +17,7 @@ from invertible.commands._options import (
     add_progress,
     add_seed,
     add_threads,
+    out_dir,
     positive_float,
     positive_int,
 )
@@ -62,7 +63,7 @@ def add_parser(sub) -> None:
     c.add_argument("--mz-min", type=float)
     c.add_argument("--mz-max", type=float)
     c.add_argument("--baseline-window", type=positive_int, help="remove a rolling-minimum baseline of this many bins")
-    c.add_argument("--cache", type=Path, help="folder for memory-mapped spectra (large measurements)")
+    c.add_argument("--cache", type=out_dir, help="folder for memory-mapped spectra (large measurements)")
     add_threads(c)
     add_device(c)
     add_seed(c)
