@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    parser.command_names = list(sub.choices)  # for the "name a command" error
     return parser
 
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed as one line)
         return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
-        parser.print_help()
+        commands = ", ".join(parser.command_names)
+        print(f"invertible: error: name a command: {commands} (see `invertible --help`)", file=sys.stderr)
         return 2
     try:
         with flush_denormals():  # subnormals from exp() in ELU/LipSwish slowed CPU training up to 8x

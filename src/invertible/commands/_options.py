@@ -4,6 +4,7 @@
 
 * ``positive_int`` / ``nonnegative_int`` / ``positive_float``: counts and sizes that must be ``> 0`` (``>= 0``),
   so ``--batch-size 0`` is refused at the shell instead of being silently replaced by a default;
+* ``at_least_two``: a sample size with a standard error; ``threads``: a thread count in ``[1, 1024]``;
 * ``seed``: an integer in ``[0, 2**32)`` (numpy refuses negative seeds, deep inside a run);
 * ``device``: ``cpu``, ``cuda`` or ``cuda:N`` that this torch build and machine actually have, so ``--device
   cuda`` on a CPU-only build is refused up front instead of failing (or silently running on the CPU) later;
@@ -28,9 +29,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 __all__ = [
-    "add_device", "add_json", "add_out", "add_progress", "add_resume", "add_seed", "add_threads",
-    "data_name", "data_path", "device", "float_list", "float_pair", "int_list", "nonnegative_int", "out_dir",
-    "out_file", "positive_float", "positive_int", "positive_int_list", "seed",
+    "add_device", "add_json", "add_out", "add_progress", "add_resume", "add_seed", "add_threads", "at_least_two",
+    "data_name", "data_path", "device", "file_stem", "float_list", "float_pair", "int_list", "nonnegative_int",
+    "out_dir", "out_file", "positive_float", "positive_int", "positive_int_list", "seed", "threads",
 ]
 
 
@@ -58,6 +59,16 @@ def nonnegative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """A finite number ``x > 0``."""
     return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def at_least_two(text: str) -> int:
+    """An integer ``n >= 2`` (a sample size with a standard error)."""
+    return _number(text, int, "an integer >= 2", lambda v: v >= 2)
+
+
+def threads(text: str) -> int:
+    """A thread count in ``[1, 1024]``."""
+    return _number(text, int, "a thread count in [1, 1024]", lambda v: 1 <= v <= 1024)
 
 
 def seed(text: str) -> int:
@@ -116,6 +127,13 @@ def out_file(text: str) -> Path:
     if above is not None:
         raise argparse.ArgumentTypeError(f"cannot write {path}: {above} is a file, not a folder")
     return path
+
+
+def file_stem(text: str) -> str:
+    """A bare file name (no folder, not hidden): what is written stays inside ``--out``."""
+    if not text.strip() or text != Path(text).name or text.startswith(".") or "\\" in text:
+        raise argparse.ArgumentTypeError(f"expected a plain file name without folders (e.g. 'synthetic'), got {text!r}")
+    return text
 
 
 def data_name(text: str) -> str:
@@ -192,7 +210,7 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=threads, default=None, help="torch CPU threads (torch.set_num_threads)")
 
 
 def add_json(p: argparse.ArgumentParser, help: str = "also write the result as JSON to this file") -> None:

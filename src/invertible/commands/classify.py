@@ -173,6 +173,11 @@ def invert(args: argparse.Namespace) -> int:
         test_fraction=first_cfg["test_fraction"],
     )
     x = data.x_test[: args.n]
+    for path, model, _ in loaded:  # a fully convolutional model runs on any size, but its certificate does not hold
+        expected = getattr(model, "input_shape", None)
+        if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+            raise ValueError(f"{path} was trained on inputs of shape {tuple(expected)}, but the data has images of "
+                             f"shape {tuple(x.shape[1:])}: invert it on data of the kind it was trained on")
     rows = {"original": data.denormalize(x)}
     curves, results = {}, {}
     steps = [k for k in (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100) if k <= max(args.iterations, 2)]

@@ -22,6 +22,7 @@ from invertible.commands._options import (
     add_resume,
     add_seed,
     add_threads,
+    at_least_two,
     data_name,
     nonnegative_int,
     out_file,
@@ -63,7 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument("--scales", type=positive_int, default=3, help="scale-blocks of the image flow")
     p.add_argument("--factor-out", action="store_true", help="factor out half the channels between scales")
     p.add_argument("--n-terms", type=positive_int, default=10, help="power-series terms (iresnet mode)")
-    p.add_argument("--n-test", type=positive_int, default=10_000)
+    p.add_argument("--n-test", type=at_least_two, default=10_000, help="test points (>= 2, for a standard error)")
     p.add_argument("--subset", type=positive_int, default=None, help="use only this many training images")
     p.add_argument("--eval-every", type=positive_int, default=None, help="validate every N steps (default: each epoch)")
     p.add_argument("--eval-samples", type=positive_int, default=2000, help="validation samples during training")
@@ -93,7 +94,7 @@ def add_parser(sub) -> None:
     e.add_argument("checkpoint", type=Path, help="run folder or checkpoint.safetensors")
     e.add_argument("--data", type=data_name, default=None, help="data set (default: the one the model was trained on)")
     e.add_argument("--data-root", default=None)
-    e.add_argument("--n-test", type=positive_int, default=None)
+    e.add_argument("--n-test", type=at_least_two, default=None, help="test points (>= 2, for a standard error)")
     e.add_argument("--batch-size", type=positive_int, default=500)
     e.add_argument("--n-exact", type=nonnegative_int, default=8, help="fixed terms of the unbiased estimator")
     add_seed(e)
@@ -247,6 +248,8 @@ def sample(args: argparse.Namespace) -> int:
     x = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     folder = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out or folder / "samples_cli.png"
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out: expected a .png file name (the samples' .npy is written beside it), got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), x.cpu().numpy())
     if len(model.event_shape) == 1 and model.event_shape[0] == 2:
