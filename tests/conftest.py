@@ -23,6 +23,7 @@ CPU_ONLY_MODULES: dict[str, str] = {
     "test_certify": "certificates compare against dense SVDs / scipy Lanczos on the host",
     "test_classifier_training": "CLI and run-folder training with --device cpu and CPU data sources",
     "test_cli_flow": "CLI command (its own --device option, default cpu)",
+    "test_cli_errors": "CLI commands (their own --device option, default cpu) on tiny CPU runs",
     "test_cli_options": "argument parsing only",
     "test_distributed": "two gloo (CPU) ranks in subprocesses",
     "test_firevnet": "CPU generators and numpy in the model checks",

@@ -5,7 +5,11 @@ itself and sets ``func(args) -> int``; the flags they share are declared once in
 ``invertible/commands/_options.py``. Add a module to :data:`COMMAND_MODULES` to add a command.
 
 Every user error, from argparse (a bad option value) or from the library (``ValueError``,
-``FileNotFoundError``), is one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+``FileNotFoundError``, ``FloatingPointError``) or the operating system (``OSError``: permission denied, a
+folder where a file should be, a full disk), is one line on stderr and exit code 2; ``--debug`` shows the
+traceback instead. Any other exception (a ``RuntimeError`` or ``TypeError`` from deep inside torch) is a bug,
+not a user error: it stays a traceback, so that it is reported rather than hidden. Validation that torch does
+with ``RuntimeError`` (device strings, state-dict shapes) is turned into ``ValueError`` where it happens.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(sub)
+    parser.command_names = list(sub.choices)  # for the "name a command" error
     return parser
 
 
@@ -50,19 +55,31 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed as one line)
         return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
-        parser.print_help()
+        commands = ", ".join(parser.command_names)
+        print(f"invertible: error: name a command: {commands} (see `invertible --help`)", file=sys.stderr)
         return 2
     try:
         with flush_denormals():  # subnormals from exp() in ELU/LipSwish slowed CPU training up to 8x
             return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:  # user errors: one line, no traceback
+    except (ValueError, OSError, FloatingPointError) as exc:  # user errors: one line, no traceback
         if args.debug:
             raise
-        print(f"invertible {args.command}: error: {exc}", file=sys.stderr)
+        command = " ".join(c for c in (args.command, getattr(args, "ims_command", None)) if c)
+        print(f"invertible {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted; {_checkpoint_state(args)}", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line; an ``OSError`` as ``what: path`` (its ``str`` starts with ``[Errno]``)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        text = f"cannot use {where}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
 
 
 def _checkpoint_state(args: argparse.Namespace) -> str:

@@ -200,11 +200,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
             version = header.get("library_version", "unknown")
         else:  # written before the schema: {"meta": json} only; config under "config" or "model"
             meta = json.loads(header.get("meta", "{}"))
+            _check_header(path, None, {}, meta, {})
             kind = meta.get("kind")
             config = meta.get("config") or meta.get("model") or {}
             sums, version = {}, "unknown"
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} has a damaged checkpoint header: {exc}") from exc
+    _check_header(path, kind, config, meta, sums)
     if verify and sums:
         if set(sums) != set(tensors):
             raise ValueError(f"{path}: tensors {sorted(set(sums) ^ set(tensors))[:5]} differ from the recorded list")
@@ -214,6 +216,18 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     if torch.device(device).type != "cpu":
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return Checkpoint(tensors, kind, config, meta, version, path)
+
+
+def _check_header(path: Path, kind: Any, config: Any, meta: Any, sums: Any) -> None:
+    """Refuse a header whose JSON parsed into the wrong types (crafted or foreign), naming the entry."""
+    expected = {"kind": (kind, (str, type(None)), "a string"), "config": (config, dict, "a JSON object"),
+                "meta": (meta, dict, "a JSON object"), "sha256": (sums, dict, "a JSON object")}
+    for name, (value, types, what) in expected.items():
+        if not isinstance(value, types):
+            raise ValueError(f"{path} has a damaged checkpoint header: {name} should be {what}, "
+                             f"got {type(value).__name__}")
+    if not all(isinstance(v, str) for v in sums.values()):
+        raise ValueError(f"{path} has a damaged checkpoint header: sha256 should map tensor names to hex digests")
 
 
 # -- run folders --------------------------------------------------------------------------------------------------

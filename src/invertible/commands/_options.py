@@ -4,6 +4,13 @@
 
 * ``positive_int`` / ``nonnegative_int`` / ``positive_float``: counts and sizes that must be ``> 0`` (``>= 0``),
   so ``--batch-size 0`` is refused at the shell instead of being silently replaced by a default;
+* ``at_least_two``: a sample size with a standard error; ``threads``: a thread count in ``[1, 1024]``;
+* ``seed``: an integer in ``[0, 2**32)`` (numpy refuses negative seeds, deep inside a run);
+* ``device``: ``cpu``, ``cuda`` or ``cuda:N`` that this torch build and machine actually have, so ``--device
+  cuda`` on a CPU-only build is refused up front instead of failing (or silently running on the CPU) later;
+* ``out_dir`` / ``out_file``: a path to write to, refused when it names a file where a folder is expected, a
+  folder where a file is expected, or lies below a file;
+* ``data_name``: a data-set name or path; a ``.npz`` path that exists must be a zip archive (not truncated);
 * ``int_list`` / ``positive_int_list`` / ``float_list`` / ``float_pair``: the ONE list syntax, comma-separated
   (``--hidden 32,64``, ``--blocks 4,4``, ``--radii 1.0,1.3``, ``--budgets 0,0.1,0.2``); empty lists and empty
   items are refused.
@@ -22,9 +29,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 __all__ = [
-    "add_device", "add_json", "add_out", "add_progress", "add_resume", "add_seed", "add_threads",
-    "float_list", "float_pair", "int_list", "nonnegative_int", "positive_float", "positive_int",
-    "positive_int_list",
+    "add_device", "add_json", "add_out", "add_progress", "add_resume", "add_seed", "add_threads", "at_least_two",
+    "data_name", "data_path", "device", "file_stem", "float_list", "float_pair", "int_list", "nonnegative_int",
+    "out_dir", "out_file", "positive_float", "positive_int", "positive_int_list", "seed", "threads",
 ]
 
 
@@ -52,6 +59,98 @@ def nonnegative_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """A finite number ``x > 0``."""
     return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def at_least_two(text: str) -> int:
+    """An integer ``n >= 2`` (a sample size with a standard error)."""
+    return _number(text, int, "an integer >= 2", lambda v: v >= 2)
+
+
+def threads(text: str) -> int:
+    """A thread count in ``[1, 1024]``."""
+    return _number(text, int, "a thread count in [1, 1024]", lambda v: 1 <= v <= 1024)
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer in ``[0, 2**32)``."""
+    return _number(text, int, "a seed, an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
+
+
+def device(text: str) -> str:
+    """A torch device this build and machine have: ``cpu``, ``cuda`` or ``cuda:N``."""
+    import torch
+
+    text = text.strip()
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: expected cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available in this torch build "
+                                             f"({torch.__version__}); use --device cpu")
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+# -- paths --------------------------------------------------------------------------------------------------------
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` if it is not a folder (then nothing can be written below it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def out_dir(text: str) -> Path:
+    """A folder to write into: it may exist (as a folder) or not, but must not be a file or lie below one."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, but {path} is a file")
+    above = _file_above(path)
+    if above is not None:
+        raise argparse.ArgumentTypeError(f"cannot create the folder {path}: {above} is a file, not a folder")
+    return path
+
+
+def out_file(text: str) -> Path:
+    """A file to write: it may exist (as a file) or not, but must not be a folder or lie below a file."""
+    path = Path(text)
+    if path.is_dir() or text.endswith(("/", "\\")):
+        raise argparse.ArgumentTypeError(f"expected a file name, but {path} is a folder")
+    above = _file_above(path)
+    if above is not None:
+        raise argparse.ArgumentTypeError(f"cannot write {path}: {above} is a file, not a folder")
+    return path
+
+
+def file_stem(text: str) -> str:
+    """A bare file name (no folder, not hidden): what is written stays inside ``--out``."""
+    if not text.strip() or text != Path(text).name or text.startswith(".") or "\\" in text:
+        raise argparse.ArgumentTypeError(f"expected a plain file name without folders (e.g. 'synthetic'), got {text!r}")
+    return text
+
+
+def data_name(text: str) -> str:
+    """A data-set name or path. An existing ``.npz`` must be a zip archive (numpy's own error for a truncated
+    or foreign file is a ``BadZipFile`` traceback or a misleading one about pickles)."""
+    import zipfile
+
+    path = Path(text)
+    if path.suffix.lower() == ".npz" and path.is_file() and not zipfile.is_zipfile(path):
+        raise argparse.ArgumentTypeError(f"expected an .npz (zip) archive, but {path} is not one "
+                                         f"(truncated, or another format)")
+    return text
+
+
+def data_path(text: str) -> Path:
+    """:func:`data_name` for options that take a path only."""
+    return Path(data_name(text))
 
 
 # -- list types ---------------------------------------------------------------------------------------------------
@@ -85,16 +184,17 @@ float_pair = list_type(float, "numbers", length=2)
 
 # -- shared flags -------------------------------------------------------------------------------------------------
 def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
-    p.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+    p.add_argument("--seed", type=seed, default=default, help=f"random seed (default {default})")
 
 
 def add_device(p: argparse.ArgumentParser, default: str = "cpu") -> None:
-    p.add_argument("--device", default=default, help=f"torch device: cpu, cuda or cuda:N (default {default})")
+    p.add_argument("--device", type=device, default=default,
+                   help=f"torch device: cpu, cuda or cuda:N (default {default})")
 
 
 def add_out(p: argparse.ArgumentParser, *, required: bool = False, default: Path | None = None,
             help: str = "run folder") -> None:
-    p.add_argument("--out", type=Path, required=required, default=default, help=help)
+    p.add_argument("--out", type=out_dir, required=required, default=default, help=help)
 
 
 def add_resume(p: argparse.ArgumentParser, help: str = "continue the run in --out from its checkpoint") -> None:
@@ -110,8 +210,8 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=threads, default=None, help="torch CPU threads (torch.set_num_threads)")
 
 
 def add_json(p: argparse.ArgumentParser, help: str = "also write the result as JSON to this file") -> None:
-    p.add_argument("--json", type=Path, default=None, help=help)
+    p.add_argument("--json", type=out_file, default=None, help=help)

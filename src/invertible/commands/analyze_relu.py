@@ -11,7 +11,15 @@ import argparse
 import json
 from pathlib import Path
 
-from invertible.commands._options import add_device, add_json, add_progress, add_seed, nonnegative_int, positive_int
+from invertible.commands._options import (
+    add_device,
+    add_json,
+    add_progress,
+    add_seed,
+    data_path,
+    nonnegative_int,
+    positive_int,
+)
 
 
 def add_parser(sub) -> None:
@@ -23,7 +31,7 @@ def add_parser(sub) -> None:
         "preimage class (singleton/compact/unbounded, Theorem 3.3) of every ReLU layer.",
     )
     p.add_argument("checkpoint", type=Path, metavar="CKPT", help="a .safetensors checkpoint with model meta")
-    p.add_argument("--data", type=Path, required=True,
+    p.add_argument("--data", type=data_path, required=True,
                    help="inputs: .npy array (N, *input_shape), MNIST-style .npz (padded to 3x32x32 for CIFAR "
                         "models) or a CIFAR-10 python-pickle folder/batch file")
     p.add_argument("--n", type=positive_int, default=50, help="number of inputs (random, seeded; default 50)")

@@ -14,7 +14,9 @@ from invertible.commands._options import (
     add_progress,
     add_resume,
     add_seed,
+    data_name,
     nonnegative_int,
+    positive_float,
     positive_int,
     positive_int_list,
 )
@@ -37,7 +39,7 @@ def add_parser(sub) -> None:
         "the epoch budget. Writes config.json, metrics.jsonl, checkpoint.safetensors (every epoch) and report.md "
         "into --out; --resume continues a killed run exactly.",
     )
-    p.add_argument("--data", default="digits", help="digits, mnist, fashion-mnist, cifar10, or a path")
+    p.add_argument("--data", type=data_name, default="digits", help="digits, mnist, fashion-mnist, cifar10, or a path")
     p.add_argument("--data-root", default=None, help="folder/file of the named data set")
     p.add_argument("--arch", choices=("iresnet", "resnet"), default="iresnet")
     p.add_argument("--coeff", type=_coeff, default=0.9, help="spectral-norm coefficient c in (0,1), or 'none'")
@@ -49,7 +51,7 @@ def add_parser(sub) -> None:
     p.add_argument("--n-power-iterations", type=positive_int, default=1)
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=positive_float, default=0.1)
     p.add_argument("--shift", type=nonnegative_int, default=None,
                    help="max random shift in pixels (default 2*min(H,W)//28)")
     p.add_argument("--train-subset", type=positive_int, default=None)
@@ -71,7 +73,7 @@ def add_parser(sub) -> None:
     c.add_argument("checkpoint", type=Path, metavar="CKPT", help="checkpoint.safetensors or its run folder")
     c.add_argument("--fast", action="store_true", help="power iteration + FFT bounds instead of dense SVDs")
     add_json(c, help="where to save the certificate (JSON)")
-    c.add_argument("--data", nargs="?", const="", default=None, metavar="NAME",
+    c.add_argument("--data", type=data_name, nargs="?", const="", default=None, metavar="NAME",
                    help="also measure the realized local Lip(g_t) on test images (no NAME: the training data set)")
     c.add_argument("--data-root", default=None)
     c.add_argument("--n", type=positive_int, default=32, help="test images for --data")
@@ -85,7 +87,8 @@ def add_parser(sub) -> None:
         "and invert.json. Pass an i-ResNet and its vanilla twin to compare them.",
     )
     v.add_argument("checkpoints", type=Path, nargs="+", metavar="CKPT")
-    v.add_argument("--data", default=None, help="data set (default: the one the first model was trained on)")
+    v.add_argument("--data", type=data_name, default=None,
+                   help="data set (default: the one the first model was trained on)")
     v.add_argument("--data-root", default=None)
     v.add_argument("--n", type=positive_int, default=10, help="number of test images")
     v.add_argument("--iterations", type=positive_int, default=100,
@@ -121,9 +124,7 @@ def train(args: argparse.Namespace) -> int:
 def certify(args: argparse.Namespace) -> int:
     from invertible.io import atomic_write_text
     from invertible.models.certify import certify_classifier
-    from invertible.training.classification import load_classifier
-
-    model, meta = load_classifier(args.checkpoint)
+    model, meta = _load_classifier(args.checkpoint)
     cert = certify_classifier(model, exact=not args.fast)
     cfg = meta["config"]
     coeff = cfg["model"].get("coeff")
@@ -161,18 +162,22 @@ def invert(args: argparse.Namespace) -> int:
         plot_reconstructions,
         reconstruct,
     )
-    from invertible.training.classification import load_classifier
     from invertible.training.classifier import denormalize, load_classification_data
 
     if args.n < 1 or args.iterations < 1:
         raise ValueError(f"--n and --iterations must be >= 1, got {args.n}, {args.iterations}")
-    loaded = [(p, *load_classifier(p)) for p in args.checkpoints]
+    loaded = [(p, *_load_classifier(p)) for p in args.checkpoints]
     first_cfg = loaded[0][2]["config"]
     data = load_classification_data(
         args.data or first_cfg["data"], args.data_root if args.data else first_cfg["data_root"],
         test_fraction=first_cfg["test_fraction"],
     )
     x = data.x_test[: args.n]
+    for path, model, _ in loaded:  # a fully convolutional model runs on any size, but its certificate does not hold
+        expected = getattr(model, "input_shape", None)
+        if expected is not None and tuple(x.shape[1:]) != tuple(expected):
+            raise ValueError(f"{path} was trained on inputs of shape {tuple(expected)}, but the data has images of "
+                             f"shape {tuple(x.shape[1:])}: invert it on data of the kind it was trained on")
     rows = {"original": data.denormalize(x)}
     curves, results = {}, {}
     steps = [k for k in (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 100) if k <= max(args.iterations, 2)]
@@ -205,6 +210,17 @@ def invert(args: argparse.Namespace) -> int:
     atomic_write_text(out / "invert.json", json.dumps(_finite(report), indent=2))
     print(f"saved {out / 'reconstructions.png'}, {out / 'error_vs_iterations.png'}, {out / 'invert.json'}")
     return 0
+
+
+def _load_classifier(path: Path):
+    """:func:`load_classifier`, with a checkpoint whose metadata lacks a classifier run's keys (or has them with
+    other types) refused as a ``ValueError`` naming the file."""
+    from invertible.training.classification import load_classifier
+
+    try:
+        return load_classifier(path)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: its metadata is not a classifier run's ({type(exc).__name__}: {exc})") from exc
 
 
 def _finite(obj):

@@ -22,7 +22,10 @@ from invertible.commands._options import (
     add_resume,
     add_seed,
     add_threads,
+    at_least_two,
+    data_name,
     nonnegative_int,
+    out_file,
     positive_float,
     positive_int,
     positive_int_list,
@@ -37,8 +40,9 @@ def add_parser(sub) -> None:
         description="Train a density model on a 2-D toy density or an image set. Writes config.json, "
         "metrics.jsonl, checkpoint.safetensors and plots into OUT; --resume continues a killed run exactly.",
     )
-    p.add_argument("--data", required=True, help="8gaussians, checkerboard, 2spirals, pinwheel, rings, moons, "
-                   "circles, swissroll, digits, mnist, fashion-mnist, cifar10 or a path (.npz / IDX / CIFAR folder)")
+    p.add_argument("--data", type=data_name, required=True, help="8gaussians, checkerboard, 2spirals, pinwheel, "
+                   "rings, moons, circles, swissroll, digits, mnist, fashion-mnist, cifar10 or a path "
+                   "(.npz / IDX / CIFAR folder)")
     p.add_argument("--data-root", default=None, help="folder or file of a named image set")
     add_out(p, required=True)
     p.add_argument("--arch", choices=("resflow", "coupling"), default="resflow")
@@ -48,7 +52,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 2000 for 2-D data)")
     p.add_argument("--epochs", type=positive_float, default=None, help="epochs over an image training set")
     p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--optimizer", choices=("adam", "adamax"), default="adam")
     p.add_argument("--warmup", type=nonnegative_int, default=0, help="linear learning-rate warm-up steps")
     p.add_argument("--grad-clip", type=positive_float, default=None)
@@ -60,7 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument("--scales", type=positive_int, default=3, help="scale-blocks of the image flow")
     p.add_argument("--factor-out", action="store_true", help="factor out half the channels between scales")
     p.add_argument("--n-terms", type=positive_int, default=10, help="power-series terms (iresnet mode)")
-    p.add_argument("--n-test", type=positive_int, default=10_000)
+    p.add_argument("--n-test", type=at_least_two, default=10_000, help="test points (>= 2, for a standard error)")
     p.add_argument("--subset", type=positive_int, default=None, help="use only this many training images")
     p.add_argument("--eval-every", type=positive_int, default=None, help="validate every N steps (default: each epoch)")
     p.add_argument("--eval-samples", type=positive_int, default=2000, help="validation samples during training")
@@ -78,7 +82,8 @@ def add_parser(sub) -> None:
                        description="Sample x = F^{-1}(z), z ~ N(0, I), by fixed-point inversion of every block.")
     s.add_argument("checkpoint", type=Path, help="run folder or checkpoint.safetensors")
     s.add_argument("-n", type=positive_int, default=1000, help="number of samples")
-    add_out(s, help="output .png (a .npy of the samples is written beside)")
+    s.add_argument("--out", type=out_file, default=None,
+                   help="output .png (a .npy of the samples is written beside; default RUN/samples_cli.png)")
     add_seed(s)
     s.add_argument("--no-ema", action="store_true", help="use the live instead of the averaged weights")
     s.set_defaults(func=sample)
@@ -87,9 +92,9 @@ def add_parser(sub) -> None:
                        description="Exact log-det for small dimension, otherwise the unbiased Russian-roulette "
                        "estimate; never the Neumann gradient surrogate.")
     e.add_argument("checkpoint", type=Path, help="run folder or checkpoint.safetensors")
-    e.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
+    e.add_argument("--data", type=data_name, default=None, help="data set (default: the one the model was trained on)")
     e.add_argument("--data-root", default=None)
-    e.add_argument("--n-test", type=positive_int, default=None)
+    e.add_argument("--n-test", type=at_least_two, default=None, help="test points (>= 2, for a standard error)")
     e.add_argument("--batch-size", type=positive_int, default=500)
     e.add_argument("--n-exact", type=nonnegative_int, default=8, help="fixed terms of the unbiased estimator")
     add_seed(e)
@@ -238,10 +243,14 @@ def sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"-n must be >= 1, got {args.n}")
-    model, _ = load_run(args.checkpoint, use_ema=not args.no_ema)
+    model, ck = load_run(args.checkpoint, use_ema=not args.no_ema)
+    _require_flow(model, ck)
     x = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     folder = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     out = args.out or folder / "samples_cli.png"
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out: expected a .png file name (the samples' .npy is written beside it), got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out.with_suffix(".npy"), x.cpu().numpy())
     if len(model.event_shape) == 1 and model.event_shape[0] == 2:
         import matplotlib
@@ -268,13 +277,23 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_flow(model, ck) -> None:
+    """``sample`` and ``evaluate`` need a density model (``event_shape``, ``sample``, ``log_prob``)."""
+    if not all(hasattr(model, a) for a in ("event_shape", "sample", "log_prob")):
+        raise ValueError(f"{ck.path} holds a model of kind {ck.kind!r}, not a density model (a flow from train-flow)")
+
+
 def evaluate(args: argparse.Namespace) -> int:
     from invertible.training.datasets import DataSpec, load_data
     from invertible.training.evaluate import evaluate_nll
     from invertible.training.runs import load_run
 
     model, ck = load_run(args.checkpoint, use_ema=not args.no_ema)
-    spec_d = dict(ck.config.get("data") or ck.meta.get("data") or {})
+    _require_flow(model, ck)
+    recorded = ck.config.get("data") or ck.meta.get("data") or {}
+    if not isinstance(recorded, dict) and args.data is None:
+        raise ValueError(f"{ck.path} records its data set as {recorded!r}, not a data spec: pass --data")
+    spec_d = dict(recorded) if isinstance(recorded, dict) else {}
     if args.data is not None:
         spec_d = {"name": args.data, "seed": spec_d.get("seed", 0)}
     if not spec_d:
@@ -283,7 +302,11 @@ def evaluate(args: argparse.Namespace) -> int:
         spec_d["root"] = args.data_root
     if args.n_test is not None:
         spec_d["n_test"] = args.n_test
-    data = load_data(DataSpec(**spec_d))
+    try:
+        spec = DataSpec(**spec_d)
+    except TypeError as exc:  # a crafted or foreign checkpoint
+        raise ValueError(f"{ck.path} records a data spec this version cannot read ({exc}): pass --data") from None
+    data = load_data(spec)
     if data.event_shape != model.event_shape:
         raise ValueError(f"data shape {data.event_shape} does not match the model's {model.event_shape}")
     res = evaluate_nll(model, data.test, batch_size=args.batch_size, n_exact=args.n_exact, seed=args.seed)

@@ -17,6 +17,8 @@ from invertible.commands._options import (
     add_progress,
     add_seed,
     add_threads,
+    file_stem,
+    out_dir,
     positive_float,
     positive_int,
 )
@@ -36,7 +38,7 @@ def add_parser(sub) -> None:
     s.add_argument("--bins", type=positive_int, help="override the number of m/z bins")
     s.add_argument("--tmas", type=positive_int, help="override the number of TMAs")
     add_out(s, required=True, help="output folder")
-    s.add_argument("--name", default="synthetic", help="file stem (NAME.imzML, NAME.ibd, NAME.csv)")
+    s.add_argument("--name", type=file_stem, default="synthetic", help="file stem (NAME.imzML, NAME.ibd, NAME.csv)")
     add_seed(s)
     s.set_defaults(func=run_synth)
 
@@ -62,14 +64,18 @@ def add_parser(sub) -> None:
     c.add_argument("--mz-min", type=float)
     c.add_argument("--mz-max", type=float)
     c.add_argument("--baseline-window", type=positive_int, help="remove a rolling-minimum baseline of this many bins")
-    c.add_argument("--cache", type=Path, help="folder for memory-mapped spectra (large measurements)")
+    c.add_argument("--cache", type=out_dir, help="folder for memory-mapped spectra (large measurements)")
     add_threads(c)
     add_device(c)
     add_seed(c)
     add_out(c, help="folder for metrics.json and the box plot")
     add_progress(c)
     c.set_defaults(func=run_cv)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=_no_subcommand)
+
+
+def _no_subcommand(args: argparse.Namespace) -> int:
+    raise ValueError("name a subcommand: synth, design or cv (see `invertible ims --help`)")
 
 
 def _progress(enabled: bool):
@@ -112,6 +118,9 @@ def run_design(args: argparse.Namespace) -> int:
         mz = preset(args.preset).mz
     if args.step <= 0:
         raise ValueError(f"--step must be positive, got {args.step}")
+    if (mz[-1] - mz[0]) / args.step > 10_000:
+        raise ValueError(f"--step {args.step} Da makes a table of more than 10000 rows for the m/z axis "
+                         f"{mz[0]:.1f}-{mz[-1]:.1f}; expected a step of at least {(mz[-1] - mz[0]) / 10_000:.3g} Da")
     masses = np.arange(np.ceil((mz[0] + 10) / args.step) * args.step, mz[-1] - 10, args.step)
     if len(masses) == 0:
         raise ValueError(f"m/z axis {mz[0]:.1f}-{mz[-1]:.1f} is too short for the design table")

@@ -22,9 +22,11 @@ from invertible.commands._options import (
     add_progress,
     add_resume,
     add_seed,
+    data_name,
     float_list,
     float_pair,
     nonnegative_int,
+    positive_float,
     positive_int,
 )
 
@@ -33,8 +35,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("spheres", help="accuracy vs l2 budget of the two analytic attacks (Example 6.6)",
                        description="Adversarial spheres: perturbation vs invariance attacks, mis-aligned classifier.")
     p.add_argument("--dim", type=positive_int, default=500, help="dimension d (default 500)")
-    p.add_argument("--unused", type=nonnegative_int, default=10,
-                   help="n, coordinates the classifier ignores (default 10)")
+    p.add_argument("--unused", type=positive_int, default=10,
+                   help="n >= 1, coordinates the classifier ignores (default 10; the invariance attack moves them)")
     p.add_argument("--radii", type=float_pair, default=(1.0, 1.3), metavar="R1,R2",
                    help="radii of the inner and outer sphere (default 1.0,1.3)")
     p.add_argument("--n-train", type=positive_int, default=2000, help="training points per sphere (sets the bias)")
@@ -47,7 +49,8 @@ def add_parser(sub) -> None:
 
     t = sub.add_parser("train-ice", help="train a fully invertible classifier with CE or iCE on shifted data",
                        description="Train a fi-RevNet / fi-i-ResNet with cross-entropy or independence cross-entropy.")
-    t.add_argument("--data", default="mnist", help="mnist, fashion-mnist, digits or an .npz / IDX folder")
+    t.add_argument("--data", type=data_name, default="mnist",
+                   help="mnist, fashion-mnist, digits or an .npz / IDX folder")
     t.add_argument("--objective", choices=("ce", "ice"), default="ice")
     t.add_argument("--backbone", choices=("revnet", "iresnet"), default="revnet")
     t.add_argument("--epochs", type=positive_int, default=10)
@@ -55,10 +58,10 @@ def add_parser(sub) -> None:
     t.add_argument("--n-test", type=positive_int, default=2000)
     t.add_argument("--downsample", action="store_true", help="average-pool 28x28 images to 14x14")
     t.add_argument("--batch-size", type=positive_int, default=128)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=positive_float, default=1e-3)
     t.add_argument("--nuisance-steps", type=nonnegative_int, default=2)
     t.add_argument("--nuisance-hidden", type=nonnegative_int, default=0, help="0: linear nuisance classifier")
-    t.add_argument("--nuisance-lr", type=float, default=3e-3)
+    t.add_argument("--nuisance-lr", type=positive_float, default=3e-3)
     t.add_argument("--nuisance-weight", type=float, default=1.0)
     t.add_argument("--mle-weight", type=float, default=1.0)
     t.add_argument("--form", choices=("minimax", "nonsaturating"), default="nonsaturating",

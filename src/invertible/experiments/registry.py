@@ -118,6 +118,7 @@ def run_experiment(
     if id not in registry:
         raise ValueError(f"unknown experiment {id!r}; known: {', '.join(registry)}")
     exp = registry[id]
+    _check_device(device)
     folder = Path(out) / id
     run = RunFolder(folder).make()
     run.reset_metrics()
@@ -157,3 +158,17 @@ def run_experiment(
     if ctx.figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in ctx.figures] + [""]
     return run.write_report("\n".join(lines))
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this build or machine lacks: the report must not say "device cuda" of a CPU run."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        built = "no CUDA device is available" if torch.backends.cuda.is_built() else \
+            "CUDA is not available in this torch build"
+        raise ValueError(f"device {device!r}: {built}")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}: expected cpu, cuda or cuda:N")

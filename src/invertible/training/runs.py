@@ -46,12 +46,20 @@ def load_run(path: str | os.PathLike, *, use_ema: bool = True,
     """
     path = Path(path)
     ck = load_checkpoint(path / CHECKPOINT_NAME if path.is_dir() else path, device="cpu")
-    kind, model_cfg = model_config_of(ck)
-    model = build_model(kind, model_cfg)
+    try:
+        kind, model_cfg = model_config_of(ck)
+    except (TypeError, KeyError, AttributeError) as exc:  # a crafted config: wrong types or missing entries
+        raise ValueError(f"{ck.path}: its config does not name a model ({type(exc).__name__}: {exc})") from exc
+    try:
+        model = build_model(kind, model_cfg)
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:  # wrong types, missing or unknown entries
+        raise ValueError(f"{ck.path}: its {kind} model config does not build a model ({exc})") from exc
     state = ck.group("model") or dict(ck.tensors)  # before the schema, ReLU networks stored bare state dicts
     # the recorded dtype; checkpoints that record none (the old classifiers) keep their weights' dtype
     name = ck.config.get("dtype") or ck.meta.get("dtype")
     stored = next((v.dtype for v in state.values() if v.is_floating_point()), torch.float32)
+    if name and not isinstance(getattr(torch, str(name), None), torch.dtype):
+        raise ValueError(f"{ck.path}: the recorded dtype {name!r} is not a torch dtype")
     dtype = getattr(torch, name) if name else stored
     if use_ema:
         state.update(ck.group("ema"))
