@@ -226,3 +226,16 @@ def test_resume_with_other_data_is_refused_before_any_shape_error(files, capsys,
     assert len(err.strip().splitlines()) == 1, err
     assert "cannot resume" in err and "data" in err and "size mismatch" not in err and "Traceback" not in err
 
+
+
+def test_library_reasons_reach_the_cli_as_one_line(tmp_path, capsys):
+    """Two refusals that live in the library (not in argparse): a non-npz MNIST file, and a synthetic m/z axis
+    too short for any peptide (before: numpy's pickle message / 'high - low < 0')."""
+    from invertible.cli import main
+
+    bad = tmp_path / "x.npz"
+    bad.write_text("not a zip")
+    assert main(["train-classifier", "--data", "mnist", "--data-root", str(bad), "--out", str(tmp_path / "c")]) == 2
+    assert "is not an .npz archive" in capsys.readouterr().err
+    assert main(["ims", "synth", "--bins", "100", "--out", str(tmp_path / "s")]) == 2
+    assert "need more than 20 Da" in capsys.readouterr().err

@@ -77,10 +77,17 @@ def _load_idx_folder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as f:
-        if "images" not in f or "labels" not in f:
-            raise ValueError(f"{path}: expected arrays 'images' and 'labels', found {list(f.keys())}")
-        images, labels = f["images"], f["labels"]
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz archive (expected a zip of arrays 'images' and 'labels')")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "images" not in f or "labels" not in f:
+                raise ValueError(f"{path}: expected arrays 'images' and 'labels', found {list(f.keys())}")
+            images, labels = f["images"], f["labels"]
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is a damaged .npz archive: {exc}") from exc
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4 or images.dtype != np.uint8:

@@ -211,6 +211,9 @@ def generate(config: SyntheticConfig, *, seed: int = 0) -> SyntheticTMA:
     cfg = config
     rng = np.random.default_rng(seed)
     mz = cfg.mz
+    if mz[-1] - mz[0] <= 20:  # peptides are placed in [lo + 5, hi - 15] Da, their isotope envelopes after them
+        raise ValueError(f"the m/z axis spans only {mz[-1] - mz[0]:.1f} Da ({cfg.n_bins} bins from {cfg.mz_lo} with "
+                         f"sqrt step {cfg.sqrt_step}); the synthetic spectra need more than 20 Da: use more bins")
     # peptides: uniform over the range (tryptic peptides), heavier tail of abundances at low mass
     k = max(cfg.n_discriminative + 4, int(round(cfg.peptides_per_kda * (mz[-1] - mz[0]) / 1000)))
     peptide_mz = np.sort(rng.uniform(mz[0] + 5, mz[-1] - 15, k))
