@@ -163,3 +163,19 @@ def test_flow_log_prob_and_sample_shape_errors():
     with pytest.raises(ValueError, match=r"Flow.sample.*\(5, 4\).*event shape \(4,\).*\(B, 3\)"):
         wrong.sample((5,))
     assert flow.sample((5,)).shape == (5, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(atol=math.nan), "atol=nan"),
+        (dict(rtol=-1.0), "rtol=-1.0"),
+        (dict(n_power_iterations=1.5), "n_power_iterations=1.5"),
+        (dict(max_power_iterations=0), "max_power_iterations=0"),
+    ],
+)
+def test_spectral_norm_rejects_bad_power_iteration_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        inv.spectral_norm(nn.Linear(2, 2), 0.9, **kwargs)
+    with pytest.raises(ValueError, match="rtol"):
+        inv.converge_spectral_norms(nn.Linear(2, 2), rtol=math.nan)

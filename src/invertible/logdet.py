@@ -91,7 +91,8 @@ def _probe(like: torch.Tensor, kind: str, generator: torch.Generator | None) -> 
 
 
 def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value != int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
     return int(value)
 
