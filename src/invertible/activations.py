@@ -14,6 +14,7 @@ References: Chen et al. (2019) "Residual Flows for Invertible Generative Modelin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,7 +39,8 @@ class LipSwish(nn.Module):
 
     ``sup_x |d/dx x sigmoid(beta x)| <= 1.0998`` for every beta > 0, so dividing by 1.1 makes it
     1-Lipschitz; unlike ReLU it is smooth, so its Jacobian is continuous (Corollary 4.4, Theorem 5.9).
-    Derivative: ``s (1 + beta x (1 - s)) / 1.1`` with ``s = sigmoid(beta x)``. Any shape.
+    Derivative: ``s (1 + beta x (1 - s)) / 1.1`` with ``s = sigmoid(beta x)``. Any shape. The initial ``beta``
+    must be finite and ``> 0`` (``ValueError`` otherwise).
 
     References: Chen et al. (2019) "Residual Flows for Invertible Generative Modeling".
     """
@@ -47,7 +49,16 @@ class LipSwish(nn.Module):
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
-        b = torch.log(torch.expm1(torch.tensor(float(beta))))  # inverse softplus
+        try:
+            value = float(beta)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):  # also rejects nan
+            raise ValueError(f"LipSwish: beta must be a finite number > 0, got beta={beta!r}")
+        if value <= 20:
+            b = torch.log(torch.expm1(torch.tensor(value)))  # inverse softplus
+        else:  # the same, without overflowing expm1: softplus^{-1}(b) = b + log(1 - exp(-b))
+            b = torch.tensor(value) + torch.log(-torch.expm1(torch.tensor(-value)))
         self.raw_beta = nn.Parameter(b)
 
     @property

@@ -81,8 +81,16 @@ class Flow(D.Distribution):
         return b
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x)`` of shape ``(batch,)``."""
-        z, logdet = self.bijection.forward_and_logdet(x)
+        """``log p(x)`` of shape ``(batch,)``; a bad input (shape, dtype, NaN) is a ``ValueError`` naming it."""
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            raise ValueError(f"Flow.log_prob: expected a batch of samples, a tensor (batch, ...), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        try:
+            z, logdet = self.bijection.forward_and_logdet(x)
+        except ValueError as err:
+            if type(err) is not ValueError:
+                raise
+            raise ValueError(f"Flow.log_prob: x of shape {tuple(x.shape)}: {err}") from err
         if tuple(z.shape[1:]) != tuple(self.event_shape):
             raise ValueError(
                 f"Flow.log_prob: the bijection maps x of shape {tuple(x.shape[1:])} to z of shape "
@@ -110,7 +118,13 @@ class Flow(D.Distribution):
         param = next(self.bijection.parameters(), None)
         if param is not None:  # sample where the model lives (the default base is built on the CPU)
             z = z.to(device=param.device, dtype=param.dtype)
-        x = self.bijection.inverse(z)
+        try:
+            x = self.bijection.inverse(z)
+        except ValueError as err:
+            if type(err) is not ValueError:
+                raise
+            raise ValueError(f"Flow.sample: the bijection cannot invert latents z of shape {tuple(z.shape)} (the "
+                             f"base distribution's event shape {tuple(self.event_shape)}): {err}") from err
         return x.reshape(*shape, *x.shape[1:]) if len(shape) else x[0]
 
     def bits_per_dim(

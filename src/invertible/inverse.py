@@ -9,6 +9,24 @@ and, a posteriori, Lemma 4.6 (``||F(a) - F(b)|| >= (1 - L) ||a - b||``) gives fo
 ``||x - x[k]|| <= ||x[k] + g(x[k]) - y|| / (1 - L)``. Both solvers here stop each sample on its own
 tolerance (the official code stopped the batch as a whole) and return these bounds per sample.
 
+Round-off. In floating point the iteration is ``x[k+1] = T~(x[k])`` with ``||T~(x) - T(x)|| <= delta``,
+``T(x) = y - g(x)``; the same argument as Lemma 4.5 then gives
+
+    ||x - x[k]|| <= (L ||x[k] - x[k-1]|| + delta) / (1 - L),
+    ||x - x[k]|| <= (||x[k] + g(x[k]) - y|| + delta) / (1 - L),
+
+so the computed step or residual can be 0 (a fixed point of the *rounded* map) while the error is not. The
+bounds use ``delta = eps * (||x[k]|| + ||g(x[k])||)`` with ``eps = torch.finfo(dtype).eps``: a first-order model
+of the rounding of ``y - g(x)`` (it assumes g is evaluated to about unit relative round-off; measured errors of
+spectrally normalized MLPs are below 0.4 delta in float32), not a rigorous interval bound.
+
+Convergence. ``criterion="step"`` (default) is Algorithm 1's stop test ``||x[k] - x[k-1]|| <= atol + rtol ||x[k]||``
+(Anderson: ``||T(x) - x||``); it says the iteration has settled, *not* that the error is below ``atol`` - that is
+what ``error_bound`` certifies, and it may exceed ``atol`` by the factor ``L / (1 - L)`` and the round-off floor.
+``criterion="bound"`` stops a sample when ``error_bound <= atol + rtol ||x[k]||`` (it needs ``L < 1``), so a
+converged sample's bound is below its tolerance; below the round-off floor nothing converges. Either way a
+non-finite iterate, step or residual is a failure, never convergence.
+
 References: Behrmann et al. (2019); Walker & Ni (2011) "Anderson acceleration for fixed-point iterations".
 """
 
@@ -46,8 +64,10 @@ class InverseResult:
         error_bound: per-sample bound on ``||x - x*||_2`` (Lemma 4.5 for fixed point, the a-posteriori
             residual bound ``residual / (1 - L)`` where tighter or for Anderson); ``inf`` without a certified
             ``L < 1``. Shape ``(batch,)``.
-        converged: per-sample flag, shape ``(batch,)``.
+            Both include the round-off term ``eps * (||x|| + ||g(x)||) / (1 - L)`` of the working dtype.
+        converged: per-sample flag, shape ``(batch,)``: the stop test of ``criterion`` passed with finite values.
         lipschitz: the ``L`` used for the bound (``None`` when unknown).
+        criterion: ``"step"`` or ``"bound"``, what ``converged`` means (see the module docstring).
     """
 
     x: torch.Tensor
@@ -56,6 +76,7 @@ class InverseResult:
     error_bound: torch.Tensor
     converged: torch.Tensor
     lipschitz: float | None = None
+    criterion: str = "step"
 
     @property
     def all_converged(self) -> bool:
@@ -66,6 +87,28 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
+def _check_tolerance(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}") from None
+    if not (math.isfinite(v) and v >= 0):  # also rejects nan
+        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
+    return v
+
+
+def _check_count(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value != int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+    return int(value)
+
+
+def _round_off(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
+    """``delta = eps * (||x|| + ||g(x)||)`` per sample: the modelled rounding of one step ``y - g(x)``."""
+    return torch.finfo(x.dtype).eps * (_norm(x) + _norm(gx))
+
+
 class AbstractSolver(abc.ABC):
     """A solver of ``x + g(x) = y`` per sample: ``solver(g, y, lipschitz=None) -> InverseResult`` (Lemma 4.5).
 
@@ -74,17 +117,28 @@ class AbstractSolver(abc.ABC):
     samples that miss the tolerance (``on_failure``: ``"warn"``, ``"raise"`` or ``"ignore"``).
     """
 
-    def __init__(self, atol: float, rtol: float, max_iter: int, on_failure: str):
-        if atol < 0 or rtol < 0 or (atol == 0 and rtol == 0):
+    def __init__(self, atol: float, rtol: float, max_iter: int, on_failure: str, criterion: str = "step"):
+        atol, rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
+        if atol == 0 and rtol == 0:
             raise ValueError(f"need atol >= 0, rtol >= 0 and one of them > 0; got atol={atol}, rtol={rtol}")
-        if max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        max_iter = _check_count("max_iter", max_iter)
         if on_failure not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_failure must be 'warn', 'raise' or 'ignore', got {on_failure!r}")
-        self.atol, self.rtol, self.max_iter, self.on_failure = float(atol), float(rtol), int(max_iter), on_failure
+        if criterion not in ("step", "bound"):
+            raise ValueError(f"criterion must be 'step' or 'bound', got criterion={criterion!r}")
+        self.atol, self.rtol, self.max_iter, self.on_failure = atol, rtol, max_iter, on_failure
+        self.criterion = criterion
 
     def _tolerance(self, x: torch.Tensor) -> torch.Tensor:
         return self.atol + self.rtol * _norm(x)
+
+    def _passed(self, step, x, gx, lipschitz) -> torch.Tensor:
+        """The stop test for iterate ``x = T(x_prev)`` with ``step = ||x - x_prev||``: finite values, and the step
+        (``criterion="step"``) or the Lemma 4.5 bound with round-off (``"bound"``) below ``atol + rtol ||x||``."""
+        tol = self._tolerance(x)
+        if self.criterion == "bound":
+            step = (lipschitz * step + _round_off(x, gx)) / (1 - lipschitz)
+        return torch.isfinite(step) & torch.isfinite(tol) & (step <= tol)
 
     def __call__(
         self, g: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, lipschitz: float | None = None
@@ -92,6 +146,11 @@ class AbstractSolver(abc.ABC):
         """Solve ``x + g(x) = y`` for every sample of ``y`` (shape ``(batch, ...)``)."""
         if not torch.isfinite(y).all():
             raise ValueError("inverse: input y contains NaN or inf")
+        if self.criterion == "bound" and (lipschitz is None or not 0 <= lipschitz < 1):
+            raise ValueError(
+                f"{type(self).__name__}(criterion='bound') needs a Lipschitz constant 0 <= L < 1 of g for the "
+                f"Lemma 4.5 bound, got lipschitz={lipschitz}"
+            )
         with torch.no_grad(), frozen_spectral_norm():
             result = self._solve(g, y, lipschitz)
         self._report(result)
@@ -104,14 +163,20 @@ class AbstractSolver(abc.ABC):
         """The iteration proper, called without gradients under frozen spectral norms."""
 
     def _finish(self, g, y, x, iterations, step, lipschitz, converged) -> InverseResult:
+        """Residual and error bound of the final ``x``; ``step = ||x - x_prev||`` where ``x = T(x_prev)``."""
         with torch.no_grad(), frozen_spectral_norm():
-            residual = _norm(x + g(x) - y)
+            gx = g(x)
+            residual = _norm(x + gx - y)
         bound = torch.full_like(residual, math.inf)
         if lipschitz is not None and lipschitz < 1:
-            bound = residual / (1 - lipschitz)
+            delta = _round_off(x, gx)  # the rounding of the working dtype (module docstring)
+            bound = (residual + delta) / (1 - lipschitz)
             if step is not None:  # Lemma 4.5 in its a-posteriori form: L / (1 - L) * ||x[k] - x[k-1]||
-                bound = torch.minimum(bound, lipschitz / (1 - lipschitz) * step)
-        return InverseResult(x, iterations, residual, bound, converged, lipschitz)
+                bound = torch.minimum(bound, (lipschitz * step + delta) / (1 - lipschitz))
+        converged = converged & torch.isfinite(residual) & torch.isfinite(_norm(x))
+        if self.criterion == "bound":
+            converged = converged & (bound <= self._tolerance(x))
+        return InverseResult(x, iterations, residual, bound, converged, lipschitz, self.criterion)
 
     def _report(self, r: InverseResult) -> None:
         if r.all_converged or self.on_failure == "ignore":
@@ -130,47 +195,65 @@ class AbstractSolver(abc.ABC):
 class FixedPoint(AbstractSolver):
     """Banach fixed-point iteration ``x[k+1] = y - g(x[k])``, ``x[0] = y`` (Algorithm 1).
 
-    Each sample stops when ``||x[k+1] - x[k]||_2 <= atol + rtol * ||x[k+1]||_2``; finished samples are no longer
-    evaluated. ``error_bound`` is Lemma 4.5, ``L / (1 - L) ||x[k] - x[k-1]|| <= L^k / (1 - L) ||x[1] - x[0]||``.
+    Each sample stops when ``||x[k+1] - x[k]||_2 <= atol + rtol * ||x[k+1]||_2`` (``criterion="step"``) or when
+    its error bound is below that tolerance (``"bound"``); finished samples, and samples whose iterate turned
+    non-finite (failures), are no longer evaluated. ``error_bound`` is Lemma 4.5,
+    ``L / (1 - L) ||x[k] - x[k-1]|| <= L^k / (1 - L) ||x[1] - x[0]||``, plus the round-off term.
 
     Args:
+        atol, rtol: finite tolerances ``>= 0``, not both 0. max_iter: evaluations of g, ``>= 1``.
         on_failure: ``"warn"`` (default), ``"raise"`` (:class:`InverseNotConverged`) or ``"ignore"``.
+        criterion: ``"step"`` (default) or ``"bound"`` (see the module docstring).
     """
 
-    def __init__(self, atol: float = 1e-6, rtol: float = 0.0, max_iter: int = 100, on_failure: str = "warn"):
-        super().__init__(atol, rtol, max_iter, on_failure)
+    def __init__(
+        self, atol: float = 1e-6, rtol: float = 0.0, max_iter: int = 100, on_failure: str = "warn",
+        criterion: str = "step",
+    ):
+        super().__init__(atol, rtol, max_iter, on_failure, criterion)
 
     def _solve(self, g, y, lipschitz):
         batch = y.shape[0]
         x = y.clone()
         iterations = torch.zeros(batch, dtype=torch.long, device=y.device)
         step = torch.full((batch,), math.inf, dtype=y.dtype, device=y.device)
+        converged = torch.zeros(batch, dtype=torch.bool, device=y.device)
         active = torch.arange(batch, device=y.device)
         for _ in range(self.max_iter):
             xa = x[active]
-            new = y[active] - g(xa)
+            gx = g(xa)
+            new = y[active] - gx
             d = _norm(new - xa)
             x[active] = new
             step[active] = d
             iterations[active] += 1
-            keep = d > self._tolerance(new)
-            active = active[keep]
+            done = self._passed(d, new, gx, lipschitz)
+            converged[active[done]] = True
+            active = active[~done & torch.isfinite(d)]  # a non-finite iterate stops as a failure
             if active.numel() == 0:
                 break
-        converged = torch.ones(batch, dtype=torch.bool, device=y.device)
-        converged[active] = False
         return self._finish(g, y, x, iterations, step, lipschitz, converged)
 
     def __repr__(self) -> str:
-        return f"FixedPoint(atol={self.atol}, rtol={self.rtol}, max_iter={self.max_iter})"
+        extra = ", criterion='bound'" if self.criterion == "bound" else ""
+        return f"FixedPoint(atol={self.atol}, rtol={self.rtol}, max_iter={self.max_iter}{extra})"
 
 
 class Anderson(AbstractSolver):
     """Anderson acceleration (type II, mixing ``beta``) of the fixed-point map ``T(x) = y - g(x)``.
 
     Keeps the last ``memory`` iterates and solves, per sample, ``min_a ||sum_i a_i (T(x_i) - x_i)||`` subject
-    to ``sum_i a_i = 1``; the next iterate is ``sum_i a_i (beta T(x_i) + (1 - beta) x_i)``. Per-sample stopping
-    on ``||T(x) - x|| <= atol + rtol ||x||``; the error bound is ``residual / (1 - L)`` (Lemma 4.6).
+    to ``sum_i a_i = 1``; the next iterate is ``sum_i a_i (beta T(x_i) + (1 - beta) x_i)``. The first two
+    evaluations are plain steps ``x[1] = T(y)``, ``x[2] = T(x[1])``; every evaluation of g is one iteration, so
+    ``max_iter = k`` returns ``T`` of the k-th point. The returned iterate is ``x = T(x')`` of the last point x',
+    stopped per sample on ``||T(x') - x'|| <= atol + rtol ||x||`` (``criterion="step"``) or on its error bound
+    (``"bound"``); the bound is ``min(residual, L ||x - x'||) / (1 - L)`` plus round-off (Lemmas 4.5, 4.6).
+    A sample whose iterate turns non-finite fails and is no longer counted.
+
+    Args:
+        atol, rtol, max_iter, on_failure, criterion: as for :class:`FixedPoint`.
+        memory: iterates kept, an integer ``>= 1``. beta: mixing in ``(0, 1]``. ridge: relative Tikhonov
+            regularization of the least-squares problem, finite ``>= 0``.
     """
 
     def __init__(
@@ -182,11 +265,17 @@ class Anderson(AbstractSolver):
         beta: float = 1.0,
         ridge: float = 1e-10,
         on_failure: str = "warn",
+        criterion: str = "step",
     ):
-        super().__init__(atol, rtol, max_iter, on_failure)
-        if memory < 1:
-            raise ValueError(f"memory must be >= 1, got {memory}")
-        self.memory, self.beta, self.ridge = int(memory), float(beta), float(ridge)
+        super().__init__(atol, rtol, max_iter, on_failure, criterion)
+        memory = _check_count("memory", memory)
+        try:
+            b = float(beta)
+        except (TypeError, ValueError):
+            b = math.nan
+        if not 0 < b <= 1:  # also rejects nan
+            raise ValueError(f"beta (Anderson mixing) must lie in (0, 1], got beta={beta!r}")
+        self.memory, self.beta, self.ridge = memory, b, _check_tolerance("ridge", ridge)
 
     def _solve(self, g, y, lipschitz):
         batch = y.shape[0]
@@ -198,39 +287,52 @@ class Anderson(AbstractSolver):
         T = torch.zeros_like(X)
 
         def fmap(x):
-            return (y.reshape(batch, -1) - g(x.reshape(shape)).reshape(batch, -1))
+            return (flat_y - g(x.reshape(shape)).reshape(batch, -1))
 
-        x0 = flat_y.clone()
-        X[:, 0], T[:, 0] = x0, fmap(x0)
-        X[:, 1] = T[:, 0]
-        T[:, 1] = fmap(X[:, 1])
-        iterations = torch.full((batch,), 2, dtype=torch.long, device=y.device)
-        x = X[:, 1].clone()
-        gap = _norm(T[:, 1] - X[:, 1])
-        converged = gap <= self._tolerance(T[:, 1])
-        x = torch.where(converged[:, None], T[:, 1], x)
-        k = 2
-        while k < self.max_iter and not bool(converged.all()):
+        X[:, 0], T[:, 0] = flat_y, fmap(flat_y)  # evaluation 1: x[1] = T(y)
+        iterations = torch.ones(batch, dtype=torch.long, device=y.device)
+        x = T[:, 0].clone()
+        step = _norm(T[:, 0] - X[:, 0])
+        converged = self._passed(step, x, flat_y - x, lipschitz)
+        failed = ~torch.isfinite(step)
+        k = 1
+        while k < self.max_iter and not bool((converged | failed).all()):
             size = min(k, m)
-            G = (T[:, :size] - X[:, :size]).to(torch.float64)
-            H = G @ G.transpose(1, 2)
-            # Ridge relative to the residuals' own scale (an absolute one would swamp them near convergence).
-            scale = H.diagonal(dim1=1, dim2=2).amax(1).clamp_min(torch.finfo(H.dtype).tiny)
-            H = H + self.ridge * scale[:, None, None] * torch.eye(size, dtype=H.dtype, device=H.device)
-            ones = torch.ones(batch, size, 1, dtype=H.dtype, device=H.device)
-            w = torch.linalg.solve(H, ones)
-            alpha = (w / w.sum(1, keepdim=True)).to(y.dtype)  # (batch, size, 1)
-            new = self.beta * (alpha * T[:, :size]).sum(1) + (1 - self.beta) * (alpha * X[:, :size]).sum(1)
+            if k == 1:
+                new = T[:, 0]  # evaluation 2 is a plain step too
+            else:
+                G = (T[:, :size] - X[:, :size]).to(torch.float64)
+                H = G @ G.transpose(1, 2)
+                # Ridge relative to the residuals' own scale (an absolute one would swamp them near convergence).
+                scale = H.diagonal(dim1=1, dim2=2).amax(1).clamp_min(torch.finfo(H.dtype).tiny)
+                eye = torch.eye(size, dtype=H.dtype, device=H.device)
+                H = H + self.ridge * scale[:, None, None] * eye
+                H = torch.where(failed[:, None, None], eye, H)  # failed samples: any solvable system
+                ones = torch.ones(batch, size, 1, dtype=H.dtype, device=H.device)
+                w = torch.linalg.solve(H, ones)
+                alpha = (w / w.sum(1, keepdim=True)).to(y.dtype)  # (batch, size, 1)
+                # All residuals exactly 0 (a fixed point of the rounded map) or a failed sample: w overflows;
+                # take the plain step from the latest point instead of mixing in nan.
+                plain = failed | ~torch.isfinite(alpha).all(1).squeeze(1)
+                latest = torch.zeros_like(alpha)
+                latest[:, (k - 1) % m] = 1
+                alpha = torch.where(plain[:, None, None], latest, alpha)
+                new = self.beta * (alpha * T[:, :size]).sum(1) + (1 - self.beta) * (alpha * X[:, :size]).sum(1)
             slot = k % m
             X[:, slot] = new
             T[:, slot] = fmap(new)
             k += 1
             gap = _norm(T[:, slot] - new)
-            live = ~converged
+            live = ~(converged | failed)
             iterations[live] += 1
             x = torch.where(live[:, None], T[:, slot], x)
-            converged = converged | (gap <= self._tolerance(T[:, slot]))
-        return self._finish(g, y, x.reshape(shape), iterations, None, lipschitz, converged)
+            step = torch.where(live, gap, step)
+            converged = converged | (live & self._passed(gap, T[:, slot], flat_y - T[:, slot], lipschitz))
+            failed = failed | (live & ~torch.isfinite(gap))
+        return self._finish(g, y, x.reshape(shape), iterations, step, lipschitz, converged)
 
     def __repr__(self) -> str:
-        return f"Anderson(atol={self.atol}, rtol={self.rtol}, max_iter={self.max_iter}, memory={self.memory})"
+        extra = ", criterion='bound'" if self.criterion == "bound" else ""
+        return (
+            f"Anderson(atol={self.atol}, rtol={self.rtol}, max_iter={self.max_iter}, memory={self.memory}{extra})"
+        )

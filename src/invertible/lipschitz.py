@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -80,6 +81,19 @@ def _check_coeff(coeff: float) -> float:
     return c
 
 
+def _check_count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value != int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+    return int(value)
+
+
+def _check_tolerance(name: str, value) -> float | None:
+    if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be None or a finite number >= 0, got {name}={value!r}")
+    return None if value is None else float(value)
+
+
 class SpectralNorm(nn.Module):
     """Parametrization ``W -> W * min(1, coeff / sigma)`` with sigma from power iteration on the operator.
 
@@ -100,11 +114,9 @@ class SpectralNorm(nn.Module):
     ):
         super().__init__()
         self.coeff = _check_coeff(coeff)
-        if n_power_iterations < 0:
-            raise ValueError(f"n_power_iterations must be >= 0, got {n_power_iterations}")
-        self.n_power_iterations = int(n_power_iterations)
-        self.atol, self.rtol = atol, rtol
-        self.max_power_iterations = int(max_power_iterations)
+        self.n_power_iterations = _check_count("n_power_iterations", n_power_iterations, 0)
+        self.atol, self.rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
+        self.max_power_iterations = _check_count("max_power_iterations", max_power_iterations, 1)
         self._op = LinearOperator(module)
         self.frozen_shape: tuple[int, ...] | None = None  # input size of the last frozen call (not state)
         w = module.weight
@@ -343,6 +355,9 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
     and before inverting or certifying: afterwards ``||A|| <= coeff (1 + O(rtol))``. Returns the number of
     normalized layers.
     """
+    if not (math.isfinite(float(rtol)) and rtol > 0):
+        raise ValueError(f"rtol must be a finite number > 0, got rtol={rtol!r}")
+    max_iter = _check_count("max_iter", max_iter, 1)
     count = 0
     for m in model.modules():
         sn = spectral_norm_of(m)

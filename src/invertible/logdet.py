@@ -90,6 +90,13 @@ def _probe(like: torch.Tensor, kind: str, generator: torch.Generator | None) -> 
     raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
 
 
+def _check_count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or value != int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+    return int(value)
+
+
 def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator | None:
     if generator is not None and generator.device != x.device:
         raise ValueError(f"generator lives on {generator.device} but the input on {x.device}")
@@ -98,8 +105,7 @@ def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torc
 
 class _SeriesEstimator(AbstractLogDet):
     def __init__(self, n_probes: int, probe: str, generator: torch.Generator | None):
-        if n_probes < 1:
-            raise ValueError(f"n_probes must be >= 1, got {n_probes}")
+        n_probes = _check_count("n_probes", n_probes, 1)
         if probe not in ("gaussian", "rademacher"):
             raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
         self.n_probes, self.probe, self.generator = int(n_probes), probe, generator
@@ -108,6 +114,15 @@ class _SeriesEstimator(AbstractLogDet):
         raise NotImplementedError
 
     def __call__(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.is_inference_mode_enabled():
+            # The series needs vector-Jacobian products, which inference mode forbids: leave it for the call and
+            # work on a normal copy of x; the value is the one no_grad gives, returned without a graph.
+            with torch.inference_mode(False), torch.no_grad():
+                gx, logdet = self._estimate(g, x.clone())
+            return gx, logdet
+        return self._estimate(g, x)
+
+    def _estimate(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outer_grad = torch.is_grad_enabled()
         gen = _check_generator(self.generator, x)
         n, weights = self._n_terms_and_weights(x)
@@ -164,9 +179,7 @@ class PowerSeriesLogDet(_SeriesEstimator):
         neumann_gradient: bool = False,
     ):
         super().__init__(n_probes, probe, generator)
-        if n_terms < 1:
-            raise ValueError(f"n_terms must be >= 1, got {n_terms}")
-        self.n_terms = int(n_terms)
+        self.n_terms = _check_count("n_terms", n_terms, 1)
         self.neumann_gradient = bool(neumann_gradient)
 
     @property
@@ -183,18 +196,27 @@ class PowerSeriesLogDet(_SeriesEstimator):
 
 class RussianRouletteLogDet(_SeriesEstimator):
     """Unbiased log-det: ``n_exact`` terms always, then a random number M of further terms, term k weighted
-    by ``1 / P(N >= k)`` with ``N = n_exact + M`` (Residual Flows, eq. 6 of Chen et al. 2019).
+    by ``1 / P(N >= k)`` with ``N = max(n_exact + M, 1)`` (Residual Flows, eq. 6 of Chen et al. 2019):
 
-    ``E[estimate] = log det(I + J_g)`` exactly (for ``Lip(g) < 1``). One M is drawn per call (per batch).
+        estimate = sum_{k=1}^N (-1)^{k+1} v^T J^k v / (k P(N >= k)),
+        P(N >= k) = 1 for k <= max(n_exact, 1),   P(N >= k) = P(M >= k - n_exact) otherwise.
+
+    Term k enters iff ``N >= k``, so its expected weight is 1 and ``E[estimate] = log det(I + J_g)`` exactly (for
+    ``Lip(g) < 1``; Lemma 5.6 for the probes, eq. 5.6 for the series), for every ``n_exact >= 0``. With
+    ``n_exact = 0`` the first term is still always computed (it carries ``g(x)`` and the gradient), hence with
+    weight 1, not ``1 / P(M >= 1)``. The Neumann gradient term ``(-1)^k v^T J^k dJ v`` belongs to term k + 1 and
+    carries its weight. One M is drawn per call (per batch).
     The variance is finite only if the reweighted terms decay: ``Lip(g)^2 < 1 - p`` for the geometric
     distribution; otherwise estimates are heavy-tailed (raise ``n_exact`` or lower ``p``).
 
     Args:
-        n_exact: terms always computed. p: geometric success probability, ``P(M >= j) = (1 - p)^j``.
+        n_exact: terms always computed, an integer ``>= 0``. p: geometric success probability in ``(0, 1)``,
+            ``P(M >= j) = (1 - p)^j``.
         dist: ``"geometric"`` or ``"poisson"`` (M ~ Poisson(lam)).
         neumann_gradient: gradient from the Neumann series surrogate (memory O(1) in the number of terms);
             the returned value is still the unbiased log-det estimate.
-        max_terms: hard cap on the number of terms (a cap introduces a bias below ``(1-p)^(max_terms-n_exact)``).
+        max_terms: hard cap on the number of terms, ``>= max(n_exact, 1)`` (a cap introduces a bias below
+            ``(1-p)^(max_terms-n_exact)``).
     """
 
     kind = "unbiased"
@@ -212,16 +234,19 @@ class RussianRouletteLogDet(_SeriesEstimator):
         generator: torch.Generator | None = None,
     ):
         super().__init__(n_probes, probe, generator)
-        if n_exact < 0:
-            raise ValueError(f"n_exact must be >= 0, got {n_exact}")
+        n_exact = _check_count("n_exact", n_exact, 0)
         if dist not in ("geometric", "poisson"):
             raise ValueError(f"dist must be 'geometric' or 'poisson', got {dist!r}")
         if dist == "geometric" and not 0 < p < 1:
-            raise ValueError(f"p must lie in (0, 1), got {p}")
-        if dist == "poisson" and not lam > 0:
-            raise ValueError(f"lam must be > 0, got {lam}")
-        self.n_exact, self.p, self.dist, self.lam = int(n_exact), float(p), dist, float(lam)
-        self.neumann_gradient, self.max_terms = bool(neumann_gradient), int(max_terms)
+            raise ValueError(f"p must lie in (0, 1), got p={p}")
+        if dist == "poisson" and not (lam > 0 and math.isfinite(lam)):
+            raise ValueError(f"lam must be a finite number > 0, got lam={lam}")
+        max_terms = _check_count("max_terms", max_terms, 1)
+        if max_terms < n_exact:
+            raise ValueError(f"max_terms must be >= n_exact={n_exact} (those terms are always computed), "
+                             f"got max_terms={max_terms}")
+        self.n_exact, self.p, self.dist, self.lam = n_exact, float(p), dist, float(lam)
+        self.neumann_gradient, self.max_terms = bool(neumann_gradient), max_terms
 
     @property
     def _neumann(self) -> bool:
@@ -246,11 +271,15 @@ class RussianRouletteLogDet(_SeriesEstimator):
             m = int(torch.poisson(rate, generator=gen))
         return m
 
+    def term_weights(self, n: int) -> list[float]:
+        """``1 / P(N >= k)`` for ``k = 1, ..., n + 1`` (the class docstring; index ``k - 1``)."""
+        forced = max(self.n_exact, 1)
+        return [1.0 if k <= forced else 1.0 / self.tail_probability(k - self.n_exact) for k in range(1, n + 2)]
+
     def _n_terms_and_weights(self, x):
         n = min(self.n_exact + self._sample_extra(x.device), self.max_terms)
         n = max(n, 1)
-        weights = [1.0 / self.tail_probability(k - self.n_exact) for k in range(1, n + 2)]
-        return n, weights
+        return n, self.term_weights(n)
 
     def __repr__(self) -> str:
         d = f"p={self.p}" if self.dist == "geometric" else f"lam={self.lam}"

@@ -59,6 +59,14 @@ class AbstractLogDet(abc.ABC):
         """``(g(x), log|det(I + J_g(x))|)`` with the log-det of shape ``(B,)``."""
 
 
+def _logabsdet(m: torch.Tensor) -> torch.Tensor:
+    """``log|det m|`` per batch element; half precision (float16, bfloat16, which ``slogdet`` does not take) is
+    computed in float32 and cast back, differentiably."""
+    if m.dtype in (torch.float16, torch.bfloat16):
+        return torch.linalg.slogdet(m.float())[1].to(m.dtype)
+    return torch.linalg.slogdet(m)[1]
+
+
 def exact_jacobian(g: Function, x: torch.Tensor) -> torch.Tensor:
     """Per-sample Jacobian ``J_g(x_i)`` of shape ``(batch, d, d)`` with torch.func (vmap of jacrev).
 
@@ -79,7 +87,8 @@ class ExactLogDet(AbstractLogDet):
     """``log|det(I + J_g(x))|`` exactly: batched autograd Jacobian + ``torch.linalg.slogdet``. O(d^3); small d.
 
     Unlike the series estimators this needs no contractivity; it is the reference the others are tested
-    against and the honest evaluation for low-dimensional flows.
+    against and the honest evaluation for low-dimensional flows. In float16/bfloat16 the Jacobian is taken in
+    the input's dtype and the determinant in float32; the log-det is returned in the input's dtype.
     """
 
     kind = "exact"
@@ -90,8 +99,7 @@ class ExactLogDet(AbstractLogDet):
         with torch.set_grad_enabled(torch.is_grad_enabled()):
             jac = exact_jacobian(g, xin)
         eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
-        sign, logabs = torch.linalg.slogdet(eye + jac)
-        return gx, logabs
+        return gx, _logabsdet(eye + jac)
 
     def __repr__(self) -> str:
         return "ExactLogDet()"
@@ -115,7 +123,7 @@ def _logdet_from_jac(jac: torch.Tensor) -> torch.Tensor:
         a, b, c, e = jac.reshape(batch, 4).unbind(1)
         return torch.log(torch.abs((1 + a) * (1 + e) - b * c))
     eye = torch.eye(d, dtype=jac.dtype, device=jac.device)
-    return torch.linalg.slogdet(eye + jac)[1]
+    return _logabsdet(eye + jac)
 
 
 def _lipswish_mlp_jacobian(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -17,6 +19,7 @@ class ActNorm(Bijection):
     unit variance per channel (Kingma & Dhariwal 2018); channels whose std is below ``eps`` times the largest
     channel std are treated as constant and keep ``log_scale = 0``. The flag ``initialized`` is a *buffer*, so a
     reloaded model keeps its initialization. ``log|det J| = prod(spatial) * sum_c log_scale_c``.
+    The initialization refuses an empty batch (``ValueError``) and then leaves the layer untouched.
     """
 
     def __init__(self, n_channels: int, eps: float = 1e-3):
@@ -46,9 +49,12 @@ class ActNorm(Bijection):
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(x, "ActNorm", n_channels=self.n_channels)
         if not bool(self.initialized) and self.training:
+            if x.shape[0] == 0:  # checked before any state changes: an empty batch has no statistics
+                raise ValueError(f"ActNorm: the data-dependent initialization needs a non-empty batch, got shape "
+                                 f"{tuple(x.shape)}")
             self._initialize(x)
         y = (x - self._view(self.loc, x)) * torch.exp(self._view(self.log_scale, x))
-        spatial = x[0, 0].numel()
+        spatial = math.prod(x.shape[2:])
         logdet = (self.log_scale.sum() * spatial).to(x.dtype).expand(x.shape[0])
         return y, logdet
 
