@@ -71,7 +71,7 @@ def run(ctx: RunContext) -> dict:
     n_eval = 32 if ctx.quick else 256
     solvers = {
         "fixed_point": lambda k: inv.FixedPoint(atol=1e-30, max_iter=k, on_failure="ignore"),
-        "anderson": lambda k: inv.Anderson(atol=1e-30, max_iter=max(k, 2), memory=5, on_failure="ignore"),
+        "anderson": lambda k: inv.Anderson(atol=1e-30, max_iter=k, memory=5, on_failure="ignore"),
     }
     curves: dict[str, dict[str, list[float]]] = {}
     iters: dict[str, dict[str, int | None]] = {}

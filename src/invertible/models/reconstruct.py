@@ -175,7 +175,7 @@ def error_vs_iterations(
 ) -> dict[str, list[float]]:
     """Max reconstruction error ``max |F^{-1}_k(F(x)) - x|`` when every block gets exactly ``k`` solver steps
     (no early stopping), for each ``k`` in ``iterations`` and each method (Fig. 4.4 on trained weights).
-    Diverged inversions give ``inf``. Anderson needs ``k >= 2`` (its first two steps are plain iterations)."""
+    Diverged inversions give ``inf``. Every solver iteration counts (one evaluation of g each)."""
     out: dict[str, list[float]] = {}
     m = _as_dtype(model, dtype)
     xd = x.to(next(m.parameters()).dtype)
