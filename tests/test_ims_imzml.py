@@ -367,3 +367,16 @@ def test_align_annotations_with_no_spectra_is_named():
                       label=np.array(["A"]))
     with pytest.raises(ValueError, match="no spectra"):
         align_annotations(np.zeros((0, 3), np.int64), ann)
+
+
+def test_implausible_positions_and_mz_values_are_errors(continuous, tmp_path):
+    """A float64 m/z array declared as 64-bit integers reads as m/z ~4.6e18, increasing and finite."""
+    path = continuous[0]
+    ints = _copy(path, tmp_path / "i.imzML", xml=lambda t: t.replace(
+        'accession="MS:1000523" name="64-bit float"', 'accession="MS:1000522" name="64-bit integer"', 1))
+    with pytest.raises(ValueError, match=r"shared m/z array has the value 4\.6.*e\+18.*misdeclared data type"):
+        read_imzml(ints)
+    neg = _copy(path, tmp_path / "n.imzML", xml=lambda t: t.replace(
+        'name="position x" value="1"', 'name="position x" value="-7"', 1))
+    with pytest.raises(ValueError, match=r"spectrum 0 lies at position \(-7, 1, 1\)"):
+        read_imzml(neg)

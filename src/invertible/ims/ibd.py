@@ -7,7 +7,7 @@
 * :func:`check_extents`: every array lies inside the file, after the UUID, and no two arrays overlap (m/z arrays
   may be shared between spectra; an intensity array is its own). A shifted or garbled offset thus fails here
   instead of being read as garbage.
-* :func:`check_mz`: an m/z array is finite and strictly increasing.
+* :func:`check_mz`: an m/z array is finite, in 0..1e9 and strictly increasing.
 * :func:`output_budget` / :func:`check_budget`: the output matrix fits the memory budget (``max_bytes``, or the
   ``INVERTIBLE_IMZML_MAX_BYTES`` environment variable; 4 GiB in memory, 64 GiB memory-mapped).
 
@@ -43,6 +43,7 @@ CHECKSUMS = {"IMS:1000091": ("SHA-1", "sha1", 40), "IMS:1000090": ("MD5", "md5",
 MAX_BYTES_ENV = "INVERTIBLE_IMZML_MAX_BYTES"
 DEFAULT_MAX_BYTES = 4 << 30
 DEFAULT_MAX_BYTES_CACHED = 64 << 30
+MAX_MZ = 1e9  # far above any measured m/z; float64 m/z read as 64-bit integers are ~4.6e18
 _HEADER = 16  # an .ibd starts with the measurement's 16-byte UUID
 _CHUNK = 8 << 20
 
@@ -151,12 +152,17 @@ def check_extents(index, size: int, imzml_name: str, ibd_name: str) -> None:
 
 
 def check_mz(mz: np.ndarray, imzml_name: str, what: str) -> None:
-    """``mz`` (k,) must be finite and strictly increasing; ``what`` names the array in the message."""
+    """``mz`` (k,) must be finite, in ``[0, MAX_MZ)`` and strictly increasing; ``what`` names the array."""
     bad = ~np.isfinite(mz)
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"{imzml_name}: {what} has the value {mz[i]} at index {i}; expected finite, strictly "
                          "increasing m/z values")
+    out = (mz < 0) | (mz >= MAX_MZ)
+    if out.any():
+        i = int(np.argmax(out))
+        raise ValueError(f"{imzml_name}: {what} has the value {mz[i]:.6g} at index {i}; expected m/z values in "
+                         f"0..{MAX_MZ:.0e} (a misdeclared data type or a corrupt offset?)")
     if len(mz) > 1:
         step = np.diff(mz)
         if np.any(step <= 0):

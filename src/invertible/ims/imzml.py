@@ -130,6 +130,11 @@ def index_imzml(path: str | os.PathLike, *, verify_checksum: bool = True) -> Spe
                                 checksums=tuple((a, v) for a, v in content.items() if a in CHECKSUMS))
     check_uuid(ibd, index.uuid, imzml.name)
     check_extents(index, ibd.stat().st_size, imzml.name, ibd.name)
+    bad = (index.coordinates < 0) | (index.coordinates > 2**31 - 1)
+    if bad.any():
+        i = int(np.argmax(bad.any(1)))
+        raise ValueError(f"{imzml.name}: spectrum {i} lies at position {tuple(index.coordinates[i].tolist())}; "
+                         "expected coordinates in 0..2147483647")
     xy = index.coordinates[:, :2]
     if len(np.unique(xy, axis=0)) != len(xy):
         raise ValueError(f"{imzml.name}: several spectra share one (x, y) coordinate; expected one per spot")
