@@ -3,14 +3,16 @@ error (``ValueError``/``FileNotFoundError`` with a message), never another excep
 different numbers.
 
 Valid inputs come from the project's own writer (:func:`invertible.ims.synthetic.write_imzml`, continuous) and
-pyimzML (processed). Mutations: of the ``.imzML`` text (elements deleted or duplicated, attribute values
-garbled, accessions swapped, offsets/lengths/data types changed, attributes dropped, text truncated or garbage
-inserted), of the ``.ibd`` bytes (bit flips, truncation, inserted/deleted bytes, overwritten runs, appended
-bytes; with and without the declared SHA-1), and of annotation tables (quotes, delimiters, characters and
-coordinate values, duplicated/deleted/blank lines, header damage). Oracles: with a checksum declared, any
-change of the ``.ibd`` is an error; a duplicated spectrum is an error; whenever no error is raised, every
-spectrum (table row) the mutation could not have touched reads exactly as before, and the output is finite,
-on a finite strictly increasing m/z axis.
+pyimzML (processed), each also rewritten with inline cvParams as R MALDIquantForeign writes them (so that both
+indexers, pyimzML's and our ElementTree one, are fuzzed). Mutations: of the ``.imzML`` text (elements deleted
+or duplicated, attribute values garbled, accessions swapped, offsets/lengths/data types changed, attributes
+dropped, text truncated or garbage inserted), of the ``.ibd`` bytes (bit flips, truncation, inserted/deleted
+bytes, overwritten runs, appended bytes; with and without the declared SHA-1), and of annotation tables
+(quotes, delimiters, characters and coordinate values, duplicated/deleted/blank lines, header damage).
+Oracles: with a checksum declared, any change of the ``.ibd`` is an error; a duplicated spectrum or a changed
+array offset/length is an error; whenever no error is raised, every spectrum (table row) the mutation could
+not have touched reads exactly as before, and the output is finite, on a finite strictly increasing m/z axis.
+The fast lane runs 60 examples per test (derandomized, no example database); ``@slow`` campaigns run 600.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ FAST = settings(max_examples=60, deadline=3000, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(FAST, max_examples=600)
 DOCUMENTED = (ValueError, FileNotFoundError)
+# pyimzML-written (indexed by pyimzML) and MALDIquantForeign-style inline cvParams (our ElementTree indexer)
+MODES = ["continuous", "processed", "inline-continuous", "inline-processed"]
 
 
 class Measurement:
@@ -72,6 +76,19 @@ class Measurement:
         return {i for i, ext in enumerate(self.extents) if any(s < b and a < e for s, e in ext)}
 
 
+def _inline(src: Path, dst: Path) -> Path:
+    """``src`` rewritten the way R MALDIquantForeign writes imzML: every referenceableParamGroupRef replaced by
+    the group's cvParams, no group list. pyimzML cannot index that, so our ElementTree parser does."""
+    t = src.read_text(encoding="latin-1")
+    groups = {g.group(1): g.group(2).strip() for g in
+              re.finditer(r'<referenceableParamGroup id="([^"]+)">(.*?)</referenceableParamGroup>', t, re.S)}
+    t = re.sub(r'<referenceableParamGroupRef ref="([^"]+)"/>', lambda r: groups[r.group(1)], t)
+    dst.write_text(re.sub(r"<referenceableParamGroupList.*?</referenceableParamGroupList>", "", t, flags=re.S),
+                   encoding="latin-1")
+    dst.with_suffix(".ibd").write_bytes(src.with_suffix(".ibd").read_bytes())
+    return dst
+
+
 def _no_checksum(text: str) -> str:
     return re.sub(r'<cvParam[^>]*accession="IMS:100009[01]"[^>]*/>', "", text)
 
@@ -89,7 +106,11 @@ def files(tmp_path_factory):
     with ImzMLWriter(str(proc), mode="processed", mz_dtype=np.float64, intensity_dtype=np.float32) as w:
         for i, k in enumerate((5, 9, 7)):
             w.addSpectrum(np.sort(rng.uniform(100, 200, k)), rng.random(k).astype(np.float32), (i + 1, 1, 1))
-    return {"continuous": Measurement(cont), "processed": Measurement(proc), "table": table.read_text()}
+    inline = {f"inline-{k}": _inline(p, root / f"inline-{k}.imzML") for k, p in (("continuous", cont),
+                                                                                 ("processed", proc))}
+    assert all(read_imzml(p).indexed_by == "elementtree" for p in inline.values())
+    return {"continuous": Measurement(cont), "processed": Measurement(proc),
+            **{k: Measurement(p) for k, p in inline.items()}, "table": table.read_text()}
 
 
 def _read(text: str, ibd: bytes):
@@ -177,6 +198,8 @@ def xml_mutation(draw, m: Measurement):
         return t[:a] + v + t[b:], (a, b), kind
     if kind == "ref":
         hits = list(re.finditer(r'ref="([^"]*)"', t))
+        if not hits:  # inline cvParams: no group references
+            return t, (0, 0), "identity"
         x = draw(st.sampled_from(hits))
         v = draw(st.sampled_from(["mzArray", "intensityArray", "scan1", "spectrum1", "nope", ""]))
         a, b = x.span(1)
@@ -209,7 +232,7 @@ def _xml_case(m: Measurement, mutation, *, checksum: bool) -> None:
         _check(m, data, untouched)
 
 
-@pytest.mark.parametrize("mode", ["continuous", "processed"])
+@pytest.mark.parametrize("mode", MODES)
 @FAST
 @given(data=st.data())
 def test_mutated_xml_gives_the_data_or_a_documented_error(files, mode, data):
@@ -218,7 +241,7 @@ def test_mutated_xml_gives_the_data_or_a_documented_error(files, mode, data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["continuous", "processed"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("checksum", [True, False])
 @SLOW
 @given(data=st.data())
@@ -227,7 +250,7 @@ def test_mutated_xml_campaign(files, mode, checksum, data):
     _xml_case(m, data.draw(xml_mutation(m)), checksum=checksum)
 
 
-@pytest.mark.parametrize("mode", ["continuous", "processed"])
+@pytest.mark.parametrize("mode", MODES)
 @FAST
 @given(value=_VALUES, which=st.sampled_from(["IMS:1000080", "IMS:1000091"]))
 def test_garbled_uuid_or_checksum_is_always_an_error(files, mode, value, which):
@@ -283,7 +306,7 @@ def _ibd_case(m: Measurement, mutation, *, checksum: bool) -> None:
         _check(m, data, [j for j in range(len(m.coords)) if j not in touched])
 
 
-@pytest.mark.parametrize("mode", ["continuous", "processed"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("checksum", [True, False])
 @FAST
 @given(data=st.data())
@@ -293,7 +316,7 @@ def test_mutated_ibd_gives_the_data_or_a_documented_error(files, mode, checksum,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["continuous", "processed"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("checksum", [True, False])
 @SLOW
 @given(data=st.data())

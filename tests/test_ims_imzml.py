@@ -380,3 +380,16 @@ def test_implausible_positions_and_mz_values_are_errors(continuous, tmp_path):
         'name="position x" value="1"', 'name="position x" value="-7"', 1))
     with pytest.raises(ValueError, match=r"spectrum 0 lies at position \(-7, 1, 1\)"):
         read_imzml(neg)
+
+
+def test_a_spectrum_with_two_mz_arrays_is_ambiguous(tmp_path):
+    """In inline-cvParam files (MALDIquantForeign style) a second m/z array used to replace the first silently."""
+    if not DATA.is_dir():
+        pytest.skip("shared data not available")
+    text = (DATA / "tiny_processed.imzML").read_text(encoding="latin-1")
+    first = text.index("<binaryDataArray>")
+    end = text.index("</binaryDataArray>", first) + len("</binaryDataArray>")
+    dup = text[:end] + text[first:end].replace('value="16"', 'value="56"') + text[end:]  # a second m/z array
+    p = _copy(DATA / "tiny_processed.imzML", tmp_path / "two.imzML", xml=lambda _: dup)
+    with pytest.raises(ValueError, match="has two m/z arrays"):
+        read_imzml(p)

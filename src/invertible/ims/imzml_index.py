@@ -115,9 +115,9 @@ def _index_elementtree(path: Path) -> SpectrumIndex:
             scan = elem.find(f"{_NS}scanList/{_NS}scan")
             if scan is not None:
                 sp = {**sp, **_params(scan, groups)}
-            if "IMS:1000050" not in sp or "IMS:1000051" not in sp:
-                raise ValueError(f"spectrum {elem.get('id')!r} has no position x/y (IMS:1000050/51)")
             sid = elem.get("id")
+            if "IMS:1000050" not in sp or "IMS:1000051" not in sp:
+                raise ValueError(f"{path.name}: spectrum {sid!r} has no position x/y (IMS:1000050/51)")
             coords.append((_int(sp["IMS:1000050"], "position x", sid, path),
                            _int(sp["IMS:1000051"], "position y", sid, path),
                            _int(sp.get("IMS:1000052") or "1", "position z", sid, path)))
@@ -130,17 +130,21 @@ def _index_elementtree(path: Path) -> SpectrumIndex:
                 kind = "mz" if "MS:1000514" in acc else "int" if "MS:1000515" in acc else None
                 if kind is None:
                     continue
+                name = {"mz": "m/z", "int": "intensity"}[kind]
                 dt = [d for a, d in _DTYPE_ACC.items() if a in acc]
                 if len(dt) != 1:
-                    raise ValueError(f"spectrum {elem.get('id')!r}: cannot tell the {kind} array's data type")
+                    raise ValueError(f"{path.name}: spectrum {sid!r}: cannot tell the {name} array's data type "
+                                     f"(expected one of {', '.join(_DTYPE_ACC)}, found {len(dt)})")
+                if kind in found:
+                    raise ValueError(f"{path.name}: spectrum {sid!r} has two {name} arrays; expected one")
                 dtypes[kind].add(dt[0])
                 if "IMS:1000102" not in acc or "IMS:1000103" not in acc:
-                    raise ValueError(f"{path.name}: spectrum {sid!r}: the {kind} array lacks its external offset "
+                    raise ValueError(f"{path.name}: spectrum {sid!r}: the {name} array lacks its external offset "
                                      "or array length (IMS:1000102/IMS:1000103)")
-                found[kind] = (_int(acc["IMS:1000102"], f"the {kind} array's external offset", sid, path),
-                               _int(acc["IMS:1000103"], f"the {kind} array's length", sid, path))
+                found[kind] = (_int(acc["IMS:1000102"], f"the {name} array's external offset", sid, path),
+                               _int(acc["IMS:1000103"], f"the {name} array's length", sid, path))
             if set(found) != {"mz", "int"}:
-                raise ValueError(f"spectrum {elem.get('id')!r} lacks an m/z or an intensity array")
+                raise ValueError(f"{path.name}: spectrum {sid!r} lacks an m/z or an intensity array")
             mz_off.append(found["mz"][0])
             mz_len.append(found["mz"][1])
             in_off.append(found["int"][0])
