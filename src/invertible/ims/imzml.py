@@ -7,28 +7,52 @@ profile data, which keeps peak heights; see :func:`resample`).
 
 The XML is indexed with pyimzML. Files pyimzML cannot index (e.g. imzML written by R MALDIquantForeign, which
 declares the data types inline instead of through ``referenceableParamGroupRef``, where pyimzML 1.5 raises
-``AttributeError``) are indexed by a small ElementTree parser of our own, :func:`_index_elementtree`. The binary
-arrays are then read straight from a memory map of the ``.ibd`` and streamed, spectrum by spectrum, into an
+``AttributeError``) are indexed by a small ElementTree parser of our own (:mod:`invertible.ims.imzml_index`).
+The binary arrays are then read straight from a memory map of the ``.ibd`` and streamed, spectrum by spectrum, into an
 output matrix that can itself be a memory-mapped ``.npy`` cache, so that a measurement larger than memory
 (tens of thousands of spectra x 27k bins) is read with flat memory.
 
+Before anything is read, the ``.ibd`` is checked against the index (:mod:`invertible.ims.ibd`): its UUID and
+declared SHA-1/MD5, every array inside the file and disjoint from the others; every m/z array must be finite
+and strictly increasing, every intensity finite, and the output must fit a memory budget (``max_bytes``).
+XML with entity declarations (billion laughs, XXE) is refused before it is parsed.
+
 Every problem with the input (missing or truncated ``.ibd``, unreadable XML, compressed arrays, duplicate
-coordinates, annotation rows that match no spectrum) is raised as one ``ValueError``/``FileNotFoundError``
-whose message says what was expected and what was found, never as a traceback from inside a dependency.
+coordinates, a wrong UUID or checksum, overlapping arrays, non-finite values) is raised as one
+``ValueError``/``FileNotFoundError`` whose message says what was expected and what was found, never as a
+traceback from inside a dependency.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from invertible.ims.ibd import (
+    CHECKSUMS,
+    UUID_ACCESSION,
+    check_budget,
+    check_extents,
+    check_mz,
+    check_uuid,
+    output_budget,
+    verify_checksums,
+)
+from invertible.ims.imzml_index import (
+    SpectrumIndex,
+    _file_content,
+    _index_elementtree,
+    _index_pyimzml,
+    _prescan,
+)
 
 __all__ = [
     "ImzMLData",
@@ -37,33 +61,6 @@ __all__ = [
     "read_imzml",
     "resample",
 ]
-
-_DTYPES = {"32-bit float": "<f4", "64-bit float": "<f8", "32-bit integer": "<i4", "64-bit integer": "<i8"}
-_DTYPE_ACC = {"MS:1000521": "<f4", "MS:1000523": "<f8", "MS:1000519": "<i4", "MS:1000522": "<i8"}
-_NS = "{http://psi.hupo.org/ms/mzml}"
-
-
-@dataclass(frozen=True)
-class SpectrumIndex:
-    """Where each spectrum's arrays lie in the ``.ibd``: offsets in bytes, lengths in values.
-
-    Attributes: ``coordinates`` (n, 3) int (x, y, z, 1-based as in imzML); ``mz_offset``, ``mz_length``,
-    ``int_offset``, ``int_length`` (n,) int64; ``mz_dtype``, ``int_dtype`` numpy dtype strings;
-    ``continuous`` (all spectra share one m/z array); ``indexed_by`` ("pyimzml" or "elementtree").
-    """
-
-    coordinates: np.ndarray
-    mz_offset: np.ndarray
-    mz_length: np.ndarray
-    int_offset: np.ndarray
-    int_length: np.ndarray
-    mz_dtype: str
-    int_dtype: str
-    continuous: bool
-    indexed_by: str
-
-    def __len__(self) -> int:
-        return len(self.coordinates)
 
 
 @dataclass
@@ -102,119 +99,13 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return path, ibd
 
 
-def _index_pyimzml(path: Path) -> SpectrumIndex:
-    from pyimzml.ImzMLParser import ImzMLParser
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        parser = ImzMLParser(str(path), parse_lib="ElementTree")
-    try:
-        n = len(parser.coordinates)
-        mz_off = np.asarray(parser.mzOffsets, dtype=np.int64).reshape(n)
-        mz_len = np.asarray(parser.mzLengths, dtype=np.int64).reshape(n)
-        continuous = bool(n) and bool(np.all(mz_off == mz_off[0]) and np.all(mz_len == mz_len[0]))
-        return SpectrumIndex(
-            coordinates=np.asarray(parser.coordinates, dtype=np.int64).reshape(n, 3),
-            mz_offset=mz_off,
-            mz_length=mz_len,
-            int_offset=np.asarray(parser.intensityOffsets, dtype=np.int64).reshape(n),
-            int_length=np.asarray(parser.intensityLengths, dtype=np.int64).reshape(n),
-            mz_dtype=np.dtype(parser.mzPrecision).newbyteorder("<").str,
-            int_dtype=np.dtype(parser.intensityPrecision).newbyteorder("<").str,
-            continuous=continuous,
-            indexed_by="pyimzml",
-        )
-    finally:
-        parser.m.close()
-
-
-def _params(elem: ET.Element, groups: dict[str, dict[str, str]]) -> dict[str, str]:
-    """accession -> value of the cvParams of ``elem``, including referenced param groups."""
-    out: dict[str, str] = {}
-    for ref in elem.findall(f"{_NS}referenceableParamGroupRef"):
-        out.update(groups.get(ref.get("ref", ""), {}))
-    for p in elem.findall(f"{_NS}cvParam"):
-        out[p.get("accession", "")] = p.get("value", "")
-    return out
-
-
-def _index_elementtree(path: Path) -> SpectrumIndex:
-    """Index an imzML with the standard library only: inline cvParams and referenceable param groups."""
-    groups: dict[str, dict[str, str]] = {}
-    coords, mz_off, mz_len, in_off, in_len = [], [], [], [], []
-    dtypes: dict[str, set[str]] = {"mz": set(), "int": set()}
-    continuous_flag = None
-    for _, elem in ET.iterparse(str(path), events=("end",)):
-        tag = elem.tag
-        if tag == f"{_NS}referenceableParamGroup":
-            groups[elem.get("id", "")] = _params(elem, {})
-        elif tag == f"{_NS}fileContent":
-            acc = _params(elem, groups)
-            continuous_flag = True if "IMS:1000030" in acc else False if "IMS:1000031" in acc else None
-        elif tag == f"{_NS}spectrum":
-            sp = _params(elem, groups)
-            scan = elem.find(f"{_NS}scanList/{_NS}scan")
-            if scan is not None:
-                sp = {**sp, **_params(scan, groups)}
-            if "IMS:1000050" not in sp or "IMS:1000051" not in sp:
-                raise ValueError(f"spectrum {elem.get('id')!r} has no position x/y (IMS:1000050/51)")
-            coords.append((int(sp["IMS:1000050"]), int(sp["IMS:1000051"]), int(sp.get("IMS:1000052") or 1)))
-            arrays = elem.findall(f"{_NS}binaryDataArrayList/{_NS}binaryDataArray")
-            found = {}
-            for arr in arrays:
-                acc = _params(arr, groups)
-                if "MS:1000574" in acc:
-                    raise ValueError(f"{path.name}: zlib-compressed arrays are not supported; write uncompressed")
-                kind = "mz" if "MS:1000514" in acc else "int" if "MS:1000515" in acc else None
-                if kind is None:
-                    continue
-                dt = [d for a, d in _DTYPE_ACC.items() if a in acc]
-                if len(dt) != 1:
-                    raise ValueError(f"spectrum {elem.get('id')!r}: cannot tell the {kind} array's data type")
-                dtypes[kind].add(dt[0])
-                found[kind] = (int(acc["IMS:1000102"]), int(acc["IMS:1000103"]))
-            if set(found) != {"mz", "int"}:
-                raise ValueError(f"spectrum {elem.get('id')!r} lacks an m/z or an intensity array")
-            mz_off.append(found["mz"][0])
-            mz_len.append(found["mz"][1])
-            in_off.append(found["int"][0])
-            in_len.append(found["int"][1])
-            elem.clear()
-    if not coords:
-        raise ValueError(f"{path.name} contains no spectra")
-    for kind in ("mz", "int"):
-        if len(dtypes[kind]) != 1:
-            raise ValueError(f"{path.name}: expected one {kind} data type, found {sorted(dtypes[kind])}")
-    mz_off_a, mz_len_a = np.asarray(mz_off, np.int64), np.asarray(mz_len, np.int64)
-    same = bool(np.all(mz_off_a == mz_off_a[0]) and np.all(mz_len_a == mz_len_a[0]))
-    return SpectrumIndex(
-        coordinates=np.asarray(coords, np.int64),
-        mz_offset=mz_off_a,
-        mz_length=mz_len_a,
-        int_offset=np.asarray(in_off, np.int64),
-        int_length=np.asarray(in_len, np.int64),
-        mz_dtype=dtypes["mz"].pop(),
-        int_dtype=dtypes["int"].pop(),
-        continuous=same if continuous_flag is None else (continuous_flag and same),
-        indexed_by="elementtree",
-    )
-
-
-def _declares_compression(path: Path) -> bool:
-    """Whether the imzML declares zlib compression (MS:1000574) anywhere (streamed, constant memory)."""
-    tail = b""
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            if b"MS:1000574" in tail + chunk:
-                return True
-            tail = chunk[-16:]
-    return False
-
-
-def index_imzml(path: str | os.PathLike) -> SpectrumIndex:
+def index_imzml(path: str | os.PathLike, *, verify_checksum: bool = True) -> SpectrumIndex:
     """Index an imzML file (pyimzML first, our ElementTree parser when pyimzML fails) and check it against
-    its ``.ibd``: every array must lie inside the file, coordinates must be unique."""
+    its ``.ibd``: the declared UUID, every array inside the file and disjoint from the others, unique
+    coordinates, and (``verify_checksum``) the declared SHA-1/MD5 of the ``.ibd``."""
     imzml, ibd = _paths(path)
+    compressed = _prescan(imzml)
     try:
         index = _index_pyimzml(imzml)
     except Exception as first:  # pyimzML raises AttributeError/KeyError/RuntimeError on files it can't parse
@@ -227,24 +118,28 @@ def index_imzml(path: str | os.PathLike) -> SpectrumIndex:
         except Exception as exc:  # e.g. a missing offset/length parameter or a non-numeric value
             raise ValueError(f"{imzml.name}: cannot index this imzML ({exc!r}; pyimzML: {first!r})") from None
     else:
-        if _declares_compression(imzml):
+        if compressed:
             raise ValueError(f"{imzml.name}: zlib-compressed arrays are not supported; write uncompressed")
     if len(index) == 0:
         raise ValueError(f"{imzml.name} contains no spectra")
-    size = ibd.stat().st_size
-    mz_item, in_item = np.dtype(index.mz_dtype).itemsize, np.dtype(index.int_dtype).itemsize
-    end = max(int((index.mz_offset + index.mz_length * mz_item).max()),
-              int((index.int_offset + index.int_length * in_item).max()))
-    if end > size:
-        raise ValueError(
-            f"{ibd.name} is truncated: the imzML index needs {end} bytes, the file has {size} "
-            "(copy the .ibd again or re-export the measurement)"
-        )
-    if min(index.mz_offset.min(), index.int_offset.min()) < 0:
-        raise ValueError(f"{imzml.name} has negative array offsets")
+    try:
+        content = _file_content(imzml)
+    except ET.ParseError as exc:
+        raise ValueError(f"{imzml.name} is not valid imzML XML ({exc})") from None
+    index = dataclasses.replace(index, uuid=content.get(UUID_ACCESSION),
+                                checksums=tuple((a, v) for a, v in content.items() if a in CHECKSUMS))
+    check_uuid(ibd, index.uuid, imzml.name)
+    check_extents(index, ibd.stat().st_size, imzml.name, ibd.name)
+    bad = (index.coordinates < 0) | (index.coordinates > 2**31 - 1)
+    if bad.any():
+        i = int(np.argmax(bad.any(1)))
+        raise ValueError(f"{imzml.name}: spectrum {i} lies at position {tuple(index.coordinates[i].tolist())}; "
+                         "expected coordinates in 0..2147483647")
     xy = index.coordinates[:, :2]
     if len(np.unique(xy, axis=0)) != len(xy):
         raise ValueError(f"{imzml.name}: several spectra share one (x, y) coordinate; expected one per spot")
+    if verify_checksum:
+        verify_checksums(ibd, dict(index.checksums), imzml.name)
     return index
 
 
@@ -292,6 +187,7 @@ def read_imzml(
     mz_range: tuple[float, float] | None = None,
     cache: str | os.PathLike | None = None,
     progress: Callable[[Iterable, str, int], Iterable] | None = None,
+    max_bytes: int | None = None,
 ) -> ImzMLData:
     """Read an imzML measurement into ``ImzMLData`` with spectra (n, d) float32 on one m/z axis.
 
@@ -306,17 +202,31 @@ def read_imzml(
             ``meta.json``). Spectra are streamed into it, so memory stays flat; a later call with the same
             inputs reuses it. Without a cache the matrix is held in memory.
         progress: optional ``progress(iterable, desc, total)`` wrapper (e.g. a tqdm factory).
+        max_bytes: the largest output (n x d x 4 bytes) to produce. Default: ``$INVERTIBLE_IMZML_MAX_BYTES``
+            if set (bytes, or e.g. ``16G``), else 4 GiB in memory and 64 GiB with ``cache`` (which must also
+            fit the free disk space).
 
     Raises:
         FileNotFoundError: the ``.imzML`` or its ``.ibd`` is missing.
-        ValueError: unreadable XML, truncated ``.ibd``, unsupported encoding, duplicate coordinates.
+        ValueError: unreadable or unsafe XML, truncated ``.ibd``, a UUID or checksum that does not match,
+            arrays outside the file or overlapping, non-finite or unsorted m/z, non-finite intensities,
+            unsupported encoding, duplicate coordinates, an output over the memory budget.
     """
     imzml, ibd = _paths(path)
     if mz_axis is not None:
         mz_axis = np.asarray(mz_axis, np.float64)
-        if mz_axis.ndim != 1 or len(mz_axis) < 2 or np.any(np.diff(mz_axis) <= 0):
-            raise ValueError("mz_axis must be a 1-d strictly increasing array with at least 2 values")
+        if (mz_axis.ndim != 1 or len(mz_axis) < 2 or not np.all(np.isfinite(mz_axis))
+                or np.any(np.diff(mz_axis) <= 0)):
+            raise ValueError("mz_axis must be a 1-d finite, strictly increasing array with at least 2 values")
+    if mz_range is not None:
+        try:
+            lo, hi = (float(v) for v in mz_range)
+        except (TypeError, ValueError):
+            raise ValueError(f"mz_range must be two numbers (lo, hi), got {mz_range!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"mz_range must be finite with lo < hi, got {mz_range!r}")
     cache_dir = Path(cache) if cache is not None else None
+    budget = output_budget(max_bytes, cached=cache_dir is not None)
     if cache_dir is not None:
         key = _cache_key(imzml, ibd, mz_axis, mz_range)
         meta_path = cache_dir / "meta.json"
@@ -333,18 +243,28 @@ def read_imzml(
                     source=str(imzml),
                     indexed_by=meta.get("indexed_by", ""),
                 )
-    index = index_imzml(imzml)
+    index = index_imzml(imzml)  # every array lies inside the .ibd, and no two overlap
     raw = np.memmap(ibd, dtype=np.uint8, mode="r")
+    checked: set[tuple[int, int]] = set()
 
     def array(offset: int, length: int, dtype: str) -> np.ndarray:
         nbytes = int(length) * np.dtype(dtype).itemsize
         return raw[int(offset): int(offset) + nbytes].view(dtype)
 
+    def where(i: int) -> str:
+        return f"spectrum {i} at ({index.coordinates[i, 0]}, {index.coordinates[i, 1]})"
+
+    def mz_of(i: int) -> np.ndarray:  # spectrum i's m/z array, checked finite and increasing (once per array)
+        m = array(index.mz_offset[i], index.mz_length[i], index.mz_dtype)
+        if (int(index.mz_offset[i]), len(m)) not in checked:
+            check_mz(m, imzml.name, f"the m/z array of {where(i)}")
+            checked.add((int(index.mz_offset[i]), len(m)))
+        return m
+
     n = len(index)
     if index.continuous:
         native = array(index.mz_offset[0], index.mz_length[0], index.mz_dtype).astype(np.float64)
-        if np.any(np.diff(native) <= 0):
-            raise ValueError(f"{imzml.name}: the shared m/z array is not strictly increasing")
+        check_mz(native, imzml.name, "the shared m/z array")
     else:
         native = None
     if mz_axis is None:
@@ -354,9 +274,9 @@ def read_imzml(
             lo, hi, longest = np.inf, -np.inf, 0
             union: np.ndarray | None = np.empty(0)
             for i in range(n):
-                m = array(index.mz_offset[i], index.mz_length[i], index.mz_dtype).astype(np.float64)
+                m = mz_of(i).astype(np.float64)
                 if len(m):
-                    lo, hi = min(lo, float(m.min())), max(hi, float(m.max()))
+                    lo, hi = min(lo, float(m[0])), max(hi, float(m[-1]))
                 longest = max(longest, int(index.mz_length[i]))
                 if union is not None:
                     union = np.union1d(union, m)
@@ -381,9 +301,11 @@ def read_imzml(
         mz_axis, native[keep])
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        check_budget(n, d, budget, imzml.name, cache_dir)
         (cache_dir / "meta.json").unlink(missing_ok=True)
         out = np.lib.format.open_memmap(cache_dir / "spectra.npy", mode="w+", dtype=np.float32, shape=(n, d))
     else:
+        check_budget(n, d, budget, imzml.name, None)
         out = np.empty((n, d), np.float32)
     rows = range(n)
     if progress is not None:
@@ -392,17 +314,18 @@ def read_imzml(
         inten = array(index.int_offset[i], index.int_length[i], index.int_dtype)
         if same_axis:
             if len(inten) != len(native):
-                raise ValueError(f"{imzml.name}: spectrum {i} has {len(inten)} intensities for "
+                raise ValueError(f"{imzml.name}: {where(i)} has {len(inten)} intensities for "
                                  f"{len(native)} m/z values")
             out[i] = inten[keep]
         else:
-            m = array(index.mz_offset[i], index.mz_length[i], index.mz_dtype)
+            m = mz_of(i)
             if len(m) != len(inten):
-                raise ValueError(f"{imzml.name}: spectrum {i} has {len(m)} m/z values and {len(inten)} "
+                raise ValueError(f"{imzml.name}: {where(i)} has {len(m)} m/z values and {len(inten)} "
                                  "intensities")
             out[i] = resample(m, inten, mz_axis)
-    if not np.all(np.isfinite(out[: min(n, 64)])):
-        raise ValueError(f"{imzml.name}: intensities contain NaN or inf")
+        if not np.isfinite(out[i]).all():  # every spectrum, one row at a time (also float32 overflow)
+            raise ValueError(f"{imzml.name}: {where(i)} has NaN or inf intensities (or values beyond float32); "
+                             "expected finite values")
     if cache_dir is not None:
         out.flush()
         del out
