@@ -128,7 +128,8 @@ BAD: list[tuple[str, list[str], str]] = [
     ("guard-train-classifier-channels-too-few", [*TC, "--init-squeeze", "--channels", "2", *OUT], "channels"),
     ("seed-negative", [*TF, "--seed", "-1", *OUT], "--seed"),
     ("guard-ims-design-t-iso", ["ims", "design", "--t-iso", "1.5"], "t_iso must lie in [0, 1)"),
-    ("guard-ims-cv-mz-range-empty", [*CV, "--mz-min", "900", "--mz-max", "800"], "mz_range must be finite with lo < hi, got (900.0, 800.0)"),
+    ("guard-ims-cv-mz-range-empty", [*CV, "--mz-min", "900", "--mz-max", "800"],
+     "mz_range must be finite with lo < hi, got (900.0, 800.0)"),
     ("guard-ims-cv-folds-too-many", [*CV, "--folds", "5"], "needs >= 5 TMAs, got 4"),
     # paths: a folder where a file is expected, a file where a folder is expected, unwritable places
     ("train-flow-out-is-a-file", [*TF, "--out", "{file}"], "is a file"),
