@@ -35,7 +35,7 @@ def test_train_resume_sample_evaluate(tmp_path, capsys):
 
     assert main(["sample", str(out), "-n", "50", "--out", str(tmp_path / "s.png")]) == 0
     assert np.load(tmp_path / "s.npy").shape == (50, 2)
-    assert "converged: True" in capsys.readouterr().out
+    assert "stop test met by all: True" in capsys.readouterr().out
 
     assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
     text = capsys.readouterr().out
@@ -74,3 +74,23 @@ def test_debug_shows_the_traceback(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         main(["--debug", "evaluate", str(tmp_path / "missing")])
+
+
+def test_sample_refuses_non_finite_weights(tmp_path, capsys):
+    """A checkpoint with NaN weights: `sample` used to exit 0, print "all converged" and write NaN samples."""
+    import torch
+
+    from invertible.io import load_checkpoint, save_checkpoint
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--steps", "5"]) == 0
+    ck = load_checkpoint(out)
+    tensors = dict(ck.tensors)
+    name = next(k for k in tensors if k.startswith("model.") and k.endswith("weight.original"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_checkpoint(out / "checkpoint.safetensors", tensors, kind=ck.kind, config=ck.config, meta=ck.meta)
+    capsys.readouterr()
+    assert main(["sample", str(out), "-n", "20", "--out", str(tmp_path / "s.png")]) == 2
+    captured = capsys.readouterr()
+    assert "not finite" in captured.err and "Traceback" not in captured.err
+    assert not (tmp_path / "s.npy").exists()
