@@ -240,3 +240,18 @@ def test_library_reasons_reach_the_cli_as_one_line(tmp_path, capsys):
     assert "is not an .npz archive" in capsys.readouterr().err
     assert main(["ims", "synth", "--bins", "100", "--out", str(tmp_path / "s")]) == 2
     assert "need more than 20 Da" in capsys.readouterr().err
+
+
+def test_out_of_range_shift_and_baseline_window_are_refused(tmp_path, capsys):
+    """Accepted silently before: a random shift as wide as the image, a baseline window wider than a spectrum."""
+    import numpy as np
+
+    from invertible.cli import main
+    from invertible.ims.preprocess import remove_baseline
+
+    assert main(["train-classifier", "--data", "digits", "--shift", "8", "--epochs", "1", "--out",
+                 str(tmp_path / "c"), "--no-progress"]) == 2
+    assert "shift must lie in [0, 8)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="between 1 and the number of bins"):
+        remove_baseline(np.ones((2, 50), np.float32), 51)
+    assert remove_baseline(np.ones((2, 50), np.float32), 50).shape == (2, 50)

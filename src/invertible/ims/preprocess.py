@@ -40,8 +40,12 @@ def estimate_baseline(spectra: np.ndarray, window: int = 301) -> np.ndarray:
 
 
 def remove_baseline(spectra: np.ndarray, window: int = 301, chunk: int = 1024) -> np.ndarray:
-    """Subtract :func:`estimate_baseline` and clip at zero; returns a new float32 (n, d) array."""
+    """Subtract :func:`estimate_baseline` and clip at zero; returns a new float32 (n, d) array. ``window`` (bins)
+    must lie in ``[1, d]``: a wider rolling minimum is the spectrum's global minimum, not a baseline."""
     X = np.asarray(spectra)
+    if X.ndim != 2 or not 1 <= int(window) <= X.shape[1]:
+        raise ValueError(f"the baseline window must be between 1 and the number of bins ({X.shape[-1]}) of "
+                         f"spectra shaped (n, d), got window {window} for shape {X.shape}")
     out = np.empty(X.shape, np.float32)
     for s in range(0, len(X), chunk):
         x = np.asarray(X[s:s + chunk], np.float32)

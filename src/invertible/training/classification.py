@@ -134,6 +134,9 @@ class ClassifierConfig:
             model["blocks"] = list(model["blocks"])
         # A.1 shifts 28x28 MNIST by up to 2 pixels; scale that to the image size (8x8 digits: no shift).
         shift = self.shift if self.shift is not None else (2 * min(data.input_shape[1:])) // 28
+        if not 0 <= shift < min(data.input_shape[1:]):
+            raise ValueError(f"shift must lie in [0, {min(data.input_shape[1:])}) pixels for images of shape "
+                             f"{tuple(data.input_shape)}, got {shift}")
         flip = self.flip if self.flip is not None else data.input_shape[0] == 3
         return ClassifierConfig(**{**asdict(self), "model": model, "shift": shift, "flip": flip})
 
