@@ -255,3 +255,16 @@ def test_out_of_range_shift_and_baseline_window_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="between 1 and the number of bins"):
         remove_baseline(np.ones((2, 50), np.float32), 51)
     assert remove_baseline(np.ones((2, 50), np.float32), 50).shape == (2, 50)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["spheres", "--dim", "999999999999"], "not enough memory"),
+    (["train-ice", "--nuisance-weight", "nan"], "--nuisance-weight: expected a finite number >= 0"),
+    (["train-ice", "--mle-weight", "1e400"], "--mle-weight: expected a finite number >= 0"),
+])
+def test_found_by_the_option_fuzz(argv, needle, tmp_path, capsys):
+    """Found by fuzzing every option with odd values: an allocation failure was a traceback; a NaN or infinite
+    loss weight started training."""
+    assert main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "train-ice" else argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

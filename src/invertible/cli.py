@@ -67,9 +67,22 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(c for c in (args.command, getattr(args, "ims_command", None)) if c)
         print(f"invertible {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        if args.debug or not _is_out_of_memory(exc):  # other RuntimeErrors are bugs: keep their traceback
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"invertible {args.command}: error: not enough memory for these settings ({first[:200]}); "
+              "choose smaller sizes", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"interrupted; {_checkpoint_state(args)}", file=sys.stderr)
         return 130
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation (host ``MemoryError``, torch's CPU allocator or CUDA out-of-memory)."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def _one_line(exc: BaseException) -> str:

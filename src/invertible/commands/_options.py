@@ -61,6 +61,11 @@ def positive_float(text: str) -> float:
     return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
 
 
+def nonnegative_float(text: str) -> float:
+    """A finite number ``x >= 0`` (a loss weight)."""
+    return _number(text, float, "a finite number >= 0", lambda v: 0 <= v < float("inf"))
+
+
 def at_least_two(text: str) -> int:
     """An integer ``n >= 2`` (a sample size with a standard error)."""
     return _number(text, int, "an integer >= 2", lambda v: v >= 2)

@@ -25,6 +25,7 @@ from invertible.commands._options import (
     data_name,
     float_list,
     float_pair,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -62,8 +63,8 @@ def add_parser(sub) -> None:
     t.add_argument("--nuisance-steps", type=nonnegative_int, default=2)
     t.add_argument("--nuisance-hidden", type=nonnegative_int, default=0, help="0: linear nuisance classifier")
     t.add_argument("--nuisance-lr", type=positive_float, default=3e-3)
-    t.add_argument("--nuisance-weight", type=float, default=1.0)
-    t.add_argument("--mle-weight", type=float, default=1.0)
+    t.add_argument("--nuisance-weight", type=nonnegative_float, default=1.0, help="weight of L_nCE (eq. 6.13)")
+    t.add_argument("--mle-weight", type=nonnegative_float, default=1.0, help="weight of the MLE term (eq. 6.13)")
     t.add_argument("--form", choices=("minimax", "nonsaturating"), default="nonsaturating",
                    help="network's nuisance term: minimax = Definition 6.14 literally")
     add_seed(t)
