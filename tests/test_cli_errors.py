@@ -115,8 +115,10 @@ BAD: list[tuple[str, list[str], str]] = [
     ("guard-train-classifier-coeff-two", [*TC, "--coeff", "2", *OUT], "coeff must lie in"),
     ("guard-train-ice-lr-zero", [*TI, "--lr", "0", *OUT], "lr"),
     ("train-ice-nuisance-lr-inf", [*TI, "--nuisance-lr", "inf", *OUT], "--nuisance-lr"),
-    ("guard-train-ice-nuisance-weight-nan", [*TI, "--nuisance-weight", "nan", *OUT], "nuisance_weight=nan"),
-    ("guard-train-ice-mle-weight-negative", [*TI, "--mle-weight", "-1", *OUT], "mle_weight=-1"),
+    ("guard-train-ice-nuisance-weight-nan", [*TI, "--nuisance-weight", "nan", *OUT],
+     "--nuisance-weight: expected a finite number >= 0, got 'nan'"),
+    ("guard-train-ice-mle-weight-negative", [*TI, "--mle-weight", "-1", *OUT],
+     "--mle-weight: expected a finite number >= 0, got '-1'"),
     # counts
     ("guard-train-flow-threads-negative", [*TF, "--threads", "-1", *OUT], "--threads"),
     ("guard-evaluate-batch-size-zero", ["evaluate", "{flow}", "--batch-size", "0"], "--batch-size"),
