@@ -30,18 +30,23 @@ def _worker(rank: int, world: int, folder: str) -> None:
     torch.save({"init": init, "final": state}, os.path.join(folder, f"rank{rank}.pt"))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
-def test_two_gloo_ranks_hold_identical_weights(tmp_path):
-    spawn_gloo_ranks(_worker, tmp_path)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+def _assert_ranks_identical_and_trained(folder, prefix: str) -> None:
+    """Both ranks' final states are bit-identical, and training moved the weights from their start."""
+    r0 = torch.load(folder / f"{prefix}0.pt", weights_only=True)
+    r1 = torch.load(folder / f"{prefix}1.pt", weights_only=True)
     changed = False
     for k, v in r0["final"].items():
         torch.testing.assert_close(v, r1["final"][k], rtol=0, atol=0, equal_nan=True, msg=k)
         if v.is_floating_point() and not torch.equal(v, r0["init"][k]) and not v.isnan().any():
             changed = True
     assert changed  # training did move the weights
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_two_gloo_ranks_hold_identical_weights(tmp_path):
+    spawn_gloo_ranks(_worker, tmp_path)
+    _assert_ranks_identical_and_trained(tmp_path, "rank")
     assert (tmp_path / "checkpoint.safetensors").is_file() and (tmp_path / "metrics.jsonl").is_file()
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
 
@@ -67,14 +72,7 @@ def _classifier_worker(rank: int, world: int, folder: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_gloo_ranks_train_the_classifier_to_identical_weights(tmp_path):
     spawn_gloo_ranks(_classifier_worker, tmp_path)
-    r0 = torch.load(tmp_path / "clf_rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "clf_rank1.pt", weights_only=True)
-    changed = False
-    for k, v in r0["final"].items():
-        torch.testing.assert_close(v, r1["final"][k], rtol=0, atol=0, equal_nan=True, msg=k)
-        if v.is_floating_point() and not torch.equal(v, r0["init"][k]) and not v.isnan().any():
-            changed = True
-    assert changed  # training did move the weights
+    _assert_ranks_identical_and_trained(tmp_path, "clf_rank")
     summary = torch.load(tmp_path / "clf_summary0.pt", weights_only=False)["summary"]
     assert summary["epochs"] == 2 and summary["test_error"] is not None and not summary["diverged"]
     run = tmp_path / "run"
