@@ -22,6 +22,8 @@ def toy_experiment():
         ax.plot([0, 1], [0, 1])
         ctx.save_figure(fig, "line")
         ctx.report("| value |\n|---|\n| 41 |")
+        ctx.claim("the value is the answer", False, "41 != 42", value=41)
+        ctx.claim("a pipe stays in its cell", True, "|x| = 1")
         return {"value": 41, "quick": ctx.quick}
 
     yield "test.toy"
@@ -37,7 +39,10 @@ def test_run_experiment_writes_config_metrics_figures_and_report(tmp_path, toy_e
     assert json.loads((folder / "config.json").read_text())["quick"] is True
     assert (folder / "figures" / "line.png").read_bytes()[:4] == b"\x89PNG"
     assert (folder / "metrics.jsonl").is_file()
+    assert metrics["claims"]["the value is the answer"] == {"holds": False, "evidence": "41 != 42", "value": 41}
     text = report.read_text()
+    assert "| the value is the answer | **no** | 41 != 42 |" in text
+    assert "| a pipe stays in its cell | yes | \\|x\\| = 1 |" in text
     assert "The thesis says 42." in text and "| 41 |" in text and "figures/line.png" in text
 
 

@@ -55,6 +55,7 @@ class RunContext:
     show_progress: bool = True
     figures: list[str] = field(default_factory=list)
     _report: list[str] = field(default_factory=list)
+    claims: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def run(self) -> RunFolder:
@@ -80,6 +81,14 @@ class RunContext:
 
     def report(self, markdown: str) -> None:
         self._report.append(markdown.rstrip() + "\n")
+
+    def claim(self, name: str, holds: bool, evidence: str, **numbers: Any) -> bool:
+        """Record whether a claim of the thesis holds in this run: ``metrics.json["claims"][name] = {"holds",
+        "evidence", **numbers}`` and a verdict row in ``report.md``. Returns ``holds``."""
+        if name in self.claims:
+            raise ValueError(f"claim {name!r} stated twice")
+        self.claims[name] = {"holds": bool(holds), "evidence": str(evidence), **jsonable(numbers)}
+        return bool(holds)
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -108,6 +117,11 @@ def _natural_key(s: str):
     import re
 
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a bare pipe would end the cell)."""
+    return str(text).replace("|", "\\|")
 
 
 def run_experiment(
@@ -139,6 +153,8 @@ def run_experiment(
         metrics = exp.run(ctx)
     seconds = time.perf_counter() - start
     metrics = {**jsonable(metrics), "seconds": round(seconds, 2)}
+    if ctx.claims:
+        metrics["claims"] = ctx.claims
     run.write_summary(metrics)
     run.log({"split": "summary", "experiment": id, "seconds": round(seconds, 2)})
     lines = [
@@ -155,6 +171,11 @@ def run_experiment(
         *ctx._report,
         "",
     ]
+    if ctx.claims:
+        lines += ["## Claims at this scale", "", "| claim | holds | evidence |", "|---|---|---|"]
+        lines += [f"| {_cell(name)} | {'yes' if c['holds'] else '**no**'} | {_cell(c['evidence'])} |"
+                  for name, c in ctx.claims.items()]
+        lines.append("")
     if ctx.figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in ctx.figures] + [""]
     return run.write_report("\n".join(lines))
