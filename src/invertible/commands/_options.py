@@ -142,14 +142,16 @@ def file_stem(text: str) -> str:
 
 
 def data_name(text: str) -> str:
-    """A data-set name or path. An existing ``.npz`` must be a zip archive (numpy's own error for a truncated
-    or foreign file is a ``BadZipFile`` traceback or a misleading one about pickles)."""
-    import zipfile
+    """A data-set name or path; an existing ``.npz`` must be a zip archive
+    (:func:`invertible.data.images.require_npz_archive`), refused here before anything is loaded."""
+    from invertible.data.images import require_npz_archive
 
     path = Path(text)
-    if path.suffix.lower() == ".npz" and path.is_file() and not zipfile.is_zipfile(path):
-        raise argparse.ArgumentTypeError(f"expected an .npz (zip) archive, but {path} is not one "
-                                         f"(truncated, or another format)")
+    if path.suffix.lower() == ".npz" and path.is_file():
+        try:
+            require_npz_archive(path)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

@@ -76,11 +76,20 @@ def _load_idx_folder(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[:, None], labels.astype(np.int64)
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def require_npz_archive(path: str | Path) -> None:
+    """A ``ValueError`` unless ``path`` is a zip archive (numpy's own error for a truncated or foreign ``.npz``
+    is a ``BadZipFile`` traceback or a misleading one about pickles)."""
     import zipfile
 
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not an .npz archive (expected a zip of arrays 'images' and 'labels')")
+        raise ValueError(f"{path} is not an .npz archive (truncated, or another format; expected a zip of arrays "
+                         "'images' and 'labels')")
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import zipfile
+
+    require_npz_archive(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             if "images" not in f or "labels" not in f:
