@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from invertible.activations import activation_lipschitz
+from invertible.checks import check_estimator_input
 from invertible.norms import (
     DENSE_ENTRIES,
     DENSE_LIMIT,
@@ -325,8 +326,7 @@ def local_lipschitz(
     """
     from torch.func import jvp, vjp
 
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating (batch, ...) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    check_estimator_input(g, x, "local_lipschitz: x")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     x = x.detach()

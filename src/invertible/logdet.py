@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from invertible.checks import check_estimator_input
 from invertible.logdet_exact import AbstractLogDet, ExactLogDet, ForwardJacobianLogDet, exact_jacobian
 
 __all__ = [
@@ -114,6 +115,7 @@ class _SeriesEstimator(AbstractLogDet):
         raise NotImplementedError
 
     def __call__(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_estimator_input(g, x, f"{type(self).__name__}: x")
         if torch.is_inference_mode_enabled():
             # The series needs vector-Jacobian products, which inference mode forbids: leave it for the call and
             # work on a normal copy of x; the value is the one no_grad gives, returned without a graph.

@@ -2,45 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-
 import torch
 from torch import nn
 
-__all__ = ["Bijection", "check_input", "validated_input"]
+from invertible.checks import check_input, check_like_module, validated_input
 
-_VALIDATED: ContextVar[bool] = ContextVar("invertible_input_validated", default=False)
-
-
-@contextmanager
-def validated_input() -> Iterator[None]:
-    """Inside, :func:`check_input` skips its finiteness test (shape and dtype checks stay).
-
-    A composition checks ``isfinite`` once at its boundary and runs its layers inside this context: the test is a
-    full reduction plus a device-to-host sync, which on a GPU would stall every one of dozens of blocks."""
-    token = _VALIDATED.set(True)
-    try:
-        yield
-    finally:
-        _VALIDATED.reset(token)
-
-
-def check_input(x: torch.Tensor, name: str, min_dim: int = 2, n_channels: int | None = None) -> None:
-    """Validate at the boundary: a floating tensor with a batch dimension, finite, the right channels.
-
-    The finiteness test is skipped inside :func:`validated_input` (the enclosing composition has done it)."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < min_dim:
-        raise ValueError(f"{name}: expected a batch of shape (batch, ...) with >= {min_dim} dims, got {tuple(x.shape)}")
-    if n_channels is not None and x.shape[1] != n_channels:
-        raise ValueError(f"{name}: expected {n_channels} channels in dim 1, got shape {tuple(x.shape)}")
-    if not torch.is_floating_point(x):
-        raise ValueError(f"{name}: expected a floating point tensor, got {x.dtype}")
-    if not _VALIDATED.get() and not torch.isfinite(x).all():
-        raise ValueError(f"{name}: input contains NaN or inf")
+__all__ = ["Bijection", "check_input", "check_like_module", "validated_input"]
 
 
 class Bijection(nn.Module):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from invertible.nn.base import Bijection, check_input
+from invertible.nn.base import Bijection, check_input, check_like_module
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
 
@@ -60,6 +60,7 @@ class AdditiveCoupling(Bijection):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, "AdditiveCoupling", n_channels=self.n_channels)
+        check_like_module(x, self, "AdditiveCoupling")
         x1, x2 = x[:, : self.split], x[:, self.split :]
         y2 = x2 + self._shift(x1, x2.shape)
         return torch.cat([y2, x1] if self.swap else [x1, y2], dim=1)
@@ -69,6 +70,7 @@ class AdditiveCoupling(Bijection):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y, "AdditiveCoupling.inverse", n_channels=self.n_channels)
+        check_like_module(y, self, "AdditiveCoupling.inverse")
         n2 = self.n_channels - self.split
         if self.swap:
             y2, y1 = y[:, :n2], y[:, n2:]
@@ -114,6 +116,7 @@ class AffineCoupling(Bijection):
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(x, "AffineCoupling", n_channels=self.dim)
+        check_like_module(x, self, "AffineCoupling")
         xa, xb = x[:, self.idx_a], x[:, self.idx_b]
         s, t = self._st(xa)
         y = torch.empty_like(x)
@@ -123,6 +126,7 @@ class AffineCoupling(Bijection):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y, "AffineCoupling.inverse", n_channels=self.dim)
+        check_like_module(y, self, "AffineCoupling.inverse")
         ya, yb = y[:, self.idx_a], y[:, self.idx_b]
         s, t = self._st(ya)
         x = torch.empty_like(y)

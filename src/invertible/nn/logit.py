@@ -26,13 +26,14 @@ class LogitTransform(Bijection):
         self.alpha = float(alpha)
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_input(x, "LogitTransform")
+        check_input(x, "LogitTransform (data in [0, 1], e.g. dequantized pixels)", bounds=(0.0, 1.0))
         s = self.alpha + (1 - 2 * self.alpha) * x
         y = torch.log(s) - torch.log1p(-s)
         ld = (math.log1p(-2 * self.alpha) - torch.log(s) - torch.log1p(-s)).flatten(1).sum(1)
         return y, ld
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_input(y, "LogitTransform.inverse")
         return (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
 
     def extra_repr(self) -> str:

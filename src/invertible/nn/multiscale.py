@@ -89,6 +89,7 @@ class MultiScale(Bijection):
         return self.forward_and_logdet(x)[0]
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        check_input(z, "MultiScale.inverse")
         b = z.shape[0]
         c, h, w = self.shapes[-1]
         sizes = [cc * hh * ww for cc, hh, ww in self.out_shapes] + [c * h * w]
@@ -130,4 +131,5 @@ class PreThen(Bijection):
         return self.forward_and_logdet(x)[0]
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        check_input(z, "PreThen.inverse")
         return self.pre.inverse(self.ms.inverse(z.flatten(1)))
