@@ -161,3 +161,32 @@ def test_standard_normal_log_prob_validates():
     assert torch.allclose(lp, torch.full((2,), -1.5 * np.log(2 * np.pi)))
     quiet = inv.StandardNormal((3,), validate_args=False)
     assert torch.isnan(quiet.log_prob(torch.full((1, 3), float("nan")))).all()
+
+
+@pytest.mark.parametrize("build", [
+    lambda v: inv.ActNorm(3, eps=v),
+    lambda v: inv.ActNorm(v),
+    lambda v: inv.InjectivePad(v),
+    lambda v: inv.InjectivePad(1, atol=v),
+    lambda v: inv.AdditiveCoupling(nn.Conv2d(1, 1, 3, padding=1), 2, split=v),
+    lambda v: inv.AffineCoupling(torch.tensor([1.0, 0.0]), scale=v),
+    lambda v: inv.RussianRouletteLogDet(lam=v),
+    lambda v: inv.make_estimator("resflow", n_exact=v),
+    lambda v: inv.evaluation_estimator(v),
+    lambda v: inv.evaluation_estimator(10, event_ndim=v),
+    lambda v: inv.power_series_truncation_bound(0.5, v, 3),
+    lambda v: inv.logdet_bounds(0.5, v),
+    lambda v: inv.operator_norm(nn.Linear(3, 3), rtol=v),
+], ids=["actnorm-eps", "actnorm-channels", "pad-channels", "pad-atol", "additive-split", "affine-scale",
+        "roulette-lam", "make_estimator-n_exact", "evaluation-dim", "evaluation-event_ndim", "thm5.8-dim",
+        "lemma5.5-dim", "operator_norm-rtol"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1, "x"], ids=["nan", "inf", "neg", "str"])
+def test_constructors_name_bad_numbers(build, value):
+    """Before: NaN/inf/negative/str were accepted (or raised OverflowError in int(inf))."""
+    with pytest.raises(ValueError, match="must be"):
+        build(value)
+
+
+def test_standard_normal_names_a_bad_device():
+    with pytest.raises(ValueError, match="cannot place N"):
+        inv.StandardNormal((3,), device="bogus")

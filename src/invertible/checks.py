@@ -7,6 +7,8 @@ composition test finiteness once at its boundary instead of in every layer (each
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -14,7 +16,15 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
-__all__ = ["check_input", "check_like_module", "check_estimator_input", "validated_input", "values_validated"]
+__all__ = [
+    "check_count",
+    "check_real",
+    "check_input",
+    "check_like_module",
+    "check_estimator_input",
+    "validated_input",
+    "values_validated",
+]
 
 _VALIDATED: ContextVar[bool] = ContextVar("invertible_input_validated", default=False)
 
@@ -94,3 +104,36 @@ def check_estimator_input(g, x: torch.Tensor, name: str) -> None:
     check_input(x, name)
     if isinstance(g, nn.Module):
         check_like_module(x, g, name)
+
+
+def check_count(name: str, value, minimum: int = 1) -> int:
+    """An integer ``>= minimum`` (an integral float such as ``3.0`` passes; ``True``, ``2.5``, ``"3"``, NaN, inf do
+    not), returned as ``int``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        ok = isinstance(value, float) and math.isfinite(value) and value == int(value)
+        if not ok:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}") from None
+        v = int(value)
+    if v < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
+    return int(v)
+
+
+def check_real(name: str, value, minimum: float | None = None, *, strict: bool = False,
+               maximum: float | None = None) -> float:
+    """A finite real number (not NaN, not inf, not a bool or a string) ``>= minimum`` (``> minimum`` when
+    ``strict``) and ``<= maximum``, returned as ``float``."""
+    bound = "" if minimum is None else (f" > {minimum:g}" if strict else f" >= {minimum:g}")
+    bound += "" if maximum is None else f" and <= {maximum:g}"
+    try:
+        v = float(value) if not isinstance(value, bool | str) else math.nan
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or (minimum is not None and (v <= minimum if strict else v < minimum)) \
+            or (maximum is not None and v > maximum):
+        raise ValueError(f"{name} must be a finite number{bound}, got {name}={value!r}")
+    return v

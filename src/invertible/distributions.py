@@ -31,7 +31,13 @@ class StandardNormal(D.Independent):
 
     def __init__(self, event_shape: Sequence[int], device=None, dtype=None, validate_args: bool | None = None):
         shape = tuple(int(s) for s in event_shape)
-        loc = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
+        if any(s < 0 for s in shape):
+            raise ValueError(f"event_shape must hold sizes >= 0, got {shape}")
+        try:
+            loc = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"StandardNormal: cannot place N(0, I) on device={device!r}, dtype={dtype!r}: "
+                             f"{str(err).splitlines()[0][:200]}") from err
         super().__init__(D.Normal(loc, torch.ones_like(loc), validate_args=False), len(shape),
                          validate_args=validate_args)
 

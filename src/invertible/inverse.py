@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from invertible.checks import check_estimator_input
+from invertible.checks import check_count, check_estimator_input
 from invertible.lipschitz import frozen_spectral_norm
 
 __all__ = ["AbstractSolver", "InverseResult", "FixedPoint", "Anderson", "InverseNotConverged", "NotConvergedWarning"]
@@ -98,11 +98,7 @@ def _check_tolerance(name: str, value) -> float:
     return v
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-    return int(value)
+_check_count = check_count
 
 
 def _round_off(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:

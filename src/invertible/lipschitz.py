@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from invertible.activations import activation_lipschitz
-from invertible.checks import check_estimator_input
+from invertible.checks import check_count, check_estimator_input
 from invertible.norms import (
     DENSE_ENTRIES,
     DENSE_LIMIT,
@@ -82,11 +82,7 @@ def _check_coeff(coeff: float) -> float:
     return c
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-    return int(value)
+_check_count = check_count
 
 
 def _check_tolerance(name: str, value) -> float | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from invertible.checks import check_count, check_real
 from invertible.nn.base import Bijection, check_input, check_like_module
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
@@ -42,9 +43,8 @@ class AdditiveCoupling(Bijection):
 
     def __init__(self, t: nn.Module, n_channels: int, split: int | None = None, swap: bool = True):
         super().__init__()
-        if n_channels < 2:
-            raise ValueError(f"AdditiveCoupling needs n_channels >= 2 to split, got {n_channels}")
-        split = n_channels // 2 if split is None else int(split)
+        n_channels = check_count("n_channels (AdditiveCoupling splits them in two)", n_channels, 2)
+        split = n_channels // 2 if split is None else check_count("split", split, 1)
         if not 0 < split < n_channels:
             raise ValueError(f"split must lie in (0, {n_channels}), got {split}")
         self.t = t
@@ -98,9 +98,9 @@ class AffineCoupling(Bijection):
             raise ValueError("mask must be a 1-D boolean tensor with both True and False entries")
         self.register_buffer("idx_a", torch.nonzero(mask).flatten())
         self.register_buffer("idx_b", torch.nonzero(~mask).flatten())
-        self.dim, self.scale = mask.numel(), float(scale)
+        self.dim, self.scale = mask.numel(), check_real("scale", scale, 0.0, strict=True)
         da, db = len(self.idx_a), len(self.idx_b)
-        dims = [da, *[int(h) for h in hidden], 2 * db]
+        dims = [da, *[check_count("hidden width", h, 1) for h in hidden], 2 * db]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             if i:
