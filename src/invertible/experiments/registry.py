@@ -31,7 +31,7 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "invertible.experiments.fig5_3",
     "invertible.experiments.table4_1", "invertible.experiments.fig4_2", "invertible.experiments.fig4_3",
     "invertible.experiments.fig3_1", "invertible.experiments.fig3_4",
-    "invertible.experiments.fig7_3", "invertible.experiments.fig7_5",
+    "invertible.experiments.fig7_3", "invertible.experiments.fig7_5", "invertible.experiments.sec7_5",
     "invertible.experiments.fig5_2", "invertible.experiments.table5_1", "invertible.experiments.table5_2",
 )
 
