@@ -11,9 +11,9 @@ logits, so this is the part of ``z_c`` the prediction depends on; for a linear m
 averaging over spectra is meaningful (Section 7.5). Raw input gradients flip sign from bin to bin (the
 derivative lobes of the conv filters); :func:`peak_sensitivity` turns them into the sensitivity to the amplitude
 of a peak of the instrument's width, the quantity a peak list speaks about. The peaks that drive a class are
-the largest local extrema of ``|S_c|`` (:func:`pick_peaks`); each is marked with the averagine isotope pattern that a singly charged
-peptide at that m/z would have (:func:`isotope_marks`, Section 7.3.2), and scored by how many of those isotope
-positions carry a sensitivity extremum of the same sign (``isotope_support``).
+the largest local extrema of ``|S_c|`` (:func:`pick_peaks`); each is marked with the averagine isotope pattern
+that a singly charged peptide at that m/z would have (:func:`isotope_marks`, Section 7.3.2), and scored by how
+many of those isotope positions carry a sensitivity extremum of the same sign (``isotope_support``).
 
 Shapes: ``X`` (n, d) as the model sees it, ``y`` (n,) int, maps (K, d).
 

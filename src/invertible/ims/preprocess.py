@@ -128,7 +128,8 @@ SCALER_NAME = "scaler.safetensors"
 
 def save_scaler(path, scaler: StdScaler, **settings) -> None:
     """Write a fitted :class:`StdScaler` (its ``scale_``) with the preprocessing ``settings`` that preceded it
-    (e.g. ``baseline_window``, ``mz_range``) as a checkpoint of kind ``ims_scaler`` (:func:`invertible.io.save_checkpoint`)."""
+    (e.g. ``baseline_window``, ``mz_range``) as a checkpoint of kind ``ims_scaler``
+    (:func:`invertible.io.save_checkpoint`)."""
     import torch
 
     from invertible.io import save_checkpoint
