@@ -8,6 +8,12 @@ over the spectra of the class) are checked against the planted m/z: their top pe
 peptides' isotope peaks and show the 1 Da isotope spacing. The trained model is saved (``model/``, with its
 scaler), so ``invertible ims explain model --imzml data/sec7_5.imzML --annotations data/sec7_5.csv`` repeats
 the analysis from the command line.
+
+Measured at quick scale (384 spectra x 512 bins, 30 epochs): with seed 0 the top peaks of both class maps sit on
+planted isotope peaks (precision of the top 5: 0.6 and 0.6, chance 19 %); with seeds 1 and 2 the networks are as
+accurate (held-out balanced accuracy 1.00 and 0.99) but the class-1 maps peak away from the planted peptides
+(precision 0.0), so the recovery claims fail there: gradient maps show what a network responds to, which need not
+be the planted cause.
 """
 
 from __future__ import annotations
