@@ -103,6 +103,9 @@ def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torc
 
 
 class _SeriesEstimator(AbstractLogDet):
+    stochastic = True  # Hutchinson probes (Lemma 5.6)
+    scalable = True  # one vector-Jacobian product per term and probe
+
     def __init__(self, n_probes: int, probe: str, generator: torch.Generator | None):
         n_probes = _check_count("n_probes", n_probes, 1)
         if probe not in ("gaussian", "rademacher"):

@@ -45,6 +45,10 @@ class AbstractLogDet(abc.ABC):
     """
 
     kind: ClassVar[str]
+    #: whether the value is a random estimate (Hutchinson probes, a random truncation)
+    stochastic: ClassVar[bool]
+    #: whether the cost scales to high dimension: vector-Jacobian products, no d x d Jacobian or O(d^3) determinant
+    scalable: ClassVar[bool]
 
     @property
     def exact(self) -> bool:
@@ -98,6 +102,8 @@ class ExactLogDet(AbstractLogDet):
     """
 
     kind = "exact"
+    stochastic = False
+    scalable = False
 
     def __call__(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_estimator_input(g, x, "ExactLogDet: x")
@@ -182,6 +188,8 @@ class ForwardJacobianLogDet(AbstractLogDet):
     """
 
     kind = "exact"
+    stochastic = False
+    scalable = False
 
     def __init__(self, compile: bool = False) -> None:
         self._fallback = ExactLogDet()

@@ -91,6 +91,8 @@ class FullyInvertibleClassifier(Bijection):
     :meth:`encode` / :meth:`decode` work with the pair ``(z_s (B, C), z_n (B, d - C))``.
     """
 
+    container = True
+
     def __init__(self, body: Bijection, input_shape: Sequence[int], n_classes: int):
         super().__init__()
         self.body = body

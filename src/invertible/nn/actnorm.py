@@ -9,6 +9,7 @@ from torch import nn
 
 from invertible.checks import check_count, check_real
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["ActNorm"]
 
@@ -22,6 +23,9 @@ class ActNorm(Bijection):
     reloaded model keeps its initialization. ``log|det J| = prod(spatial) * sum_c log_scale_c``.
     The initialization refuses an empty batch (``ValueError``) and then leaves the layer untouched.
     """
+
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=False, exact_logdet=True, bi_lipschitz=None)
 
     def __init__(self, n_channels: int, eps: float = 1e-3):
         super().__init__()

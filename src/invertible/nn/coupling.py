@@ -9,6 +9,7 @@ from torch import nn
 
 from invertible.checks import check_count, check_real
 from invertible.nn.base import Bijection, check_input, check_like_module
+from invertible.nn.traits import Capabilities
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
 
@@ -40,6 +41,9 @@ class AdditiveCoupling(Bijection):
         >>> torch.allclose(c.inverse(c(x)), x, atol=1e-6)
         True
     """
+
+    CAPABILITIES = Capabilities(free_form=False, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=True, exact_logdet=True, bi_lipschitz=False)
 
     def __init__(self, t: nn.Module, n_channels: int, split: int | None = None, swap: bool = True):
         super().__init__()
@@ -90,6 +94,9 @@ class AffineCoupling(Bijection):
 
     References: Dinh et al. (2017) "Density estimation using Real NVP"; Kingma & Dhariwal (2018) "Glow".
     """
+
+    CAPABILITIES = Capabilities(free_form=False, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=False, exact_logdet=True, bi_lipschitz=False)
 
     def __init__(self, mask: torch.Tensor, hidden: tuple[int, ...] | list[int] = (128, 128), scale: float = 2.0):
         super().__init__()

@@ -8,12 +8,16 @@ from collections.abc import Sequence
 import torch
 
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["Flatten"]
 
 
 class Flatten(Bijection):
     """``(B, *shape) -> (B, prod(shape))`` and back; a reshape, so ``log|det J| = 0``."""
+
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=True, exact_logdet=True, bi_lipschitz=None)
 
     def __init__(self, shape: Sequence[int]):
         super().__init__()

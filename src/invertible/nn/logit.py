@@ -7,6 +7,7 @@ import math
 import torch
 
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["LogitTransform"]
 
@@ -18,6 +19,9 @@ class LogitTransform(Bijection):
 
     References: Dinh et al. (2017) "Density estimation using Real NVP".
     """
+
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=False, exact_logdet=True, bi_lipschitz=False)
 
     def __init__(self, alpha: float = 1e-5):
         super().__init__()

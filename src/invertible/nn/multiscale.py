@@ -27,6 +27,8 @@ class MultiScale(Bijection):
     squeezes and splits are permutations).
     """
 
+    container = True
+
     def __init__(
         self,
         stages: list[Bijection],
@@ -117,6 +119,8 @@ class PreThen(Bijection):
     """``ms o pre``: a pre-transform (e.g. :class:`~invertible.nn.LogitTransform`, a squeeze) followed by a
     bijection ``ms`` that returns flat latents (:class:`MultiScale`); ``log|det| = ld_pre + ld_ms`` (chain rule).
     The inverse maps ``(B, D)`` (or any ``(B, ...)`` with ``D`` entries per sample) back through both."""
+
+    container = True
 
     def __init__(self, pre: Bijection, ms: Bijection):
         super().__init__()

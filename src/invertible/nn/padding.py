@@ -6,6 +6,7 @@ import torch
 
 from invertible.checks import check_count, check_real
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["InjectivePad"]
 
@@ -17,6 +18,9 @@ class InjectivePad(Bijection):
     ``atol``), since any other input has no preimage. The log-det is reported as 0 (the map is an isometry
     onto its image; its Jacobian has orthonormal columns).
     """
+
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=True, exact_logdet=True, bi_lipschitz=None)
 
     def __init__(self, n_extra_channels: int, atol: float = 1e-4, check: bool = True):
         super().__init__()
