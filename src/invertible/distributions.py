@@ -128,7 +128,8 @@ class Flow(D.Distribution):
         ``gradient``: how residual-block inverses are differentiated (:mod:`invertible.inverse_gradient`):
         ``"implicit"`` (default; the adjoint fixed point ``a = u - J_g^T a``, memory independent of the solver's
         iterations, stop rule ``adjoint``), ``"unrolled"`` (backpropagation through the fixed-point steps, memory
-        linear in them) or ``"none"``. Shape ``(*sample_shape, *event_shape)``."""
+        linear in them) or ``"detached"`` (the blocks' solutions are constants).
+        Shape ``(*sample_shape, *event_shape)``."""
         try:
             shape = torch.Size(sample_shape)
         except TypeError as err:

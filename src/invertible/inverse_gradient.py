@@ -17,7 +17,8 @@ the *gradient mode*, chosen with :func:`inverse_gradient` (``Flow.rsample(..., g
   steps as the solver used (the maximum over the batch); autograd stores every step, so memory grows linearly
   with the iterations. For :class:`~invertible.FixedPoint` it is the differentiated solver; for
   :class:`~invertible.Anderson` it is plain fixed-point steps of the same count.
-* ``"none"``: the solution is returned detached (no gradient reaches ``y`` or ``theta``).
+* ``"detached"``: the block's solution is a constant (no gradient reaches the block's ``y`` or ``theta``; the
+  analytic inverses of other layers stay differentiable) - the behaviour before this module existed.
 
 Both gradient modes evaluate g under :func:`~invertible.lipschitz.frozen_spectral_norm`, so the operator is the one
 the solver inverted as long as the power-iteration vectors are not advanced between the forward and the backward
@@ -49,7 +50,7 @@ __all__ = [
     "unrolled_inverse",
 ]
 
-GRADIENT_MODES: tuple[str, ...] = ("implicit", "unrolled", "none")
+GRADIENT_MODES: tuple[str, ...] = ("implicit", "unrolled", "detached")
 
 
 class AdjointNotConverged(InverseNotConverged):
@@ -96,7 +97,7 @@ _MODE: ContextVar[tuple[str, ImplicitAdjoint]] = ContextVar(
 @contextmanager
 def inverse_gradient(mode: str = "implicit", adjoint: ImplicitAdjoint | None = None) -> Iterator[None]:
     """Within this context residual-block inverses attach their solution to the graph by ``mode``
-    (``"implicit"``, ``"unrolled"`` or ``"none"``; module docstring); ``adjoint`` sets the implicit mode's
+    (``"implicit"``, ``"unrolled"`` or ``"detached"``; module docstring); ``adjoint`` sets the implicit mode's
     stop rule."""
     if mode not in GRADIENT_MODES:
         raise ValueError(f"gradient must be one of {', '.join(map(repr, GRADIENT_MODES))}, got {mode!r}")
