@@ -148,10 +148,11 @@ def test_implicit_memory_is_flat_in_the_iterations_unrolled_grows():
 
     def saved_bytes(mode, k):
         block.solver = inv.FixedPoint(atol=0.0, rtol=1e-300, max_iter=k, on_failure="ignore")
-        seen = {}
+        seen, held = {}, []
 
-        def pack(t):
+        def pack(t):  # storages held to the end: a freed address is not reused and counted once for two
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            held.append(t.untyped_storage())
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), inverse_gradient(mode):
