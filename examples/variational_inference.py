@@ -28,7 +28,7 @@ def kl_report(model, target: Banana2D, n: int = 20_000) -> dict[str, float]:
     model.eval()
     flow = model.distribution()
     xs = flow.sample((n,), generator=torch.Generator().manual_seed(1))
-    data = target.sample(n, torch.Generator().manual_seed(2))
+    data = target.sample(n, torch.Generator().manual_seed(2), dtype=next(model.parameters()).dtype)
     reverse = (flow.log_prob(xs).double() - target.log_prob(xs.double())).mean()
     forward = (target.log_prob(data.double()) - flow.log_prob(data).double()).mean()
     return {"reverse_kl": float(reverse), "forward_kl": float(forward)}

@@ -79,12 +79,14 @@ class ReverseKLObjective(Objective):
 @dataclass
 class ReverseKLConfig:
     """Settings of :func:`reverse_kl_trainer` (JSON-able). ``batch_size``: latents per step; ``seed``: their
-    stream; ``gradient``: ``"implicit"`` or ``"unrolled"``."""
+    stream; ``checkpoint_every``: steps between checkpoints of a run folder (also at the end);
+    ``gradient``: ``"implicit"`` or ``"unrolled"``."""
 
     steps: int = 1000
     batch_size: int = 256
     lr: float = 1e-3
     log_every: int = 50
+    checkpoint_every: int | None = None
     grad_clip: float | None = None
     seed: int = 0
     gradient: str = "implicit"
@@ -93,6 +95,8 @@ class ReverseKLConfig:
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {self.steps}, {self.batch_size}, "
                              f"{self.lr}")
+        if self.gradient not in ("implicit", "unrolled"):
+            raise ValueError(f"gradient must be 'implicit' or 'unrolled', got {self.gradient!r}")
 
 
 def reverse_kl_trainer(
@@ -113,7 +117,8 @@ def reverse_kl_trainer(
     source = SamplerSource(lambda n, g: torch.randn((n, *shape), generator=g, dtype=torch.float64), cfg.batch_size,
                            seed=cfg.seed, epoch_steps=cfg.steps, dtype=p.dtype)
     objective = ReverseKLObjective(log_target, cfg.gradient, adjoint)
-    loop = LoopConfig(steps=cfg.steps, log_every=cfg.log_every, grad_clip=cfg.grad_clip)
+    loop = LoopConfig(steps=cfg.steps, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                      grad_clip=cfg.grad_clip)
     config: dict[str, Any] = {"recipe": "reverse_kl", "train": asdict(cfg)}
     return Trainer(model, objective, torch.optim.Adam(model.parameters(), lr=cfg.lr), source, loop, out,
                    config=config, show_progress=show_progress, desc="reverse KL")
