@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--gradient", choices=("implicit", "unrolled"), default="implicit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-eval", type=int, default=20_000, help="Monte Carlo points per KL estimate")
     p.add_argument("--figure", default=None, help="save target / fit / samples to this PNG")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -46,13 +47,13 @@ def main() -> None:
     target = Banana2D()
     model = vector_residual_flow(2, n_blocks=3, hidden=(32,), coeff=0.9, mode="exact", inverse_atol=1e-5)
     model.initialize(torch.randn(256, 2))
-    before = kl_report(model, target)
+    before = kl_report(model, target, args.n_eval)
     cfg = ReverseKLConfig(steps=args.steps, batch_size=256, lr=5e-3, log_every=100, seed=args.seed,
                           gradient=args.gradient)
     t = time.perf_counter()
     reverse_kl_trainer(model, target.unnormalized_log_prob, cfg).fit()
     seconds = time.perf_counter() - t
-    after = kl_report(model, target)
+    after = kl_report(model, target, args.n_eval)
     print(f"{'':>12}  {'KL(q || p)':>10}  {'KL(p || q)':>10}   (nats; gradient={args.gradient}, {args.steps} steps, "
           f"{seconds:.1f} s)")
     for name, r in (("initial q", before), ("fitted q", after)):

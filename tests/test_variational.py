@@ -131,3 +131,17 @@ def test_fig5_1_quick_run_states_its_claims(tmp_path):
     assert metrics["summary"]["reverse"]["forward_kl"][1] > metrics["summary"]["forward"]["forward_kl"][2]
     assert (tmp_path / "fig5.1" / "figures" / "fig5_1_forward_vs_reverse_kl.png").read_bytes()[:4] == b"\x89PNG"
     assert "Claims at this scale" in report.read_text()
+
+
+@pytest.mark.slow
+def test_the_variational_inference_example_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(root / "src"), "PATH": "/usr/bin:/bin"}
+    args = ["--steps", "3", "--n-eval", "500", "--figure", str(tmp_path / "vi.png")]
+    out = subprocess.run([sys.executable, str(root / "examples" / "variational_inference.py"), *args],
+                         capture_output=True, text=True, env=env, timeout=300, check=True).stdout
+    assert "fitted q" in out and (tmp_path / "vi.png").read_bytes()[:4] == b"\x89PNG"
