@@ -16,6 +16,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from invertible.inverse_gradient import ImplicitAdjoint, inverse_gradient
 from invertible.nn.base import Bijection, check_like_module
 
 __all__ = ["Flow", "FlowModel", "StandardNormal", "standard_normal"]
@@ -66,7 +67,8 @@ class Flow(D.Distribution):
 
     ``log_prob`` returns per-sample log-densities (natural log) using ``F.forward_and_logdet``; its honesty is
     that of F's log-det estimators (exact, or unbiased for Russian roulette). ``sample`` draws ``z ~ p_Z`` and
-    returns ``F^{-1}(z)``; ``rsample`` differentiates through the inverse solver's iterations.
+    returns ``F^{-1}(z)``; ``rsample`` is its reparameterized form, differentiable in F's parameters (implicitly through
+    the fixed points of the residual blocks by default, see :mod:`invertible.inverse_gradient`).
 
     Args:
         bijection: the map F (data -> latent), e.g. an :class:`~invertible.InvertibleSequential`.
@@ -123,7 +125,17 @@ class Flow(D.Distribution):
         with torch.no_grad():
             return self.rsample(sample_shape, generator=generator)
 
-    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(
+        self, sample_shape=torch.Size(), generator: torch.Generator | None = None, gradient: str = "implicit",
+        adjoint: ImplicitAdjoint | None = None,
+    ) -> torch.Tensor:
+        """Reparameterized samples ``x = F^{-1}(z)``, ``z ~ p_Z``, differentiable in F's parameters.
+
+        ``gradient``: how residual-block inverses are differentiated (:mod:`invertible.inverse_gradient`):
+        ``"implicit"`` (default; the adjoint fixed point ``a = u - J_g^T a``, memory independent of the solver's
+        iterations, stop rule ``adjoint``), ``"unrolled"`` (backpropagation through the fixed-point steps, memory
+        linear in them) or ``"detached"`` (the blocks' solutions are constants).
+        Shape ``(*sample_shape, *event_shape)``."""
         try:
             shape = torch.Size(sample_shape)
         except TypeError as err:
@@ -131,6 +143,12 @@ class Flow(D.Distribution):
         if any(s < 0 for s in shape):
             raise ValueError(f"sample_shape must be a sequence of integers >= 0, got {tuple(shape)}")
         n = math.prod(shape) if len(shape) else 1
+        x = self.reparameterize(self.sample_base(n, generator), gradient=gradient, adjoint=adjoint)
+        return x.reshape(*shape, *x.shape[1:]) if len(shape) else x[0]
+
+    def sample_base(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` latents ``z ~ p_Z``, shape ``(n, *event_shape)``, where F's parameters live (device and dtype);
+        a Gaussian base is drawn as ``loc + scale * eps`` with ``eps`` from ``generator``."""
         base = self.base
         if isinstance(base, StandardNormal):
             loc = base.base_dist.loc
@@ -144,14 +162,21 @@ class Flow(D.Distribution):
         param = next(self.bijection.parameters(), None)
         if param is not None:  # sample where the model lives (the default base is built on the CPU)
             z = z.to(device=param.device, dtype=param.dtype)
+        return z
+
+    def reparameterize(
+        self, z: torch.Tensor, gradient: str = "implicit", adjoint: ImplicitAdjoint | None = None
+    ) -> torch.Tensor:
+        """``x = F^{-1}(z)`` for latents ``z (B, *event_shape)``, differentiable in ``z`` and F's parameters as
+        :meth:`rsample` describes; shape ``(B, *data_shape)``."""
         try:
-            x = self.bijection.inverse(z)
+            with inverse_gradient(gradient, adjoint):
+                return self.bijection.inverse(z)
         except ValueError as err:
             if type(err) is not ValueError:
                 raise
             raise ValueError(f"Flow.sample: the bijection cannot invert latents z of shape {tuple(z.shape)} (the "
                              f"base distribution's event shape {tuple(self.event_shape)}): {err}") from err
-        return x.reshape(*shape, *x.shape[1:]) if len(shape) else x[0]
 
     def bits_per_dim(
         self, x: torch.Tensor, n_bins: int = 256, generator: torch.Generator | None = None

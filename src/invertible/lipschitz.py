@@ -46,6 +46,7 @@ __all__ = [
     "operator_norm_upper_bound",
     "lipschitz_constant",
     "local_lipschitz",
+    "advance_spectral_norms",
     "frozen_spectral_norm",
     "converge_spectral_norms",
     "norm_method",
@@ -364,6 +365,26 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
         sn.sigma.copy_(sn.estimate(weight))
         count += 1
     return count
+
+@torch.no_grad()
+def advance_spectral_norms(model: nn.Module) -> int:
+    """Advance every initialized power iteration in ``model`` as one training forward would (the layer's
+    ``n_power_iterations`` steps, or its tolerance rule) and refresh ``sigma``, without evaluating the model.
+
+    For a step that evaluates the model several times and must see one operator throughout (a reparameterized
+    sample ``F^{-1}(z)`` and then ``log p`` at it): advance once, then run the step under
+    :func:`frozen_spectral_norm`. Returns the number of normalized layers."""
+    count = 0
+    for m in model.modules():
+        sn = spectral_norm_of(m)
+        if sn is None or not sn.initialized:
+            continue
+        weight = m.parametrizations.weight.original.detach()
+        sn._iterate(weight, sn.n_power_iterations)
+        sn.sigma.copy_(sn.estimate(weight))
+        count += 1
+    return count
+
 
 def spectral_norm_of(module: nn.Module) -> SpectralNorm | None:
     """The :class:`SpectralNorm` parametrization of ``module.weight``, or ``None``."""

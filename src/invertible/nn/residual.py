@@ -11,6 +11,7 @@ from torch import nn
 
 from invertible.activations import activation_lipschitz
 from invertible.inverse import AbstractSolver, FixedPoint, InverseResult
+from invertible.inverse_gradient import current_gradient, implicit_inverse, unrolled_inverse
 from invertible.lipschitz import LINEAR_TYPES, frozen_spectral_norm, lipschitz_constant, spectral_norm_of
 from invertible.logdet import AbstractLogDet, RussianRouletteLogDet
 from invertible.nn.base import Bijection, check_input, validated_input
@@ -31,10 +32,13 @@ class ResidualBlock(Bijection):
         inverse: solver of ``x = y - g(x)``, an :class:`~invertible.AbstractSolver`:
             :class:`~invertible.FixedPoint` (Algorithm 1, default) or :class:`~invertible.Anderson`.
 
-    ``inverse(y)`` records the solver's :class:`~invertible.InverseResult` in ``last_inverse``; its error bound
-    uses the certified ``Lip(g)`` from :meth:`certify` while the weights are those it certified, else a fresh
-    estimate on the current weights (:meth:`lipschitz_estimate`); ``inverse`` refuses (``ValueError``) a block
-    whose constant is ``>= 1``, since Theorem 4.1 and Lemma 4.5 need ``Lip(g) < 1`` (as do the series estimators).
+    ``inverse(y)`` is differentiable in ``y`` and g's parameters when gradients are enabled: implicitly by default
+    (the adjoint fixed point, memory independent of the iterations), or unrolled, or not at all, as set by
+    :func:`~invertible.inverse_gradient.inverse_gradient`. It records the solver's
+    :class:`~invertible.InverseResult` in ``last_inverse``; its error bound uses the certified ``Lip(g)`` from
+    :meth:`certify` while the weights are those it certified, else a fresh estimate on the current weights
+    (:meth:`lipschitz_estimate`); ``inverse`` refuses (``ValueError``) a block whose constant is ``>= 1``, since
+    Theorem 4.1 and Lemma 4.5 need ``Lip(g) < 1`` (as do the series estimators).
 
     Inputs are checked at the boundary: a floating ``(B, ...)`` tensor, finite, with the features (``Linear``) or
     channels (``Conv``) of g's first layer, g's dtype and device; g must keep the shape.
@@ -95,7 +99,15 @@ class ResidualBlock(Bijection):
                 "forward? Use spectral_norm with coeff < 1, or invertible.converge_spectral_norms(model)."
             )
         self.last_inverse = self.solver(self.g, y, lipschitz=lip)
-        return self.last_inverse.x
+        x = self.last_inverse.x
+        if not torch.is_grad_enabled():
+            return x
+        mode, adjoint = current_gradient()
+        if mode == "implicit":
+            return implicit_inverse(self.g, y, x, adjoint)
+        if mode == "unrolled":
+            return unrolled_inverse(self.g, y, max(1, int(self.last_inverse.iterations.max())))
+        return x
 
     # -- boundary checks (metadata only: no device sync) -------------------------------------------------------
     def _check(self, x: torch.Tensor, name: str) -> None:
