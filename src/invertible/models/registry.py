@@ -12,7 +12,11 @@ The built-in kinds register themselves where their builders live (:mod:`invertib
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -116,7 +120,55 @@ def config_from_dict(kind: str, d: Mapping[str, Any]) -> Any:
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ValueError(f"{kind} config misses required keys: {', '.join(missing)}")
+    hints = _type_hints(cls)
+    for k, v in d.items():
+        if k in hints and not _matches(hints[k], v):
+            raise ValueError(f"{kind} config key {k!r} must be {_describe(hints[k])}, got {v!r}")
     return cls(**{k: _as_field(fields[k], v) for k, v in d.items()})
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: no type checks for this kind
+        return {}
+
+
+def _matches(hint: Any, v: Any) -> bool:
+    """Does the JSON value ``v`` fit the annotation ``hint``? (bool, int, float, str, tuples/lists, unions, None;
+    anything else is accepted). ``True`` is no int, an int is a float, NaN and inf are no float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(a, v) for a in args)
+    if hint is type(None):
+        return v is None
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if hint is str:
+        return isinstance(v, str)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(v, list | tuple):
+            return False
+        if not args:
+            return True
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(args[0], u) for u in v)
+        if origin is tuple:
+            return len(args) == len(v) and all(_matches(a, u) for a, u in zip(args, v, strict=True))
+        return all(_matches(args[0], u) for u in v)
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(v, dict)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 def _as_field(f: dataclasses.Field, v: Any) -> Any:

@@ -67,5 +67,7 @@ def load_run(path: str | os.PathLike, *, use_ema: bool = True,
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # missing / unexpected / mis-shaped tensors
-        raise ValueError(f"{ck.path}: the stored weights do not fit a {kind} model: {exc}") from exc
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 400 else detail[:400] + " ..."
+        raise ValueError(f"{ck.path}: the stored weights do not fit a {kind} model: {detail}") from exc
     return model.to(device).eval(), ck
