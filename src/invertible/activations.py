@@ -35,6 +35,7 @@ __all__ = [
     "activation_for",
     "activation_lipschitz",
     "activation_value_and_derivative",
+    "clipswish_value_and_derivative",
     "has_derivative",
     "make_activation",
     "width_factor",
@@ -123,6 +124,17 @@ class CLipSwish(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.detach()):.3g}"
+
+
+def clipswish_value_and_derivative(m: CLipSwish, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(CLipSwish(h), d)`` for ``h`` of shape ``(B, C)``: both ``(B, 2C)``, ``d[:, j] = d CLipSwish(h)_j / d h_{j mod
+    C}`` (the Jacobian ``[diag(phi'(h)); -diag(phi'(-h))]`` by its nonzero entries), for forward-mode Jacobians."""
+    u = torch.cat([h, -h], 1)
+    bu = m.beta.to(h.dtype) * u
+    s = torch.sigmoid(bu)
+    scale = 1.1 * CLIPSWISH_LIPSCHITZ
+    sign = torch.cat([torch.ones_like(h), -torch.ones_like(h)], 1)
+    return u * s / scale, sign * s * (1 + bu * (1 - s)) / scale
 
 
 ValueAndDerivative = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
