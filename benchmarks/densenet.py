@@ -10,8 +10,9 @@ Protocol (issue 16, item 3), one run, the same seeds, data and steps for both bl
 * MNIST-10k (``../shared/data/mnist_10k.npz``), 2x2-average-pooled to 14x14 to fit a CPU budget, 2000 training
   images, 500 test images: multi-scale image flows (2 scales, factor-out, 1 block per scale, coeff 0.9),
   2 dense layers of growth 8 (3x3 convolutions) against residual 3x3-1x1-3x3 convnets whose ``hidden`` width is
-  chosen so that the parameter counts differ by < 5%; Adam lr 2e-3, batch 32, ``--mnist-steps`` steps, unbiased Russian-roulette training log-det; **honest**
-  test bits/dim (unbiased estimate, :func:`invertible.training.evaluate.evaluate_nll`, uniform dequantization).
+  chosen so that the parameter counts differ by < 5%; Adam lr 2e-3, batch 32, ``--mnist-steps`` steps, unbiased
+  Russian-roulette training log-det; **honest** test bits/dim (unbiased estimate,
+  :func:`invertible.training.evaluate.evaluate_nll`, uniform dequantization).
 
 For each setting: per seed the test metric, and over seeds the mean with a 95% Student-t interval, and the
 *paired* difference dense - residual (same seed: same data order, same test set) with its 95% t-interval;
