@@ -23,9 +23,10 @@ def test_train_hybrid_resume_and_evaluate(tmp_path, capsys):
     assert config["recipe"] == "hybrid" and config["model"]["block"] == "dense"
     model, _ = load_run(out)
     assert type(model).__name__ == "HybridFlowModel"
+    assert config["labelled_data"]["name"] == "digits" and "data" not in config  # evaluate cannot mix splits
     capsys.readouterr()
-    assert main(["evaluate", str(out), "--data", "digits", "--n-test", "32"]) == 0
-    assert "bits/dim" in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 2
+    assert "pass --data" in capsys.readouterr().err
     assert main([*HYBRID, "--out", str(tmp_path / "bad"), "--lam", "-1"]) == 2
 
 

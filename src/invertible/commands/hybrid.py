@@ -3,7 +3,10 @@
 
     invertible train-hybrid --data mnist --lam 1 --out runs/h            # Ctrl-C, then the same + --resume
     invertible train-hybrid --data mnist --downsample --block dense --lam 10 --steps 500 --out runs/hd
-    invertible evaluate runs/h                                             # honest bits/dim of its flow
+
+The run's data (``load_splits``: 20% held out, seeded) is recorded under ``"labelled_data"``, not as the density
+commands' data spec, so that ``invertible evaluate`` never scores it on a split that overlaps its training images;
+the honest test bits/dim and accuracy are the run's own validation (``metrics.json``, ``--json``).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def train_hybrid(args: argparse.Namespace) -> int:
     cfg = HybridConfig(lam=args.lam, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        optimizer=args.optimizer, ema_decay=args.ema, eval_every=args.eval_every,
                        checkpoint_every=args.checkpoint_every, eval_samples=len(data.x_test), seed=args.seed)
-    meta = {"data": {"name": args.data, "n_train": args.n_train, "n_test": args.n_test,
+    meta = {"labelled_data": {"name": args.data, "n_train": args.n_train, "n_test": args.n_test,
                      "downsample": args.downsample, "seed": args.seed}}
     trainer = hybrid_trainer(model, data.x_train, data.y_train, cfg, RunFolder(args.out), x_val=data.x_test,
                              y_val=data.y_test, meta=meta, show_progress=not args.no_progress)
