@@ -17,6 +17,7 @@ Features"; Chen et al. (2019) "Residual Flows for Invertible Generative Modeling
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,7 +32,10 @@ __all__ = ["HybridFlowModel", "HybridResFlowConfig", "hybrid_residual_flow"]
 @dataclasses.dataclass(frozen=True)
 class HybridResFlowConfig(ImageResFlowConfig):
     """Config of :func:`hybrid_residual_flow` (kind ``hybrid_resflow``): the flow's fields (see
-    :class:`~invertible.models.resflow.ImageResFlowConfig`) and the number of classes of the head."""
+    :class:`~invertible.models.resflow.ImageResFlowConfig`) and the number of classes of the head. A new kind:
+    no legacy defaults (a stored config without ``squeeze_before_split`` means today's default)."""
+
+    LEGACY: ClassVar[dict[str, Any]] = {}
 
     n_classes: int = 10
 
