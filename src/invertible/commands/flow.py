@@ -64,8 +64,8 @@ def add_parser(sub) -> None:
     p.add_argument("--coeff", type=float, default=0.9, help="spectral-norm bound c in (0, 1)")
     p.add_argument("--block", choices=("residual", "dense"), default="residual",
                    help="residual function: the i-ResNet MLP/convnet, or i-DenseNet dense layers with CLipSwish "
-                   "(--hidden: the growth per dense layer; default 89,89 / 12, about the residual default's "
-                   "parameters for 2-D data)")
+                   "(--hidden: the growth per dense layer; default 89,89 / 8, within 2%% of the residual defaults' "
+                   "parameters)")
     p.add_argument("--dense-depth", type=positive_int, default=2, help="dense layers per image block")
     p.add_argument("--scales", type=positive_int, default=3, help="scale-blocks of the image flow")
     p.add_argument("--factor-out", action="store_true", help="factor out half the channels between scales")
@@ -127,7 +127,7 @@ def _build(args, data) -> object:
         return vector_residual_flow(2, blocks, hidden, args.coeff, mode=mode, n_terms=args.n_terms, **block)
     if args.arch == "coupling":
         raise ValueError("--arch coupling is implemented for 2-D data only")
-    hidden = (args.hidden or [12 if dense else 32])[0]
+    hidden = (args.hidden or [8 if dense else 32])[0]
     if dense:
         block["dense_depth"] = args.dense_depth
     return image_residual_flow(data.event_shape, n_scales=args.scales, n_blocks=args.blocks or 4, hidden=hidden,

@@ -53,7 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dense-depth", type=positive_int, default=2, help="dense layers per block")
     p.add_argument("--blocks", type=positive_int, default=2, help="residual blocks per scale")
     p.add_argument("--hidden", type=positive_int, default=None,
-                   help="hidden filters (residual, default 32) or growth per dense layer (dense, default 12)")
+                   help="hidden filters (residual, default 32) or growth per dense layer (dense, default 8: about "
+                   "the same parameters)")
     p.add_argument("--scales", type=positive_int, default=None,
                    help="scale-blocks (default: 3 if the side is divisible by 4, else 2)")
     p.add_argument("--coeff", type=float, default=0.9, help="spectral-norm bound c in (0, 1)")
@@ -84,7 +85,7 @@ def train_hybrid(args: argparse.Namespace) -> int:
     scales = args.scales or (3 if side % 4 == 0 else 2)
     dense = args.block == "dense"
     extra = {"block": "dense", "activation": "clipswish", "dense_depth": args.dense_depth} if dense else {}
-    hidden = args.hidden or (12 if dense else 32)
+    hidden = args.hidden or (8 if dense else 32)
     n_classes = int(max(int(data.y_train.max()), int(data.y_test.max()))) + 1
     torch.manual_seed(args.seed)
     model = hybrid_residual_flow(data.shape, n_classes, n_scales=scales, n_blocks=args.blocks, hidden=hidden,
