@@ -16,8 +16,14 @@ Protocol (issue 16, item 3), one run, the same seeds, data and steps for both bl
 
 For each setting: per seed the test metric, and over seeds the mean with a 95% Student-t interval, and the
 *paired* difference dense - residual (same seed: same data order, same test set) with its 95% t-interval;
-seconds per training step and their ratio. The default runtime is ~4-5 minutes on one shared CPU thread
-(small images, few steps: a comparison of the blocks early in training, not converged numbers).
+seconds per training step and their ratio. Small images and few steps (sized for a CPU: a comparison of the
+blocks early in training, not converged numbers).
+
+Measured 2026-12-01 (``--threads 1``; 763 s wall on the shared 2-core machine at a load average of ~9, i.e. a
+fraction of one core): toy2d exact NLL residual 3.367 +- 0.040, dense 3.145 +- 0.044 nats (true density 2.818),
+paired difference -0.222 +- 0.043, 17956 vs 18020 parameters, dense 2.35x the seconds per step; MNIST 14x14
+honest bits/dim residual 3.367 +- 0.040, dense 3.142 +- 0.079, paired difference -0.224 +- 0.060, 3739 vs 3704
+parameters, 1.45x the seconds per step.
 
     python benchmarks/densenet.py --threads 1 [--seeds 3] [--toy-steps 300] [--mnist-steps 150] [--json out.json]
 """
