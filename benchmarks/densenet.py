@@ -16,7 +16,8 @@ Protocol (issue 16, item 3), one run, the same seeds, data and steps for both bl
 
 For each setting: per seed the test metric, and over seeds the mean with a 95% Student-t interval, and the
 *paired* difference dense - residual (same seed: same data order, same test set) with its 95% t-interval;
-seconds per training step and their ratio. Small images and few steps (sized for a CPU: a comparison of the
+median seconds per training step, timed with the two models' steps alternating on the same batches, and their
+ratio. Small images and few steps (sized for a CPU: a comparison of the
 blocks early in training, not converged numbers).
 
 Measured 2026-12-01 (``--threads 1``; 763 s wall on the shared 2-core machine at a load average of ~9, i.e. a
@@ -43,8 +44,10 @@ from invertible.data.toy2d import best_possible_nll
 from invertible.models.blocks import count_parameters
 from invertible.models.resflow import image_residual_flow, vector_residual_flow
 from invertible.training.datasets import DataSpec, load_data
+from invertible.training.denormal import flush_denormals
 from invertible.training.density import DensityConfig, density_trainer
 from invertible.training.evaluate import evaluate_nll
+from invertible.training.optim import make_optimizer
 from invertible.training.sources import TensorSource
 
 
@@ -76,6 +79,31 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return mean, float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
 
 
+def _interleaved_step_times(models: dict, source, n: int = 15) -> dict[str, float]:
+    """Median seconds of one training step (forward, backward, Adam) per model, the models' steps alternating on
+    the same batches, so that both are timed under the same machine load (the per-run averages are not)."""
+    opts = {k: make_optimizer("adam", m.parameters(), 1e-3) for k, m in models.items()}  # as the recipe's
+    for m in models.values():
+        m.initialize(source.batch(0))
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with flush_denormals(True):  # as the engine on a CPU
+        _alternate(models, opts, source, n, times)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _alternate(models: dict, opts: dict, source, n: int, times: dict[str, list[float]]) -> None:
+    for t in range(n + 2):
+        x = source.batch(t)
+        for k, m in models.items():
+            start = time.perf_counter()
+            loss = -m(x).mean()
+            opts[k].zero_grad()
+            loss.backward()
+            opts[k].step()
+            if t >= 2:  # the first steps warm up
+                times[k].append(time.perf_counter() - start)
+
+
 def _train(model, source, steps: int, lr: float, seed: int) -> tuple[object, float]:
     cfg = DensityConfig(steps=steps, batch_size=source.batch_size, lr=lr, log_every=max(1, steps), seed=seed)
     trainer = density_trainer(model, source, cfg, None, show_progress=False)
@@ -98,6 +126,9 @@ def run_toy(seeds: list[int], steps: int) -> dict:
             assert res["exact"]
             out["runs"].append({"block": block, "seed": seed, "nll": res["nll"], "se": res["se"],
                                 "s_per_step": sps})
+    torch.manual_seed(0)
+    models = {b: _toy_model(b, widths[b][0]) for b in ("residual", "dense")}
+    out["interleaved_s_per_step"] = _interleaved_step_times(models, data.source(256, 0, torch.float32))
     return out
 
 
@@ -117,6 +148,9 @@ def run_mnist(seeds: list[int], steps: int) -> dict:
             res = evaluate_nll(model, data.x_test, seed=seed)
             out["runs"].append({"block": block, "seed": seed, "bits_per_dim": res["bits_per_dim"],
                                 "se": res["bits_per_dim_se"], "s_per_step": sps})
+    torch.manual_seed(0)
+    models = {b: _image_model(b, widths[b][0]) for b in ("residual", "dense")}
+    out["interleaved_s_per_step"] = _interleaved_step_times(models, TensorSource(data.x_train, 32, 0, discrete=True))
     return out
 
 
@@ -130,7 +164,7 @@ def _summarize(name: str, result: dict, metric: str, unit: str) -> dict:
     rows, summary = [], {}
     for b in ("residual", "dense"):
         mean, half = _interval([r[metric] for r in by[b]])
-        sps = statistics.median(r["s_per_step"] for r in by[b])
+        sps = result["interleaved_s_per_step"][b]
         width, params = result["widths"][b]
         summary[b] = {"mean": mean, "ci95": half, "s_per_step": sps, "width": width, "parameters": params}
         rows.append([b, width, params, f"{mean:.4f} +- {half:.4f}", f"{sps:.4f}"])
