@@ -20,11 +20,12 @@ median seconds per training step, timed with the two models' steps alternating o
 ratio. Small images and few steps (sized for a CPU: a comparison of the
 blocks early in training, not converged numbers).
 
-Measured 2026-12-01 (``--threads 1``; 763 s wall on the shared 2-core machine at a load average of ~9, i.e. a
-fraction of one core): toy2d exact NLL residual 3.367 +- 0.040, dense 3.145 +- 0.044 nats (true density 2.818),
-paired difference -0.222 +- 0.043, 17956 vs 18020 parameters, dense 2.35x the seconds per step; MNIST 14x14
-honest bits/dim residual 3.367 +- 0.040, dense 3.142 +- 0.079, paired difference -0.224 +- 0.060, 3739 vs 3704
-parameters, 1.45x the seconds per step.
+Measured 2026-12-01 (``--threads 1``; 606 s wall, 98 s CPU on the shared 2-core machine at a load average of
+~9; a second run reproduced every NLL bit for bit): toy2d exact NLL residual 3.367 +- 0.040, dense 3.145 +- 0.044
+nats (true density 2.818), paired difference -0.222 +- 0.043, 17956 vs 18020 parameters, dense 1.69x the seconds
+per step; MNIST 14x14 honest bits/dim residual 3.367 +- 0.040, dense 3.142 +- 0.079, paired difference -0.224 +-
+0.060, 3739 vs 3704 parameters, 1.02x the seconds per step. ``--toy-steps 1000 --skip-mnist``: residual 3.126 +-
+0.068, dense 2.988 +- 0.054, paired difference -0.138 +- 0.041 nats.
 
     python benchmarks/densenet.py --threads 1 [--seeds 3] [--toy-steps 300] [--mnist-steps 150] [--json out.json]
 """
