@@ -8,6 +8,7 @@ from torch import nn
 
 import invertible as inv
 from helpers import autograd_jacobian, conv_g, mlp_g, warm_up
+from invertible.models.blocks import lipschitz_dense_convnet, lipschitz_dense_mlp
 
 
 def _residual_mlp():
@@ -22,6 +23,27 @@ def _residual_conv():
 def _residual_anderson():
     block = inv.ResidualBlock(mlp_g(3), logdet=inv.ExactLogDet(), inverse=inv.Anderson(atol=1e-10, max_iter=200))
     return block, torch.randn(4, 3)
+
+
+def _dense_g(dim: int, conv: bool) -> nn.Sequential:
+    """An i-DenseNet residual function: two dense layers with CLipSwish, then a normalized projection."""
+    torch.manual_seed(14)
+    if conv:
+        return lipschitz_dense_convnet(dim, growth=2, depth=2, coeff=0.9)
+    g = lipschitz_dense_mlp(dim, (4, 3), coeff=0.9)
+    with torch.no_grad():  # unequal concatenation weights, so eta matters
+        g[0].raw_eta.copy_(torch.tensor([0.3, 1.2]))
+    return g
+
+
+def _residual_dense_mlp():
+    return inv.ResidualBlock(_dense_g(3, False), logdet=inv.ExactLogDet()), torch.randn(4, 3)
+
+
+def _residual_dense_conv():
+    block = inv.ResidualBlock(_dense_g(2, True), logdet=inv.ExactLogDet(),
+                              inverse=inv.FixedPoint(atol=1e-10, max_iter=300))
+    return block, torch.randn(2, 2, 3, 3)
 
 
 def _actnorm_vec():
@@ -93,6 +115,8 @@ REGISTRY = {
     "residual-mlp": _residual_mlp,
     "residual-conv": _residual_conv,
     "residual-anderson": _residual_anderson,
+    "residual-dense-mlp": _residual_dense_mlp,
+    "residual-dense-conv": _residual_dense_conv,
     "actnorm-1d": _actnorm_vec,
     "actnorm-2d": _actnorm_img,
     "squeeze": _squeeze,

@@ -79,3 +79,30 @@ def test_two_gloo_ranks_train_the_classifier_to_identical_weights(tmp_path):
     assert (run / "checkpoint.safetensors").is_file() and (run / "metrics.json").is_file()
     assert RunFolder(run).read_config()["world_size"] == 2
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".tmp") == []
+
+
+def _hybrid_worker(rank: int, world: int, folder: str) -> None:
+    from invertible.models.hybrid import hybrid_residual_flow
+    from invertible.training.hybrid import HybridConfig, hybrid_trainer
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (64, 1, 4, 4), generator=g, dtype=torch.uint8)
+    y = torch.arange(64) % 3
+    torch.manual_seed(0)
+    model = hybrid_residual_flow((1, 4, 4), 3, n_scales=2, n_blocks=1, hidden=3, block="dense",
+                                 activation="clipswish").double()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = HybridConfig(lam=1.0, steps=3, batch_size=16, lr=1e-2, log_every=1, eval_samples=8)
+    trainer = hybrid_trainer(model, x, y, cfg, RunFolder(folder), x_val=x[:8], y_val=y[:8], show_progress=False)
+    assert trainer.dist.world_size == world and trainer.source.steps_per_epoch(world) == 2  # 64 / (16 * 2)
+    trainer.fit()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({"init": init, "final": state}, os.path.join(folder, f"hyb_rank{rank}.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_two_gloo_ranks_train_the_hybrid_to_identical_weights(tmp_path):
+    spawn_gloo_ranks(_hybrid_worker, tmp_path)
+    _assert_ranks_identical_and_trained(tmp_path, "hyb_rank")
+    assert RunFolder(tmp_path).read_config()["world_size"] == 2

@@ -50,6 +50,20 @@ def _ims(folder):
     return ims_trainer(net, X, y, cfg, generator=torch.Generator().manual_seed(1), out=RunFolder(folder))
 
 
+def _hybrid(folder):
+    from invertible.models.hybrid import hybrid_residual_flow
+    from invertible.training.hybrid import HybridConfig, hybrid_trainer
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 256, (40, 1, 4, 4), generator=g, dtype=torch.uint8)
+    y = torch.arange(40) % 3
+    torch.manual_seed(0)
+    model = hybrid_residual_flow((1, 4, 4), 3, n_scales=2, n_blocks=1, hidden=3, block="dense",
+                                 activation="clipswish", mode="resflow")
+    cfg = HybridConfig(lam=0.5, steps=5, batch_size=16, log_every=2, eval_samples=8, seed=3, ema_decay=0.9)
+    return hybrid_trainer(model, x, y, cfg, RunFolder(folder), x_val=x[:8], y_val=y[:8], show_progress=False)
+
+
 def _kill_at(step):
     def cb(trainer):
         if trainer.step == step:
@@ -70,7 +84,7 @@ def _state(trainer):
     return out
 
 
-@pytest.mark.parametrize("make", [_classification, _ice, _ims], ids=["classification", "ice", "ims"])
+@pytest.mark.parametrize("make", [_classification, _ice, _ims, _hybrid], ids=["classification", "ice", "ims", "hybrid"])
 def test_killed_and_resumed_recipe_equals_the_uninterrupted_run(tmp_path, make):
     full = make(tmp_path / "full")
     full.fit()

@@ -15,6 +15,8 @@ SMALL = {
     "image_resflow": {"shape": [1, 4, 4], "n_scales": 2, "n_blocks": 1, "hidden": 4, "factor_out": True,
                       "squeeze_before_split": True},
     "coupling": {"dim": 2, "n_blocks": 2, "hidden": [4]},
+    "hybrid_resflow": {"shape": [1, 4, 4], "n_scales": 2, "n_blocks": 1, "hidden": 3, "factor_out": True,
+                       "block": "dense", "activation": "clipswish", "n_classes": 3},
     "iresnet_classifier": {"input_shape": [1, 8, 8], "blocks": [1, 1], "channels": 8, "hidden": [4, 8]},
     "preact_resnet": {"input_shape": [1, 8, 8], "blocks": [1], "widths": [4]},
     "fi_revnet": {"input_shape": [1, 8, 8], "n_squeeze": 1, "conv_blocks": 1, "hidden": 4, "dense_blocks": 1,
@@ -92,8 +94,8 @@ def test_old_vector_config_gets_the_old_defaults():
     assert [type(x).__name__ for x in a.modules()] == [type(x).__name__ for x in b.modules()]
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(torch.nan_to_num(va), torch.nan_to_num(vb))
-    # the stored dict of the rebuilt model is the old dict plus the two fields
-    assert m.config_dict == {**old, "preact": True, "beta": 4.0}
+    # the stored dict of the rebuilt model is the old dict plus the two fields (and later ones at their defaults)
+    assert m.config_dict == {**old, "preact": True, "beta": 4.0, "block": "residual"}
 
 
 def test_direct_builders_store_the_same_typed_config():

@@ -4,7 +4,8 @@ i-ResNets (spectral normalization, fixed-point inverses), residual flows (log-de
 invertibility analysis of ReLU networks, excessive invariance and IMS tumour typing.
 """
 
-from invertible.activations import LipSwish
+from invertible.activations import CLipSwish, LipSwish
+from invertible.dense import DenseLayer
 from invertible.distributions import Flow, FlowModel, StandardNormal, standard_normal
 from invertible.inverse import (
     AbstractSolver,
@@ -74,6 +75,8 @@ __all__ = [
     "InverseResult",
     "InvertibleSequential",
     "LipSwish",
+    "CLipSwish",
+    "DenseLayer",
     "LogitTransform",
     "MultiScale",
     "NotConvergedWarning",

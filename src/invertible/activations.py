@@ -9,7 +9,11 @@ keeps its own copy.
 
 Leaf module: imports only torch.
 
-References: Chen et al. (2019) "Residual Flows for Invertible Generative Modeling" (LipSwish).
+Not every row is elementwise: :class:`CLipSwish` maps ``(B, C, ...)`` to ``(B, 2C, ...)``; its Lipschitz constant
+composes like any other (eq. 4.6), but it has no elementwise derivative (``value_and_derivative`` is ``None``).
+
+References: Chen et al. (2019) "Residual Flows for Invertible Generative Modeling" (LipSwish); Perugachi-Diaz,
+Tomczak, Bhulai (2021) "Invertible DenseNets with Concatenated LipSwish" (CLipSwish).
 """
 
 from __future__ import annotations
@@ -25,13 +29,31 @@ from torch import nn
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "CLIPSWISH_LIPSCHITZ",
+    "CLipSwish",
     "LipSwish",
     "activation_for",
     "activation_lipschitz",
     "activation_value_and_derivative",
+    "clipswish_value_and_derivative",
     "has_derivative",
     "make_activation",
+    "width_factor",
 ]
+
+
+def _inverse_softplus(beta, name: str) -> torch.Tensor:
+    """``b`` with ``softplus(b) = beta`` for a finite ``beta > 0`` (``ValueError`` naming ``name`` otherwise)."""
+    try:
+        value = float(beta)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):  # also rejects nan
+        raise ValueError(f"{name}: beta must be a finite number > 0, got beta={beta!r}")
+    if value <= 20:
+        return torch.log(torch.expm1(torch.tensor(value)))
+    # the same, without overflowing expm1: softplus^{-1}(b) = b + log(1 - exp(-b))
+    return torch.tensor(value) + torch.log(-torch.expm1(torch.tensor(-value)))
 
 
 class LipSwish(nn.Module):
@@ -49,17 +71,7 @@ class LipSwish(nn.Module):
 
     def __init__(self, beta: float = 1.0):
         super().__init__()
-        try:
-            value = float(beta)
-        except (TypeError, ValueError):
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):  # also rejects nan
-            raise ValueError(f"LipSwish: beta must be a finite number > 0, got beta={beta!r}")
-        if value <= 20:
-            b = torch.log(torch.expm1(torch.tensor(value)))  # inverse softplus
-        else:  # the same, without overflowing expm1: softplus^{-1}(b) = b + log(1 - exp(-b))
-            b = torch.tensor(value) + torch.log(-torch.expm1(torch.tensor(-value)))
-        self.raw_beta = nn.Parameter(b)
+        self.raw_beta = nn.Parameter(_inverse_softplus(beta, "LipSwish"))
 
     @property
     def beta(self) -> torch.Tensor:
@@ -70,6 +82,59 @@ class LipSwish(nn.Module):
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.detach()):.3g}"
+
+
+#: ``L >= sup_x ||J_{[LipSwish(x), LipSwish(-x)]}||_2``: the certified normalizer of :class:`CLipSwish`.
+CLIPSWISH_LIPSCHITZ = 1.004
+
+
+class CLipSwish(nn.Module):
+    """Concatenated LipSwish ``CLipSwish(x) = [LipSwish(x), LipSwish(-x)] / L`` along dim 1, ``L = 1.004``
+    (Perugachi-Diaz et al. 2021): ``(B, C, ...) -> (B, 2C, ...)``, one learnable ``beta = softplus(b) > 0``.
+
+    Lipschitz constant. The Jacobian stacks ``diag(phi'(x))`` on ``-diag(phi'(-x))`` (``phi`` = LipSwish), so its
+    singular values are ``sqrt(phi'(x_i)^2 + phi'(-x_i)^2)``. With ``t = beta x`` and ``s(t) = sigma(t)(1 + t (1 -
+    sigma(t)))`` one has ``1.1 phi'(x) = s(t)`` and ``1.1 phi'(-x) = 1 - s(t)`` (the two swish slopes sum to one),
+    so ``Lip = sup_t sqrt(s^2 + (1 - s)^2) / 1.1`` for every beta; the sup sits at the extremes of ``s``,
+    ``s(2.3994) = 1.09984`` (and ``1 - s`` at ``-2.3994``), giving ``1.003965 < L``: CLipSwish is 1-Lipschitz
+    (certified, not estimated; ``tests/test_densenet.py`` recomputes the sup). Unlike LipSwish, whose slope
+    vanishes for negative inputs, every singular value of CLipSwish's Jacobian is at least
+    ``sqrt(0.5) / (1.1 L) = 0.64`` (at ``x = 0``) and tends to ``1 / (1.1 L) = 0.905`` for ``|x| -> inf``: the
+    concatenation uses more of the Lipschitz budget, which is its point.
+
+    References: Perugachi-Diaz, Tomczak, Bhulai (2021) "Invertible DenseNets with Concatenated LipSwish".
+    """
+
+    lipschitz = 1.0
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.raw_beta = nn.Parameter(_inverse_softplus(beta, "CLipSwish"))
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return F.softplus(self.raw_beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"CLipSwish concatenates along dim 1 and needs inputs (B, C, ...), got {tuple(x.shape)}")
+        b = self.beta.to(x.dtype)
+        y = torch.cat([x, -x], 1)
+        return y * torch.sigmoid(b * y) / (1.1 * CLIPSWISH_LIPSCHITZ)
+
+    def extra_repr(self) -> str:
+        return f"beta={float(self.beta.detach()):.3g}"
+
+
+def clipswish_value_and_derivative(m: CLipSwish, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(CLipSwish(h), d)`` for ``h`` of shape ``(B, C)``: both ``(B, 2C)``, ``d[:, j] = d CLipSwish(h)_j / d h_{j mod
+    C}`` (the Jacobian ``[diag(phi'(h)); -diag(phi'(-h))]`` by its nonzero entries), for forward-mode Jacobians."""
+    u = torch.cat([h, -h], 1)
+    bu = m.beta.to(h.dtype) * u
+    s = torch.sigmoid(bu)
+    scale = 1.1 * CLIPSWISH_LIPSCHITZ
+    sign = torch.cat([torch.ones_like(h), -torch.ones_like(h)], 1)
+    return u * s / scale, sign * s * (1 + bu * (1 - s)) / scale
 
 
 ValueAndDerivative = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -129,6 +194,7 @@ class Activation:
 # Order matters only for subclasses (checked first-match with isinstance).
 ACTIVATIONS: tuple[Activation, ...] = (
     Activation(LipSwish, lambda m: 1.0, _lipswish),  # sup = 1.0998 / 1.1 < 1
+    Activation(CLipSwish, lambda m: 1.0, None),  # sup = 1.003965 / 1.004 < 1; doubles dim 1, not elementwise
     Activation(nn.ELU, lambda m: max(1.0, float(m.alpha)), _elu),
     Activation(nn.LeakyReLU, lambda m: max(1.0, abs(float(m.negative_slope))), _leaky_relu),
     Activation(nn.ReLU, lambda m: 1.0, _relu),
@@ -171,8 +237,19 @@ def activation_value_and_derivative(m: nn.Module, h: torch.Tensor) -> tuple[torc
 _BY_NAME: dict[str, type[nn.Module]] = {"lipswish": LipSwish, "elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
 
-def make_activation(name: str, beta: float = 1.0) -> nn.Module:
-    """A fresh activation by config name: ``"lipswish"`` (slope ``beta``), ``"elu"``, ``"tanh"``, ``"softplus"``."""
+def make_activation(name: str, beta: float = 1.0, *, concatenated: bool = False) -> nn.Module:
+    """A fresh activation by config name: ``"lipswish"`` (slope ``beta``), ``"elu"``, ``"tanh"``, ``"softplus"``;
+    with ``concatenated`` also ``"clipswish"`` (:class:`CLipSwish`, which doubles dim 1: only where the next
+    layer expects it, as in the dense blocks of :mod:`invertible.models.blocks`)."""
+    if concatenated and name == "clipswish":
+        return CLipSwish(beta)
     if name not in _BY_NAME:
-        raise ValueError(f"activation must be one of {', '.join(_BY_NAME)}, got {name!r}")
+        extra = " (clipswish doubles the width: only inside dense blocks)" if name == "clipswish" else ""
+        raise ValueError(f"activation must be one of {', '.join(_BY_NAME)}, got {name!r}{extra}")
     return LipSwish(beta) if name == "lipswish" else _BY_NAME[name]()
+
+
+def width_factor(name: str) -> int:
+    """How many output features an activation of config name ``name`` makes per input feature (2 for
+    ``"clipswish"``, else 1)."""
+    return 2 if name == "clipswish" else 1

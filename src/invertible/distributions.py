@@ -105,6 +105,11 @@ class Flow(D.Distribution):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x)`` of shape ``(batch,)``; a bad input (shape, dtype, NaN) is a ``ValueError`` naming it."""
+        return self.log_prob_and_latent(x)[0]
+
+    def log_prob_and_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(x), z = F(x))`` from one pass of the bijection, shapes ``(batch,)`` and ``(batch, *event)``
+        (what a hybrid model's classifier head reads, Nalisnick et al. 2019)."""
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             raise ValueError(f"Flow.log_prob: expected a batch of samples, a tensor (batch, ...), got "
                              f"{getattr(x, 'shape', type(x).__name__)}")
@@ -119,7 +124,7 @@ class Flow(D.Distribution):
                 f"Flow.log_prob: the bijection maps x of shape {tuple(x.shape[1:])} to z of shape "
                 f"{tuple(z.shape[1:])}, but the base distribution has event shape {tuple(self.event_shape)}"
             )
-        return self._base_like(z).log_prob(z) + logdet
+        return self._base_like(z).log_prob(z) + logdet, z
 
     def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
@@ -247,15 +252,16 @@ class FlowModel(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x) = log N(F(x); 0, I) + log|det J_F(x)|`` per sample (natural log), shape ``(B,)``."""
+        return self.log_prob_and_latent(x)[0]
+
+    def log_prob_and_latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(x), z = F(x))`` per sample, shapes ``(B,)`` and ``(B, latent_dim)``: one pass of the flow."""
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.event_shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             shape = ", ".join(map(str, self.event_shape))
             raise ValueError(f"expected data of shape (B, {shape}), got {got}")
         check_like_module(x, self, "FlowModel.log_prob")
-        if tuple(x.shape[1:]) != self.event_shape:
-            shape = ", ".join(map(str, self.event_shape))
-            raise ValueError(f"expected data of shape (B, {shape}), got {tuple(x.shape)}")
-        return self.distribution().log_prob(x)
+        return self.distribution().log_prob_and_latent(x)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

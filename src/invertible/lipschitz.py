@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from invertible.activations import activation_lipschitz
 from invertible.checks import check_count, check_estimator_input
+from invertible.dense import DenseLayer
 from invertible.norms import (
     DENSE_ENTRIES,
     DENSE_LIMIT,
@@ -398,7 +399,8 @@ def spectral_norm_of(module: nn.Module) -> SpectralNorm | None:
 def lipschitz_constant(g: nn.Module, input_shape: Sequence[int] | None = None) -> float:
     """Certified upper bound on ``Lip(g)`` in the l2 norm (eq. 4.6): product of the exact norms of the
     linear operators times the Lipschitz constants of the activations, for a ``g`` that is an
-    ``nn.Sequential`` of Linear/Conv layers and elementwise activations (or a single layer).
+    ``nn.Sequential`` of Linear/Conv layers, activations and i-DenseNet :class:`~invertible.dense.DenseLayer` s
+    (each bounded by ``sqrt(eta_1^2 + eta_2^2 Lip(f)^2)``, its ``f`` bounded recursively), or a single layer.
 
     Exact norms come from :func:`operator_norm` where it is exact and from
     :func:`operator_norm_upper_bound` otherwise, so the result is an upper bound in all cases.
@@ -407,10 +409,13 @@ def lipschitz_constant(g: nn.Module, input_shape: Sequence[int] | None = None) -
         input_shape: per-sample input shape of ``g``; needed for convolutions that have not seen data
             (e.g. an unnormalized twin). Shapes of later layers are propagated by a forward pass.
     """
-    layers = _flatten(g)
+    return _chain_bound(_flatten(g), None if input_shape is None else tuple(input_shape), _dtype_of(g))
+
+
+def _chain_bound(layers: list[nn.Module], input_shape: tuple[int, ...] | None, dtype: torch.dtype) -> float:
     shapes: list[tuple[int, ...] | None] = [None] * len(layers)
     if input_shape is not None:
-        x = torch.zeros((1, *input_shape), dtype=_dtype_of(g))
+        x = torch.zeros((1, *input_shape), dtype=dtype)
         with torch.no_grad(), frozen_spectral_norm():
             for i, m in enumerate(layers):
                 shapes[i] = tuple(x.shape[1:])
@@ -419,12 +424,15 @@ def lipschitz_constant(g: nn.Module, input_shape: Sequence[int] | None = None) -
     for m, shape in zip(layers, shapes, strict=True):
         if isinstance(m, LINEAR_TYPES):
             bound *= _certified_norm(m, input_shape_of(m, shape))
+        elif isinstance(m, DenseLayer):
+            bound *= m.lipschitz_from(_chain_bound(_flatten(m.f), shape, dtype))
         else:
             c = activation_lipschitz(m)
             if c is None:
                 raise ValueError(
-                    f"cannot certify the Lipschitz constant of {type(m).__name__}; known: Linear/Conv layers "
-                    "and elementwise activations (ReLU, ELU, LeakyReLU, Tanh, Softplus, Sigmoid, LipSwish)"
+                    f"cannot certify the Lipschitz constant of {type(m).__name__}; known: Linear/Conv layers, "
+                    "dense layers and elementwise activations (ReLU, ELU, LeakyReLU, Tanh, Softplus, Sigmoid, "
+                    "LipSwish, CLipSwish)"
                 )
             bound *= c
     return bound

@@ -25,8 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invertible.activations import LipSwish, activation_value_and_derivative, has_derivative
+from invertible.activations import (
+    CLipSwish,
+    LipSwish,
+    activation_value_and_derivative,
+    clipswish_value_and_derivative,
+    has_derivative,
+)
 from invertible.checks import check_estimator_input
+from invertible.dense import DenseLayer
 from invertible.lipschitz import frozen_spectral_norm
 
 __all__ = ["AbstractLogDet", "ExactLogDet", "ForwardJacobianLogDet", "exact_jacobian", "KINDS"]
@@ -122,9 +129,38 @@ class ExactLogDet(AbstractLogDet):
 def _mlp_layers(g: nn.Module) -> list[nn.Module] | None:
     layers = list(g) if isinstance(g, nn.Sequential) else [g]
     for m in layers:
-        if not (isinstance(m, nn.Linear) or has_derivative(m)):
+        if isinstance(m, DenseLayer):
+            if _mlp_layers(m.f) is None:
+                return None
+        elif not (isinstance(m, nn.Linear | CLipSwish) or has_derivative(m)):
             return None
     return layers
+
+
+def _forward_jacobian(layers: list[nn.Module], h: torch.Tensor, jac: torch.Tensor | None):
+    """``(g(h), jac @ J_g(h))`` by forward propagation, ``jac[b, i, :] = d h / d x_i`` (``None``: the identity).
+    Linear: ``J <- J W^T``; elementwise ``phi``: ``J <- J diag(phi')``; CLipSwish: ``J <- [J, J] diag(d)``
+    (:func:`~invertible.activations.clipswish_value_and_derivative`); a dense layer ``[eta_1 h, eta_2 f(h)]``:
+    ``J <- [eta_1 J, eta_2 J_f]`` (columns concatenated)."""
+    for m in layers:
+        if isinstance(m, nn.Linear):
+            w = m.weight
+            h = F.linear(h, w, m.bias)
+            jac = w.t().expand(h.shape[0], w.shape[1], -1) if jac is None else jac @ w.t()
+            continue
+        if jac is None:
+            jac = torch.eye(h.shape[1], dtype=h.dtype, device=h.device).expand(h.shape[0], -1, -1)
+        if isinstance(m, DenseLayer):
+            fh, fjac = _forward_jacobian(_mlp_layers(m.f), h, jac)
+            eta = m.eta().to(h.dtype)
+            h, jac = torch.cat([eta[0] * h, eta[1] * fh], 1), torch.cat([eta[0] * jac, eta[1] * fjac], 2)
+        elif isinstance(m, CLipSwish):
+            h, dphi = clipswish_value_and_derivative(m, h)
+            jac = torch.cat([jac, jac], 2) * dphi[:, None, :]
+        else:
+            h, dphi = activation_value_and_derivative(m, h)
+            jac = jac * dphi[:, None, :]
+    return h, jac
 
 
 def _logdet_from_jac(jac: torch.Tensor) -> torch.Tensor:
@@ -174,8 +210,9 @@ def _compiled_kernel():
 
 
 class ForwardJacobianLogDet(AbstractLogDet):
-    """Exact ``log|det(I + J_g(x))|`` for an MLP ``g`` (Linear layers and elementwise activations), by
-    propagating the Jacobian forward with the activations: ``J <- W J`` and ``J <- diag(phi'(h)) J``.
+    """Exact ``log|det(I + J_g(x))|`` for an MLP ``g`` (Linear layers, elementwise activations, CLipSwish and
+    i-DenseNet dense layers), by propagating the Jacobian forward: ``J <- W J``, ``J <- diag(phi'(h)) J`` and, for a
+    dense layer, the stacked ``[eta_1 J; eta_2 J_f]``.
 
     Cost: about ``d`` forward passes of g for input dimension d (no ``d^3`` beyond the final ``slogdet``,
     closed form for d <= 2); differentiable in the parameters of g. For any other g it falls back to
@@ -219,18 +256,9 @@ class ForwardJacobianLogDet(AbstractLogDet):
                         warnings.warn(f"ForwardJacobianLogDet: torch.compile failed ({err!r:.200}); using the "
                                       "eager path", RuntimeWarning, stacklevel=2)
                         self.compile = False
-        batch, d = x.shape
-        h, jac = x, None  # jac[b, i, :] = d h / d x_i  (rows = input directions)
-        for m in layers:
-            if isinstance(m, nn.Linear):
-                w = m.weight
-                h = F.linear(h, w, m.bias)
-                jac = w.t().expand(batch, d, -1) if jac is None else jac @ w.t()
-            else:
-                h, dphi = activation_value_and_derivative(m, h)
-                jac = torch.diag_embed(dphi) if jac is None else jac * dphi[:, None, :]
-        if jac is None:
+        if not any(isinstance(m, nn.Linear | DenseLayer) for m in layers):
             raise ValueError("ForwardJacobianLogDet: g has no Linear layer")
+        h, jac = _forward_jacobian(layers, x, None)  # jac[b, i, :] = d h / d x_i  (rows = input directions)
         return h, _logdet_from_jac(jac)
 
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@ Importing the package imports every model module, so every built-in kind is regi
 from invertible.models import (  # noqa: F401  (imported for their registrations)
     coupling_baseline,
     firevnet,
+    hybrid,
     iresnet,
     relu_nets,
     resflow,

@@ -8,6 +8,9 @@ activations, ``g = W_L o phi o ... o phi o W_1``; with ``||W_i||_2 <= c`` (eq. 4
 * :func:`lipschitz_convnet`: 3x3 -> phi -> 1x1 -> phi -> 3x3 (Appendix A.2; fi-i-ResNet's conv blocks; the
   digits i-ResNet of Figs. 4.4 / 5.3 via :func:`residual_function`).
 * :func:`bottleneck_g`: the pre-activation bottleneck of the i-ResNet classifier (Appendix A.1).
+* :func:`lipschitz_dense_mlp`, :func:`lipschitz_dense_convnet`: i-DenseNet residual functions ``g = W o h_L o ...
+  o h_1`` with dense layers ``h_l(x) = [eta_1 x, eta_2 CLipSwish(W_l x)]`` (:mod:`invertible.dense`;
+  Perugachi-Diaz et al. 2021): ``Lip(h_l) <= sqrt(eta_1^2 + eta_2^2 c^2) <= 1``, so ``Lip(g) <= c``.
 
 Layers are created in a fixed order (documented per function) so that seeded weights stay identical.
 
@@ -19,10 +22,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from invertible.activations import make_activation
+from invertible.activations import make_activation, width_factor
+from invertible.dense import DenseLayer
 from invertible.lipschitz import spectral_norm
 
-__all__ = ["lipschitz_mlp", "lipschitz_convnet", "residual_function", "bottleneck_g"]
+__all__ = [
+    "lipschitz_mlp", "lipschitz_convnet", "residual_function", "bottleneck_g", "lipschitz_dense_mlp",
+    "lipschitz_dense_convnet", "count_parameters",
+]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """The number of trainable scalars of a module (what "equal parameters" compares)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 def lipschitz_mlp(
@@ -128,4 +140,69 @@ def bottleneck_g(
         if coeff is not None:
             conv = spectral_norm(conv, coeff=coeff, n_power_iterations=n_power_iterations)
         layers.append(conv)
+    return nn.Sequential(*layers)
+
+
+def lipschitz_dense_mlp(
+    dim: int,
+    growth: list[int] | tuple[int, ...],
+    coeff: float = 0.9,
+    activation: str = "clipswish",
+    n_power_iterations: int = 1,
+    beta: float = 1.0,
+    orthogonal: bool = True,
+) -> nn.Sequential:
+    """i-DenseNet residual function on ``R^d``: ``g = W_out o h_L o ... o h_1`` with dense layers ``h_l(x) =
+    [eta_1 x, eta_2 phi(W_l x)]`` (:class:`~invertible.dense.DenseLayer`), ``W_l`` a spectrally normalized
+    ``Linear(c_l, growth[l])`` and ``phi`` = CLipSwish (``c_{l+1} = c_l + 2 growth[l]``; an elementwise
+    ``activation`` adds ``growth[l]``), ``W_out`` a normalized ``Linear(c_{L+1}, d)``; all ``||W||_2 <= coeff``.
+
+    Lipschitz bound: ``Lip(h_l) <= sqrt(eta_1^2 + eta_2^2 coeff^2) <= 1`` and ``Lip(g) <= coeff * prod_l
+    Lip(h_l) <= coeff < 1`` (eq. 4.6), so ``I + g`` is invertible (Theorem 4.1). Inputs ``(B, d)``. Layers are
+    created in order: per dense layer Linear, [orthogonal init], spectral norm, activation; then ``W_out``.
+    """
+    if dim < 1 or not growth or any(int(k) < 1 for k in growth):
+        raise ValueError(f"need dim >= 1 and >= 1 positive growth widths, got dim={dim}, growth={list(growth)}")
+    layers: list[nn.Module] = []
+    c = int(dim)
+    for k in growth:
+        lin = nn.Linear(c, int(k))
+        if orthogonal:
+            with torch.no_grad():
+                nn.init.orthogonal_(lin.weight)
+        f = nn.Sequential(spectral_norm(lin, coeff=coeff, n_power_iterations=n_power_iterations),
+                          make_activation(activation, beta, concatenated=True))
+        layers.append(DenseLayer(f))
+        c += width_factor(activation) * int(k)
+    out = nn.Linear(c, int(dim))
+    if orthogonal:
+        with torch.no_grad():
+            nn.init.orthogonal_(out.weight)
+    layers.append(spectral_norm(out, coeff=coeff, n_power_iterations=n_power_iterations))
+    return nn.Sequential(*layers)
+
+
+def lipschitz_dense_convnet(
+    channels: int,
+    growth: int,
+    depth: int = 2,
+    coeff: float = 0.9,
+    activation: str = "clipswish",
+    n_power_iterations: int = 1,
+) -> nn.Sequential:
+    """i-DenseNet image residual function: ``depth`` dense layers ``h_l(x) = [eta_1 x, eta_2 CLipSwish(A_l x)]``
+    with 3x3 convolutions ``A_l: c_l -> growth`` channels (``c_{l+1} = c_l + 2 growth``), then a 3x3 convolution
+    back to ``channels``; every operator spectrally normalized to ``||A||_2 <= coeff`` (eq. 4.8-4.9), so
+    ``Lip(g) <= coeff`` as for :func:`lipschitz_dense_mlp`. Shapes ``(B, C, H, W) -> (B, C, H, W)``."""
+    if channels < 1 or growth < 1 or depth < 1:
+        raise ValueError(f"need channels, growth, depth >= 1, got {channels}, {growth}, {depth}")
+    sn = {"coeff": coeff, "n_power_iterations": n_power_iterations}
+    layers: list[nn.Module] = []
+    c = int(channels)
+    for _ in range(int(depth)):
+        f = nn.Sequential(spectral_norm(nn.Conv2d(c, int(growth), 3, padding=1), **sn),
+                          make_activation(activation, concatenated=True))
+        layers.append(DenseLayer(f))
+        c += width_factor(activation) * int(growth)
+    layers.append(spectral_norm(nn.Conv2d(c, int(channels), 3, padding=1), **sn))
     return nn.Sequential(*layers)

@@ -1,7 +1,8 @@
 """Invertibility certificates for trained i-ResNet classifiers (thesis Remark 4.9, eq. 4.6, Lemma 4.6).
 
 For every residual block ``F_t = I + g_t`` of the feature map, with ``g_t`` a chain of convolutions ``A_i``,
-1-Lipschitz ELUs and (in the BatchNorm variant) eval-mode batch norms ``B_j``:
+1-Lipschitz ELUs and (in the BatchNorm variant) eval-mode batch norms ``B_j`` (and i-DenseNet dense layers
+``h = [eta_1 x, eta_2 f(x)]``, each bounded by ``sqrt(eta_1^2 + eta_2^2 Lip(f)^2)``, :mod:`invertible.dense`):
 
     Lip(g_t) <= L_t := prod_i ||A_i||_2 * prod_j max_c |gamma_c| / sqrt(var_c + eps)        (eq. 4.6)
 
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from invertible.activations import activation_lipschitz
+from invertible.dense import DenseLayer
 from invertible.lipschitz import (
     DENSE_ENTRIES,
     DENSE_LIMIT,
@@ -168,38 +170,54 @@ def _conv_norm(m: nn.Module, shape: Sequence[int], exact: bool) -> tuple[float, 
     return min(n, upper), upper, False
 
 
-@torch.no_grad()
-def _certify_block(
-    block: ResidualBlock, index: int, x: torch.Tensor, exact: bool
-) -> tuple[BlockCertificate, torch.Tensor]:
-    g = block.g
-    modules = list(g) if isinstance(g, nn.Sequential) else [g]
+def _certify_chain(
+    modules: list[nn.Module], h: torch.Tensor, exact: bool, prefix: str
+) -> tuple[list[LayerNorm], float, torch.Tensor, bool]:
+    """``(layer norms, bound on Lip of the chain, output, exact flag for the layers after it)`` for a chain of
+    layers applied to ``h`` (eq. 4.6); a :class:`~invertible.dense.DenseLayer` contributes ``sqrt(eta_1^2 +
+    eta_2^2 K^2)`` with ``K`` its ``f``'s bound, its layers listed under ``prefix.j.f``."""
     layers: list[LayerNorm] = []
     lip = 1.0
-    h = x
     for j, m in enumerate(modules):
         shape = list(h.shape[1:])
+        name = f"{prefix}.{j}"
         if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear):
-            norm, upper, exact = _conv_norm(m, shape, exact)
+            norm, upper, exact = _conv_norm(m, shape, exact)  # (as before: the flag follows the last layer)
             k = "x".join(str(s) for s in m.kernel_size) if not isinstance(m, nn.Linear) else ""
             kind = f"conv{k}" if k else "linear"
-            layers.append(LayerNorm(f"g.{j}", kind, shape, norm, upper, exact, _is_spectral_normalized(m)))
+            layers.append(LayerNorm(name, kind, shape, norm, upper, exact, _is_spectral_normalized(m)))
             lip *= upper
         elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
             c = _batchnorm_lipschitz(m)
-            layers.append(LayerNorm(f"g.{j}", "batchnorm", shape, c, c, True, False))
+            layers.append(LayerNorm(name, "batchnorm", shape, c, c, True, False))
+            lip *= c
+        elif isinstance(m, DenseLayer):
+            inner = list(m.f) if isinstance(m.f, nn.Sequential) else [m.f]
+            sub, k_f, _, exact = _certify_chain(inner, h, exact, f"{name}.f")
+            c = m.lipschitz_from(k_f)
+            layers += sub
+            layers.append(LayerNorm(name, "dense", shape, c, c, all(x.exact for x in sub), False))
             lip *= c
         else:
             c = activation_lipschitz(m)
             if c is None:
                 raise ValueError(
                     f"cannot certify {type(m).__name__} inside a residual block; known: Conv/Linear, BatchNorm "
-                    "(eval) and the elementwise activations of invertible.activations"
+                    "(eval), dense layers and the activations of invertible.activations"
                 )
             lip *= c
         h = m(h)
-    out = x + h
-    return BlockCertificate(index, list(x.shape[1:]), layers, lip), out
+    return layers, lip, h, exact
+
+
+@torch.no_grad()
+def _certify_block(
+    block: ResidualBlock, index: int, x: torch.Tensor, exact: bool
+) -> tuple[BlockCertificate, torch.Tensor]:
+    g = block.g
+    modules = list(g) if isinstance(g, nn.Sequential) else [g]
+    layers, lip, h, _ = _certify_chain(modules, x, exact, "g")
+    return BlockCertificate(index, list(x.shape[1:]), layers, lip), x + h
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ defaults (or a kind's *legacy* defaults: values that checkpoints written before 
 
 The built-in kinds register themselves where their builders live (:mod:`invertible.models` imports them all):
 ``vector_resflow``, ``image_resflow``, ``coupling``, ``iresnet_classifier``, ``preact_resnet``, ``fi_revnet``,
-``fi_iresnet``, ``relu_net``, ``digits_iresnet``.
+``fi_iresnet``, ``relu_net``, ``digits_iresnet``, ``hybrid_resflow``.
 """
 
 from __future__ import annotations

@@ -36,7 +36,12 @@ from invertible.logdet import (
     override_estimators,
 )
 from invertible.models import registry
-from invertible.models.blocks import lipschitz_convnet, lipschitz_mlp
+from invertible.models.blocks import (
+    lipschitz_convnet,
+    lipschitz_dense_convnet,
+    lipschitz_dense_mlp,
+    lipschitz_mlp,
+)
 from invertible.nn import (
     ActNorm,
     Bijection,
@@ -49,6 +54,7 @@ from invertible.nn import (
 )
 
 __all__ = [
+    "BLOCKS",
     "MODES",
     "DensityModel",
     "ImageResFlowConfig",
@@ -68,6 +74,15 @@ __all__ = [
 ]
 
 DensityModel = FlowModel  # the historical name of the module face of a Flow
+
+#: Residual-function families: ``"residual"`` (the i-ResNet MLP / 3x3-1x1-3x3 convnet, eq. 4.5) and ``"dense"``
+#: (i-DenseNet dense layers with CLipSwish, :func:`~invertible.models.blocks.lipschitz_dense_mlp`).
+BLOCKS = ("residual", "dense")
+
+
+def _check_block(block: str) -> None:
+    if block not in BLOCKS:
+        raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
 
 
 def residual_blocks(module: nn.Module) -> list[ResidualBlock]:
@@ -99,6 +114,7 @@ class VectorResFlowConfig(registry.ModelConfig):
     inverse_atol: float = 1e-6
     preact: bool = False
     beta: float = 16.0
+    block: str = "residual"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +139,8 @@ class ImageResFlowConfig(registry.ModelConfig):
     squeeze_first: bool = False
     inverse_atol: float = 1e-5
     squeeze_before_split: bool = True
+    block: str = "residual"
+    dense_depth: int = 2
 
 
 def vector_residual_flow(
@@ -139,6 +157,7 @@ def vector_residual_flow(
     inverse_atol: float = 1e-6,
     preact: bool = False,
     beta: float = 16.0,
+    block: str = "residual",
 ) -> FlowModel:
     """Residual flow on ``R^d``: ``[ActNorm] -> (ResidualBlock(MLP d-h..-d) -> [ActNorm]) x n_blocks``.
 
@@ -150,19 +169,27 @@ def vector_residual_flow(
     ``benchmarks/toy2d.py``, seeds 0 and 1): no activation on the block input (``preact=False``; LipSwish on raw
     low-dimensional coordinates discards information) and a sharp LipSwish (``beta=16``): 2.928 / 2.923 nats
     against 3.052 / 3.139 for ``preact=True, beta=4`` (true density 2.825).
+
+    ``block="dense"``: each ``g`` is the i-DenseNet :func:`~invertible.models.blocks.lipschitz_dense_mlp` with one
+    dense layer of growth ``h`` per entry of ``hidden`` (activation ``"clipswish"`` for Concatenated LipSwish),
+    ``Lip(g) <= coeff``; no forward-mode Jacobian, so ``mode="exact"`` uses the autograd Jacobian.
     """
     config = VectorResFlowConfig(
         dim=int(dim), n_blocks=int(n_blocks), hidden=tuple(int(h) for h in hidden), coeff=float(coeff), mode=mode,
         activation=activation, actnorm=bool(actnorm), n_power_iterations=int(n_power_iterations),
         n_terms=int(n_terms), n_exact=int(n_exact), inverse_atol=float(inverse_atol), preact=bool(preact),
-        beta=float(beta),
+        beta=float(beta), block=block,
     )
+    _check_block(block)
     if dim < 1 or n_blocks < 1:
         raise ValueError(f"need dim >= 1 and n_blocks >= 1, got dim={dim}, n_blocks={n_blocks}")
     est = make_estimator(mode, n_terms=n_terms, n_exact=n_exact)
     layers: list[Bijection] = [ActNorm(dim)] if actnorm else []
     for _ in range(n_blocks):
-        g = lipschitz_mlp([dim, *hidden, dim], coeff, activation, n_power_iterations, preact=preact, beta=beta)
+        if block == "dense":
+            g = lipschitz_dense_mlp(dim, hidden, coeff, activation, n_power_iterations, beta=beta)
+        else:
+            g = lipschitz_mlp([dim, *hidden, dim], coeff, activation, n_power_iterations, preact=preact, beta=beta)
         layers.append(ResidualBlock(g, logdet=est, inverse=_solver(inverse_atol)))
         if actnorm:
             layers.append(ActNorm(dim))
@@ -185,6 +212,8 @@ def image_residual_flow(
     squeeze_first: bool = False,
     inverse_atol: float = 1e-5,
     squeeze_before_split: bool = True,
+    block: str = "residual",
+    dense_depth: int = 2,
 ) -> FlowModel:
     """Multi-scale image residual flow (Appendix A.2): logit pre-transform, [squeeze], then ``n_scales``
     scale-blocks of ``n_blocks`` i-ResNet layers (3x3-1x1-3x3 convolutions, ``hidden`` filters) each followed by
@@ -196,6 +225,9 @@ def image_residual_flow(
     Inputs are dequantized images in ``[0, 1]`` of shape ``(B, C, H, W)``; ``H, W`` must be divisible by
     ``2^(n_scales - 1 + squeeze_first)``. A. 2 uses 3 scale-blocks of 32 layers, ELU, 32 hidden filters (MNIST),
     power series with 10 terms (``mode="iresnet"``, ``n_terms=10``).
+
+    ``block="dense"``: each ``g`` is :func:`~invertible.models.blocks.lipschitz_dense_convnet` (``dense_depth``
+    dense layers of growth ``hidden``; activation ``"clipswish"`` for Concatenated LipSwish), ``Lip(g) <= coeff``.
     """
     c, h, w = (int(s) for s in shape)
     config = ImageResFlowConfig(
@@ -203,8 +235,9 @@ def image_residual_flow(
         mode=mode, activation=activation, factor_out=bool(factor_out), logit_alpha=float(logit_alpha),
         n_power_iterations=int(n_power_iterations), n_terms=int(n_terms), n_exact=int(n_exact),
         squeeze_first=bool(squeeze_first), inverse_atol=float(inverse_atol),
-        squeeze_before_split=bool(squeeze_before_split),
+        squeeze_before_split=bool(squeeze_before_split), block=block, dense_depth=int(dense_depth),
     )
+    _check_block(block)
     n_down = n_scales - 1 + int(squeeze_first)
     if n_scales < 1 or n_blocks < 1 or h % (2**n_down) or w % (2**n_down):
         raise ValueError(f"image of shape {(c, h, w)} cannot be squeezed {n_down} times (n_scales={n_scales})")
@@ -218,7 +251,10 @@ def image_residual_flow(
     for s in range(n_scales):
         layers: list[Bijection] = [ActNorm(c)]
         for _ in range(n_blocks):
-            g = lipschitz_convnet(c, hidden, coeff, activation, n_power_iterations)
+            if block == "dense":
+                g = lipschitz_dense_convnet(c, hidden, dense_depth, coeff, activation, n_power_iterations)
+            else:
+                g = lipschitz_convnet(c, hidden, coeff, activation, n_power_iterations)
             layers += [ResidualBlock(g, logdet=est, inverse=_solver(inverse_atol)), ActNorm(c)]
         stages.append(InvertibleSequential(*layers))
         if s < n_scales - 1:

@@ -9,7 +9,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from invertible.activations import activation_lipschitz
+from invertible.activations import CLipSwish, activation_lipschitz
+from invertible.dense import DenseLayer
 from invertible.inverse import AbstractSolver, FixedPoint, InverseResult
 from invertible.inverse_gradient import current_gradient, implicit_inverse, unrolled_inverse
 from invertible.lipschitz import LINEAR_TYPES, frozen_spectral_norm, lipschitz_constant, spectral_norm_of
@@ -162,24 +163,13 @@ class ResidualBlock(Bijection):
         spectrally normalized weight as the frozen map uses it, its norm by power iteration to convergence
         (rtol 1e-6, warm-started from the layer's vectors). An estimate from below per layer, not a certificate
         (:meth:`certify`), but never stale: recomputed whenever the weights or vectors changed, cached otherwise.
-        ``None`` when g contains a linear layer without spectral normalization or an unknown module."""
+        ``None`` when g contains a linear layer without spectral normalization or an unknown module. A dense
+        layer (:class:`~invertible.dense.DenseLayer`) contributes ``sqrt(eta_1^2 + eta_2^2 K^2)`` with ``K`` the
+        estimate of its ``f``."""
         key = self._weights_key()
         if self._estimate_cache is not None and self._estimate_cache[0] == key:
             return self._estimate_cache[1]
-        est: float | None = 1.0
-        for m in _leaves(self.g):
-            if isinstance(m, LINEAR_TYPES):
-                sn = spectral_norm_of(m)
-                if sn is None or not sn.initialized:
-                    est = None
-                    break
-                est *= _current_norm(m, sn)
-            else:
-                c = activation_lipschitz(m)
-                if c is None:
-                    est = None
-                    break
-                est *= c
+        est = _chain_estimate(self.g)
         self._estimate_cache = (key, est)
         return est
 
@@ -252,6 +242,28 @@ def _current_norm(m: nn.Module, sn) -> float:
     return float(sn._op.apply(weight, u).norm() / u.norm())
 
 
+def _chain_estimate(g: nn.Module) -> float | None:
+    """The product of eq. 4.6 over g's layers as they are applied now (see ``lipschitz_estimate``)."""
+    est = 1.0
+    for m in _leaves(g):
+        if isinstance(m, LINEAR_TYPES):
+            sn = spectral_norm_of(m)
+            if sn is None or not sn.initialized:
+                return None
+            est *= _current_norm(m, sn)
+        elif isinstance(m, DenseLayer):
+            inner = _chain_estimate(m.f)
+            if inner is None:
+                return None
+            est *= m.lipschitz_from(inner)
+        else:
+            c = activation_lipschitz(m)
+            if c is None:
+                return None
+            est *= c
+    return est
+
+
 def _first_operator(g: nn.Module) -> nn.Module | None:
     """The first Linear/Conv layer g applies, when that is certain: g an ``nn.Sequential`` (nested ones too) whose
     layers before it are elementwise activations; else ``None`` (a custom module's children need not be in the
@@ -261,9 +273,11 @@ def _first_operator(g: nn.Module) -> nn.Module | None:
         m = stack.pop(0)
         if isinstance(m, nn.Sequential):
             stack = list(m) + stack
+        elif isinstance(m, DenseLayer):  # f sees the layer's input first
+            stack = [m.f]
         elif isinstance(m, LINEAR_TYPES):
             return m
-        elif activation_lipschitz(m) is None:
+        elif activation_lipschitz(m) is None or isinstance(m, CLipSwish):  # unknown, or not shape-preserving
             return None
     return None
 
@@ -275,7 +289,9 @@ def _name(m: nn.Module) -> str:
 def _describe(g: nn.Module) -> str:
     parts = []
     for m in _leaves(g):
-        if isinstance(m, nn.Linear):
+        if isinstance(m, DenseLayer):
+            parts.append(f"Dense[{_describe(m.f)}]")
+        elif isinstance(m, nn.Linear):
             parts.append(f"Linear({m.in_features}->{m.out_features})")
         elif isinstance(m, LINEAR_TYPES):
             parts.append(f"{_name(m)}({m.in_channels}->{m.out_channels})")
@@ -286,7 +302,7 @@ def _describe(g: nn.Module) -> str:
 
 def _leaves(module: nn.Module):
     children = list(module.children())
-    if not children or isinstance(module, LINEAR_TYPES):
+    if not children or isinstance(module, (*LINEAR_TYPES, DenseLayer)):
         yield module
         return
     for c in children:
