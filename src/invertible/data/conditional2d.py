@@ -29,6 +29,7 @@ __all__ = [
     "conditional_context_dim",
     "conditional_log_prob",
     "sample_conditional",
+    "sample_given_context",
     "two_moons_log_evidence",
     "two_moons_log_likelihood",
 ]
@@ -78,6 +79,23 @@ def sample_conditional(
     r = 0.1 + ring_std * torch.randn(n, generator=g, dtype=dt)
     p = torch.stack([r * torch.cos(phi) + 0.25, r * torch.sin(phi)], 1)
     return theta.to(dtype), (p + _two_moons_mean(theta)).to(dtype)
+
+
+def sample_given_context(name: str, c: torch.Tensor, n: int, generator: torch.Generator | None = None,
+                         ring_std: float = RING_STD, n_prior: int = 400_000) -> torch.Tensor:
+    """``n`` samples of ``p(x | c)`` for one context ``c (2,)``, float64: exact for ``rotated-8gaussians``; for
+    ``two-moons-sbi`` the posterior by importance resampling of ``n_prior`` prior draws with the exact likelihood
+    (approximate; for figures)."""
+    _check_name(name)
+    cd = c.detach().double().cpu().reshape(-1)
+    if name == "rotated-8gaussians":
+        angle = torch.atan2(cd[1], cd[0])
+        return _rotate(sample_toy("8gaussians", n, generator, torch.float64), torch.cos(angle), torch.sin(angle))
+    theta = torch.rand(n_prior, 2, generator=generator, dtype=torch.float64) * 2 - 1
+    w = two_moons_log_likelihood(cd.expand(n_prior, 2), theta, ring_std).exp()
+    if not w.sum() > 0:
+        raise ValueError(f"sample_given_context: the observation {cd.tolist()} has no prior draw of positive likelihood")
+    return theta[torch.multinomial(w, n, replacement=True, generator=generator)]
 
 
 def two_moons_log_likelihood(y: torch.Tensor, theta: torch.Tensor, ring_std: float = RING_STD) -> torch.Tensor:
