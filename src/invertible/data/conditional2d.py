@@ -154,6 +154,8 @@ def conditional_log_prob(name: str, x: torch.Tensor, c: torch.Tensor, ring_std: 
         out = toy_log_prob("8gaussians", x0)
     else:
         in_box = (xd.abs() <= 1).all(1)
-        out = two_moons_log_likelihood(cd, xd, ring_std) + math.log(0.25) - two_moons_log_evidence(cd, ring_std)
+        unique, index = torch.unique(cd, dim=0, return_inverse=True)  # the evidence once per observation
+        evidence = two_moons_log_evidence(unique, ring_std)[index]
+        out = two_moons_log_likelihood(cd, xd, ring_std) + math.log(0.25) - evidence
         out = torch.where(in_box, out, torch.full_like(out, -math.inf))
     return out.to(device=x.device, dtype=x.dtype)

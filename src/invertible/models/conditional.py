@@ -69,7 +69,7 @@ def conditional_residual_flow(
         g = ConditionalLipschitzMLP([config.dim, *config.hidden, config.dim], config.context_dim,
                                     config.embed_hidden, config.coeff, activation, config.beta,
                                     config.n_power_iterations)
-        layers.append(ConditionalResidualBlock(g, inverse=FixedPoint(atol=config.inverse_atol, max_iter=200)))
+        layers.append(ConditionalResidualBlock(g, inverse=FixedPoint(atol=config.inverse_atol, max_iter=500)))
         if config.actnorm:
             layers.append(ActNorm(config.dim))
     return ConditionalFlowModel(ConditionalSequential(*layers), config.dim, config.context_dim, config,
