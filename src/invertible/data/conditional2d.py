@@ -94,7 +94,8 @@ def sample_given_context(name: str, c: torch.Tensor, n: int, generator: torch.Ge
     theta = torch.rand(n_prior, 2, generator=generator, dtype=torch.float64) * 2 - 1
     w = two_moons_log_likelihood(cd.expand(n_prior, 2), theta, ring_std).exp()
     if not w.sum() > 0:
-        raise ValueError(f"sample_given_context: the observation {cd.tolist()} has no prior draw of positive likelihood")
+        raise ValueError(f"sample_given_context: the observation {cd.tolist()} has no prior draw of positive "
+                         "likelihood")
     return theta[torch.multinomial(w, n, replacement=True, generator=generator)]
 
 

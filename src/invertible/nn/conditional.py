@@ -109,7 +109,8 @@ class ConditionalResidualBlock(ConditionalBijection):
     ``last_inverse``. The solver iterates on ``u = (x, c)`` with ``G(u) = (g(x, c), 0)``, so that the samples it
     drops as converged take their contexts along; from ``u_0 = (y, c)`` the context part never moves, every
     step and residual is that of ``x`` alone, and Lemma 4.5 holds on the slice ``{c fixed}`` with ``L = Lip_x(g)``
-    (the round-off term counts ``||c||`` too: a slightly larger, still valid bound). With gradients enabled it is differentiable (``rsample``): one Newton step
+    (the round-off term counts ``||c||`` too: a slightly larger, still valid bound). With gradients enabled it
+    is differentiable (``rsample``): one Newton step
     ``x <- x* - (I + J_x g(x*, c))^{-1} (x* + g(x*, c) - y)`` from the solver's detached ``x*`` has, at the fixed
     point, the implicit-function gradient ``dx = (I + J_x g)^{-1} (dy - d_theta,c g)``.
     """
