@@ -12,8 +12,9 @@ same load. Adam, the same learning rate for both, cosine decay to 0 over the run
 blocks (x-path 2-48-48-2 spectrally normalized, coeff 0.98, so Lip_x(g_t) <= 0.98^3 = 0.94; context embedding
 2-24-98 unconstrained), ActNorm between blocks; chosen on a validation set of two-moons (seed 20000, 500 steps,
 seed 0: -2.25 nats for 4 blocks 64-64 at coeff 0.9, -2.50 at coeff 0.98, -2.89 for this one), never the test set.
-zuko: ``NSF(features=2, context=2, transforms=4, hidden_features=(64, 64))`` (8 bins), about the same number of parameters (printed). Test NLL is exact for both (ours: forward-Jacobian log-det; zuko: its
-analytic spline log-det), on ``--n-test`` fresh pairs per task; mean over seeds with a 95 % t-interval.
+zuko: ``NSF(features=2, context=2, transforms=4, hidden_features=(64, 64))`` (8 bins), about the same number
+of parameters (printed). Test NLL is exact for both (ours: forward-Jacobian log-det; zuko: its analytic spline
+log-det), on ``--n-test`` fresh pairs per task; mean over seeds with a 95 % t-interval.
 
     python benchmarks/conditional.py [--steps 500] [--seeds 0 1 2] [--threads 1] [--json out.json]
 
