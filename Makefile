@@ -34,7 +34,7 @@ test-all: $(BIN)/invertible
 	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
 
 lint: $(BIN)/invertible
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 bench: $(BIN)/invertible
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import tempfile
 from dataclasses import replace
@@ -35,9 +36,12 @@ from invertible.ims.synthetic import generate, preset, write_imzml
 
 pytestmark = pytest.mark.cpu_only
 
-FAST = settings(max_examples=60, deadline=3000, database=None, derandomize=True,
+# A new campaign: INVERTIBLE_FUZZ_EXAMPLES=3000 pytest tests/test_ims_fuzz.py -m slow --hypothesis-seed=N (with
+# the variable set, the examples are random from the seed instead of derandomized).
+_CAMPAIGN = int(os.environ.get("INVERTIBLE_FUZZ_EXAMPLES", "0"))
+FAST = settings(max_examples=60, deadline=3000, database=None, derandomize=not _CAMPAIGN,
                 suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(FAST, max_examples=600)
+SLOW = settings(FAST, max_examples=_CAMPAIGN or 600)
 DOCUMENTED = (ValueError, FileNotFoundError)
 # pyimzML-written (indexed by pyimzML) and MALDIquantForeign-style inline cvParams (our ElementTree indexer)
 MODES = ["continuous", "processed", "inline-continuous", "inline-processed"]

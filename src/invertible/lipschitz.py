@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from invertible.activations import activation_lipschitz
+from invertible.checks import check_count, check_estimator_input
 from invertible.norms import (
     DENSE_ENTRIES,
     DENSE_LIMIT,
@@ -45,6 +46,7 @@ __all__ = [
     "operator_norm_upper_bound",
     "lipschitz_constant",
     "local_lipschitz",
+    "advance_spectral_norms",
     "frozen_spectral_norm",
     "converge_spectral_norms",
     "norm_method",
@@ -81,11 +83,7 @@ def _check_coeff(coeff: float) -> float:
     return c
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-    return int(value)
+_check_count = check_count
 
 
 def _check_tolerance(name: str, value) -> float | None:
@@ -325,8 +323,7 @@ def local_lipschitz(
     """
     from torch.func import jvp, vjp
 
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating (batch, ...) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    check_estimator_input(g, x, "local_lipschitz: x")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     x = x.detach()
@@ -368,6 +365,26 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
         sn.sigma.copy_(sn.estimate(weight))
         count += 1
     return count
+
+@torch.no_grad()
+def advance_spectral_norms(model: nn.Module) -> int:
+    """Advance every initialized power iteration in ``model`` as one training forward would (the layer's
+    ``n_power_iterations`` steps, or its tolerance rule) and refresh ``sigma``, without evaluating the model.
+
+    For a step that evaluates the model several times and must see one operator throughout (a reparameterized
+    sample ``F^{-1}(z)`` and then ``log p`` at it): advance once, then run the step under
+    :func:`frozen_spectral_norm`. Returns the number of normalized layers."""
+    count = 0
+    for m in model.modules():
+        sn = spectral_norm_of(m)
+        if sn is None or not sn.initialized:
+            continue
+        weight = m.parametrizations.weight.original.detach()
+        sn._iterate(weight, sn.n_power_iterations)
+        sn.sigma.copy_(sn.estimate(weight))
+        count += 1
+    return count
+
 
 def spectral_norm_of(module: nn.Module) -> SpectralNorm | None:
     """The :class:`SpectralNorm` parametrization of ``module.weight``, or ``None``."""

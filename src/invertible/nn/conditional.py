@@ -19,10 +19,12 @@ import dataclasses
 import torch
 from torch import nn
 
+from invertible.checks import values_validated
 from invertible.inverse import AbstractSolver, FixedPoint, InverseResult
 from invertible.lipschitz import frozen_spectral_norm, lipschitz_constant
 from invertible.logdet import AbstractLogDet, ForwardJacobianLogDet
-from invertible.nn.base import _VALIDATED, Bijection, check_input, validated_input
+from invertible.nn.base import Bijection, check_input, validated_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["ConditionalBijection", "ConditionalResidualBlock", "ConditionalSequential", "Conditioned"]
 
@@ -37,7 +39,7 @@ def check_context(x: torch.Tensor, c: torch.Tensor, name: str) -> None:
                          f"input), got {tuple(c.shape)}")
     if not torch.is_floating_point(c) or c.dtype != x.dtype or c.device != x.device:
         raise ValueError(f"{name}: the context ({c.dtype}, {c.device}) must match the input ({x.dtype}, {x.device})")
-    if not _VALIDATED.get() and not torch.isfinite(c).all():
+    if not values_validated() and not torch.isfinite(c).all():
         raise ValueError(f"{name}: the context contains NaN or inf")
 
 
@@ -67,7 +69,14 @@ class ConditionalBijection(nn.Module):
 
 class Conditioned(Bijection):
     """``x -> F(x; c)`` with ``c`` fixed: a :class:`Bijection`. The context is a buffer (it round-trips with the
-    ``state_dict``); one of shape ``(d_c,)`` is used for every sample, ``(B, d_c)`` needs batches of ``B``."""
+    ``state_dict``); one of shape ``(d_c,)`` is used for every sample, ``(B, d_c)`` needs batches of ``B``.
+
+    Capabilities (Table 5.2 rows) are those of a conditional residual flow given ``c``: free-form ``g``, analytic
+    forward, fixed-point inverse, not volume preserving, bi-Lipschitz (Lemma 4.6 per context); the log-det is
+    exact but costs a ``d x d`` Jacobian (not a scalable exact likelihood)."""
+
+    CAPABILITIES = Capabilities(free_form=True, analytic_forward=True, analytic_inverse=False,
+                                volume_preserving=False, exact_logdet=False, unbiased_logdet=None, bi_lipschitz=True)
 
     def __init__(self, bijection: ConditionalBijection, context: torch.Tensor):
         super().__init__()
