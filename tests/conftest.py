@@ -25,6 +25,7 @@ CPU_ONLY_MODULES: dict[str, str] = {
     "test_cli_flow": "CLI command (its own --device option, default cpu)",
     "test_cli_errors": "CLI commands (their own --device option, default cpu) on tiny CPU runs",
     "test_cli_options": "argument parsing only",
+    "test_conditional": "conditional data sets and sources seeded by CPU generators; a CLI run",
     "test_distributed": "two gloo (CPU) ranks in subprocesses",
     "test_firevnet": "CPU generators and numpy in the model checks",
     "test_ice": "training loops seeded by CPU generators; numpy nuisance probe",

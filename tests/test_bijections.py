@@ -111,6 +111,32 @@ def _pre_then():
     return inv.PreThen(inv.LogitTransform(0.05), ms), torch.rand(2, 2, 4, 4) * 0.98 + 0.01
 
 
+def _conditional_g(dim, seed):
+    from invertible.models.blocks import ConditionalLipschitzMLP
+
+    torch.manual_seed(seed)
+    g = ConditionalLipschitzMLP([dim, 16, 16, dim], context_dim=2, embed_hidden=(8,), beta=2.0)
+    with torch.no_grad():  # the embedding's last layer starts at zero (no context); make the context matter
+        g.embed[-1].weight.normal_(0, 0.5)
+        g.embed[-1].bias.normal_(0, 0.5)
+    return g
+
+
+def _conditional_residual():
+    """``x -> x + g(x, c)`` with one context for every sample (a fixed ``c``: a plain bijection)."""
+    block = inv.ConditionalResidualBlock(_conditional_g(3, 14), inverse=inv.FixedPoint(atol=1e-12, max_iter=400))
+    return block.given(torch.randn(2, generator=torch.Generator().manual_seed(0))), torch.randn(4, 3)
+
+
+def _conditional_sequential():
+    """ActNorm and two conditional blocks given one context (the contract evaluates single samples too; contexts
+    per sample are tested in test_conditional.py)."""
+    blocks = [inv.ConditionalResidualBlock(_conditional_g(2, s), inverse=inv.FixedPoint(atol=1e-12, max_iter=400))
+              for s in (15, 16)]
+    seq = inv.ConditionalSequential(inv.ActNorm(2), blocks[0], inv.ActNorm(2), blocks[1])
+    return seq.given(torch.randn(2, generator=torch.Generator().manual_seed(1))), torch.randn(5, 2)
+
+
 REGISTRY = {
     "residual-mlp": _residual_mlp,
     "residual-conv": _residual_conv,
@@ -129,6 +155,8 @@ REGISTRY = {
     "multiscale-factor-out": lambda: _multiscale(True, True),
     "multiscale-factor-out-legacy": lambda: _multiscale(True, False),
     "pre-then": _pre_then,
+    "conditional-residual": _conditional_residual,
+    "conditional-sequential": _conditional_sequential,
 }
 
 

@@ -17,6 +17,7 @@ SMALL = {
     "coupling": {"dim": 2, "n_blocks": 2, "hidden": [4]},
     "hybrid_resflow": {"shape": [1, 4, 4], "n_scales": 2, "n_blocks": 1, "hidden": 3, "factor_out": True,
                        "block": "dense", "activation": "clipswish", "n_classes": 3},
+    "conditional_resflow": {"dim": 2, "context_dim": 3, "n_blocks": 1, "hidden": [4], "embed_hidden": [4]},
     "iresnet_classifier": {"input_shape": [1, 8, 8], "blocks": [1, 1], "channels": 8, "hidden": [4, 8]},
     "preact_resnet": {"input_shape": [1, 8, 8], "blocks": [1], "widths": [4]},
     "fi_revnet": {"input_shape": [1, 8, 8], "n_squeeze": 1, "conv_blocks": 1, "hidden": 4, "dense_blocks": 1,

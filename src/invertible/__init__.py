@@ -6,7 +6,14 @@ invertibility analysis of ReLU networks, excessive invariance and IMS tumour typ
 
 from invertible.activations import CLipSwish, LipSwish
 from invertible.dense import DenseLayer
-from invertible.distributions import Flow, FlowModel, StandardNormal, standard_normal
+from invertible.distributions import (
+    ConditionalFlow,
+    ConditionalFlowModel,
+    Flow,
+    FlowModel,
+    StandardNormal,
+    standard_normal,
+)
 from invertible.inverse import (
     AbstractSolver,
     Anderson,
@@ -44,6 +51,10 @@ from invertible.nn import (
     AdditiveCoupling,
     AffineCoupling,
     Bijection,
+    ConditionalBijection,
+    ConditionalResidualBlock,
+    ConditionalSequential,
+    Conditioned,
     Flatten,
     InjectivePad,
     InvertibleSequential,
@@ -64,6 +75,12 @@ __all__ = [
     "AffineCoupling",
     "Anderson",
     "Bijection",
+    "ConditionalBijection",
+    "ConditionalFlow",
+    "ConditionalFlowModel",
+    "ConditionalResidualBlock",
+    "ConditionalSequential",
+    "Conditioned",
     "ExactLogDet",
     "FixedPoint",
     "Flatten",

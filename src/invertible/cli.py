@@ -24,7 +24,7 @@ from invertible.training.denormal import flush_denormals
 COMMAND_MODULES: tuple[str, ...] = ("invertible.commands.reproduce", "invertible.commands.analyze_relu",
                                    "invertible.commands.classify", "invertible.commands.ims",
                                    "invertible.commands.invariance", "invertible.commands.flow",
-                                   "invertible.commands.hybrid")
+                                   "invertible.commands.hybrid", "invertible.commands.conditional")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

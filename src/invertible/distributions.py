@@ -3,6 +3,10 @@
 :class:`Flow` is THE density: ``log p(x) = log p_Z(F(x)) + log|det J_F(x)|``. :class:`FlowModel` is the same
 density as an ``nn.Module`` for training (``forward(x) = log p(x)``, wrappable in ``DistributedDataParallel``);
 it holds the bijection and delegates ``log_prob`` and ``sample`` to :meth:`FlowModel.distribution`.
+
+:class:`ConditionalFlow` is the conditional density ``p(x | c)`` for a batch of contexts, and
+:class:`ConditionalFlowModel` its module face: called with a context it *returns* the distribution (a lazy
+distribution in the sense of zuko: ``model(c).log_prob(x)``, ``model(c).sample((n,))``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from torch import nn
 
 from invertible.inverse_gradient import ImplicitAdjoint, inverse_gradient
 from invertible.nn.base import Bijection, check_like_module
+from invertible.nn.conditional import ConditionalBijection
 
-__all__ = ["Flow", "FlowModel", "StandardNormal", "standard_normal"]
+__all__ = ["ConditionalFlow", "ConditionalFlowModel", "Flow", "FlowModel", "StandardNormal", "standard_normal"]
 
 
 class StandardNormal(D.Independent):
@@ -283,3 +288,117 @@ class FlowModel(nn.Module):
         self.log_prob(x)
         self.train(was)
 
+
+
+class ConditionalFlow(D.Distribution):
+    """``p(x | c) = N(F(x; c); 0, I) |det J_x F(x; c)|`` (eq. 5.4 for every context) for a batch of contexts.
+
+    Args:
+        bijection: a :class:`~invertible.nn.conditional.ConditionalBijection` ``F`` (data -> latent) on ``R^d``.
+        context: ``(*batch_shape, d_c)``; the distribution's ``batch_shape`` is ``context.shape[:-1]`` and its
+            ``event_shape`` is ``(d,)``.
+
+    ``log_prob(x)`` takes ``x`` of shape ``(*sample_shape, *batch_shape, d)`` (broadcast against the contexts) and
+    returns ``(*sample_shape, *batch_shape)``; ``sample`` / ``rsample((n,))`` return ``(n, *batch_shape, d)``, each
+    sample ``F^{-1}(z; c)`` by the per-sample fixed-point inverse; ``rsample`` is differentiable in the parameters
+    and the context (the blocks' implicit-function step, :class:`~invertible.ConditionalResidualBlock`).
+    """
+
+    arg_constraints: dict = {}
+    support = D.constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, bijection: ConditionalBijection, context: torch.Tensor, dim: int):
+        if not isinstance(context, torch.Tensor) or context.dim() < 1 or not torch.is_floating_point(context):
+            raise ValueError(f"ConditionalFlow: the context must be a floating tensor (*batch, d_c), got "
+                             f"{getattr(context, 'shape', type(context).__name__)}")
+        self.bijection, self.context, self.dim = bijection, context, int(dim)
+        super().__init__(batch_shape=context.shape[:-1], event_shape=torch.Size([self.dim]), validate_args=False)
+
+    def _flat_context(self, shape: torch.Size) -> torch.Tensor:
+        return self.context.expand(*shape, self.context.shape[-1]).reshape(-1, self.context.shape[-1])
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.dim:
+            raise ValueError(f"ConditionalFlow.log_prob: expected samples of shape (..., {self.dim}), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        try:
+            shape = torch.broadcast_shapes(x.shape[:-1], self.batch_shape)
+        except RuntimeError as err:
+            raise ValueError(f"ConditionalFlow.log_prob: x of shape {tuple(x.shape)} does not broadcast against "
+                             f"the contexts' batch shape {tuple(self.batch_shape)}") from err
+        c = self._flat_context(shape).to(dtype=x.dtype)
+        z, logdet = self.bijection.forward_and_logdet(x.expand(*shape, self.dim).reshape(-1, self.dim), c)
+        logp = -0.5 * (z * z).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi) + logdet
+        return logp.reshape(shape)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.batch_shape
+        c = self._flat_context(shape)
+        z = torch.randn((c.shape[0], self.dim), generator=generator, dtype=c.dtype,
+                        device=c.device if generator is None else generator.device).to(c.device)
+        return self.bijection.inverse(z, c).reshape(*shape, self.dim)
+
+
+class ConditionalFlowModel(nn.Module):
+    """A conditional flow as an ``nn.Module``: ``model(c)`` returns :class:`ConditionalFlow` ``p(. | c)`` (a lazy
+    distribution: ``-model(c).log_prob(x).mean()`` is the training loss).
+
+    Args:
+        bijection: ``F(.; c)`` mapping ``(B, dim)`` to ``(B, dim)`` given ``(B, context_dim)``.
+        config, kind: the typed config and registry kind that rebuild the model (the checkpoint schema).
+    """
+
+    def __init__(self, bijection: ConditionalBijection, dim: int, context_dim: int, config: Any = None,
+                 kind: str | None = None):
+        super().__init__()
+        self.bijection = bijection
+        self.dim, self.context_dim = int(dim), int(context_dim)
+        self.event_shape = (self.dim,)
+        self.latent_dim = self.dim
+        self.config, self.kind = config, kind
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        fields = {} if self.config is None else (
+            self.config.to_dict() if hasattr(self.config, "to_dict") else dict(self.config))
+        return {"kind": self.kind, **{k: v for k, v in fields.items() if k != "kind"}}
+
+    def _context(self, c: torch.Tensor) -> torch.Tensor:
+        if not isinstance(c, torch.Tensor) or c.dim() < 1 or c.shape[-1] != self.context_dim:
+            raise ValueError(f"expected contexts of shape (..., {self.context_dim}), got "
+                             f"{getattr(c, 'shape', type(c).__name__)}")
+        p = next(self.parameters())
+        return c.to(device=p.device, dtype=p.dtype)
+
+    def forward(self, c: torch.Tensor) -> ConditionalFlow:
+        """``p(x | c)`` for contexts ``c`` of shape ``(*batch, context_dim)``."""
+        return ConditionalFlow(self.bijection, self._context(c), self.dim)
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``log p(x_i | c_i)`` per sample (natural log): ``x (B, dim)``, ``c (B, context_dim)`` -> ``(B,)``."""
+        if x.dim() != 2 or c.dim() != 2 or x.shape[0] != c.shape[0]:
+            raise ValueError(f"expected x (B, {self.dim}) and c (B, {self.context_dim}), got {tuple(x.shape)} and "
+                             f"{tuple(c.shape)}")
+        return self(c).log_prob(x)
+
+    @torch.no_grad()
+    def sample(self, n: int, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples of ``p(. | c)`` per context: ``(n, *batch, dim)``."""
+        return self(c).sample((int(n),), generator=generator)
+
+    def inverse(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The per-sample inverse ``x_i = F^{-1}(z_i; c_i)``: ``z (B, dim)``, ``c (B, context_dim)``."""
+        return self.bijection.inverse(z, self._context(c))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor, c: torch.Tensor) -> None:
+        """Data-dependent initialization (ActNorm, spectral-norm vectors) from one batch, in training mode."""
+        was = self.training
+        self.train()
+        self.log_prob(x, c)
+        self.train(was)

@@ -5,6 +5,7 @@ Importing the package imports every model module, so every built-in kind is regi
 """
 
 from invertible.models import (  # noqa: F401  (imported for their registrations)
+    conditional,
     coupling_baseline,
     firevnet,
     hybrid,
@@ -13,10 +14,13 @@ from invertible.models import (  # noqa: F401  (imported for their registrations
     resflow,
     resnet,
 )
+from invertible.models.conditional import ConditionalResFlowConfig, conditional_residual_flow
 from invertible.models.registry import build_model, config_from_dict, config_to_dict, model_kinds, register_model
 from invertible.models.resflow import DensityModel, image_residual_flow, vector_residual_flow
 
 __all__ = [
+    "ConditionalResFlowConfig",
+    "conditional_residual_flow",
     "DensityModel",
     "build_model",
     "config_from_dict",

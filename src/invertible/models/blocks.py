@@ -11,6 +11,7 @@ activations, ``g = W_L o phi o ... o phi o W_1``; with ``||W_i||_2 <= c`` (eq. 4
 * :func:`lipschitz_dense_mlp`, :func:`lipschitz_dense_convnet`: i-DenseNet residual functions ``g = W o h_L o ...
   o h_1`` with dense layers ``h_l(x) = [eta_1 x, eta_2 CLipSwish(W_l x)]`` (:mod:`invertible.dense`;
   Perugachi-Diaz et al. 2021): ``Lip(h_l) <= sqrt(eta_1^2 + eta_2^2 c^2) <= 1``, so ``Lip(g) <= c``.
+* :class:`ConditionalLipschitzMLP`: ``g(x, c)``, contractive in ``x`` for every context ``c`` (conditional flows).
 
 Layers are created in a fixed order (documented per function) so that seeded weights stay identical.
 
@@ -22,13 +23,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from invertible.activations import make_activation, width_factor
+from invertible.activations import (
+    activation_lipschitz,
+    activation_value_and_derivative,
+    make_activation,
+    width_factor,
+)
 from invertible.dense import DenseLayer
 from invertible.lipschitz import spectral_norm
 
 __all__ = [
     "lipschitz_mlp", "lipschitz_convnet", "residual_function", "bottleneck_g", "lipschitz_dense_mlp",
-    "lipschitz_dense_convnet", "count_parameters",
+    "lipschitz_dense_convnet", "count_parameters", "ConditionalLipschitzMLP",
 ]
 
 
@@ -206,3 +212,121 @@ def lipschitz_dense_convnet(
         c += width_factor(activation) * int(growth)
     layers.append(spectral_norm(nn.Conv2d(c, int(channels), 3, padding=1), **sn))
     return nn.Sequential(*layers)
+
+
+class ConditionalLipschitzMLP(nn.Module):
+    """A residual function ``g(x, c)`` that is contractive in ``x`` for every context ``c``:
+
+        h_1 = W_1 x + b_1(c),   h_{k+1} = W_{k+1} phi(h_k) + b_{k+1}(c),   g(x, c) = h_L,
+
+    with spectrally normalized ``||W_k||_2 <= coeff`` (eq. 4.9), a 1-Lipschitz activation ``phi`` and the shifts
+    ``(b_1(c), ..., b_L(c)) = e(c)`` from an *unconstrained* embedding MLP ``e`` of the context.
+
+    Lipschitz argument. Fix ``c``. Each map ``h_k -> h_{k+1} = W_{k+1} phi(h_k) + b_{k+1}(c)`` is ``phi`` followed by
+    an affine map whose linear part is ``W_{k+1}``; the shift ``b_{k+1}(c)`` cancels in every difference
+    ``h_{k+1}(x) - h_{k+1}(x')``. Hence, as in eq. 4.6,
+
+        Lip_x(g(., c)) <= prod_k ||W_k||_2 * prod Lip(phi) <= coeff^L < 1      for every c,
+
+    whatever ``e`` is, so ``x -> x + g(x, c)`` is invertible for every ``c`` (Theorem 4.1) and its inverse is the
+    fixed point of ``x = y - g(x, c)`` (Algorithm 1, Lemma 4.5). The bound depends on the ``W_k`` only:
+    :meth:`x_path` is the chain ``W_1, phi, ..., W_L`` that :func:`invertible.lipschitz_constant` certifies.
+    The context may move the *operating point* of every activation (a shift per layer), never the slope budget.
+
+    Args:
+        dims: ``[d, h_1, ..., h_{L-1}, d]``. context_dim: ``d_c``. embed_hidden: hidden widths of ``e``
+            (SiLU; its last layer starts at zero, so the block starts unconditional).
+        coeff, activation, beta, n_power_iterations: as in :func:`lipschitz_mlp` (no pre-activation).
+
+    Shapes: ``x (B, d)``, ``c (B, d_c)`` -> ``(B, d)``. :meth:`forward_and_jacobian` also returns the exact
+    ``J_x g`` of shape ``(B, d, d)`` (``jac[b, i, :] = d g / d x_i``), by forward propagation as in
+    :class:`~invertible.ForwardJacobianLogDet`.
+    """
+
+    def __init__(
+        self,
+        dims: list[int],
+        context_dim: int,
+        embed_hidden: tuple[int, ...] | list[int] = (64,),
+        coeff: float = 0.9,
+        activation: str = "lipswish",
+        beta: float = 16.0,
+        n_power_iterations: int = 1,
+    ):
+        super().__init__()
+        if len(dims) < 2 or any(int(k) < 1 for k in dims) or dims[0] != dims[-1]:
+            raise ValueError(f"dims must list >= 2 positive widths starting and ending with d, got {dims}")
+        if int(context_dim) < 1 or any(int(k) < 1 for k in embed_hidden):
+            raise ValueError(f"need context_dim >= 1 and positive embed_hidden, got {context_dim}, {embed_hidden}")
+        self.dims, self.context_dim = [int(k) for k in dims], int(context_dim)
+        linears = []
+        for a, b in zip(self.dims[:-1], self.dims[1:], strict=True):
+            lin = nn.Linear(a, b)
+            with torch.no_grad():
+                nn.init.orthogonal_(lin.weight)
+            linears.append(spectral_norm(lin, coeff=coeff, n_power_iterations=n_power_iterations))
+        self.linears = nn.ModuleList(linears)
+        self.activations = nn.ModuleList(make_activation(activation, beta) for _ in self.dims[2:])
+        widths = [self.context_dim, *(int(k) for k in embed_hidden), sum(self.dims[1:])]
+        embed: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            if i:
+                embed.append(nn.SiLU())
+            embed.append(nn.Linear(a, b))
+        with torch.no_grad():
+            embed[-1].weight.zero_()
+            embed[-1].bias.zero_()
+        self.embed = nn.Sequential(*embed)
+
+    def x_path(self) -> nn.Sequential:
+        """The x-path ``W_1, phi, W_2, ..., W_L`` (the same modules, not copies): what ``Lip_x(g)`` is
+        certified on, e.g. ``invertible.lipschitz_constant(g.x_path())``."""
+        layers: list[nn.Module] = []
+        for k, lin in enumerate(self.linears):
+            if k:
+                layers.append(self.activations[k - 1])
+            layers.append(lin)
+        return nn.Sequential(*layers)
+
+    def lipschitz_bound_of_activations(self) -> float:
+        """``prod Lip(phi)`` over the activations of the x-path (1 for LipSwish, ELU, tanh, softplus)."""
+        out = 1.0
+        for m in self.activations:
+            out *= float(activation_lipschitz(m))
+        return out
+
+    def _check(self, x: torch.Tensor, c: torch.Tensor) -> None:
+        if c.dim() != 2 or c.shape[1] != self.context_dim or c.shape[0] != x.shape[0]:
+            raise ValueError(f"ConditionalLipschitzMLP: the context must have shape (B, {self.context_dim}) with "
+                             f"the batch of x {tuple(x.shape)}; got {tuple(c.shape)}")
+
+    def shifts(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(b_1(c), ..., b_L(c))``, shapes ``(B, h_k)``."""
+        return torch.split(self.embed(c), self.dims[1:], dim=1)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        self._check(x, c)
+        h = x
+        for k, (lin, b) in enumerate(zip(self.linears, self.shifts(c), strict=True)):
+            if k:
+                h = self.activations[k - 1](h)
+            h = lin(h) + b
+        return h
+
+    def forward_and_jacobian(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g(x, c), J_x g(x, c))``: ``J = W_L diag(phi'(h_{L-1})) ... diag(phi'(h_1)) W_1`` propagated with
+        the layers (the shifts do not enter ``J`` except through the points ``h_k`` where ``phi'`` is taken)."""
+        self._check(x, c)
+        batch, d = x.shape
+        h, jac = x, None
+        for k, (lin, b) in enumerate(zip(self.linears, self.shifts(c), strict=True)):
+            if k:
+                h, dphi = activation_value_and_derivative(self.activations[k - 1], h)
+                jac = jac * dphi[:, None, :]
+            w = lin.weight  # read once: the same normalized operator for the value and the Jacobian
+            h = torch.nn.functional.linear(h, w, lin.bias) + b
+            jac = w.t().expand(batch, d, -1) if jac is None else jac @ w.t()
+        return h, jac
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, context_dim={self.context_dim}"

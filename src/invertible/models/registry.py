@@ -6,8 +6,8 @@ be followed from the shell to the layer; unknown keys are refused by name, missi
 defaults (or a kind's *legacy* defaults: values that checkpoints written before a field existed were built with).
 
 The built-in kinds register themselves where their builders live (:mod:`invertible.models` imports them all):
-``vector_resflow``, ``image_resflow``, ``coupling``, ``iresnet_classifier``, ``preact_resnet``, ``fi_revnet``,
-``fi_iresnet``, ``relu_net``, ``digits_iresnet``, ``hybrid_resflow``.
+``vector_resflow``, ``image_resflow``, ``conditional_resflow``, ``coupling``, ``iresnet_classifier``,
+``preact_resnet``, ``fi_revnet``, ``fi_iresnet``, ``relu_net``, ``digits_iresnet``, ``hybrid_resflow``.
 """
 
 from __future__ import annotations

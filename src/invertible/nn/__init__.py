@@ -3,6 +3,12 @@
 from invertible.activations import LipSwish
 from invertible.nn.actnorm import ActNorm
 from invertible.nn.base import Bijection
+from invertible.nn.conditional import (
+    ConditionalBijection,
+    ConditionalResidualBlock,
+    ConditionalSequential,
+    Conditioned,
+)
 from invertible.nn.coupling import AdditiveCoupling, AffineCoupling
 from invertible.nn.flatten import Flatten
 from invertible.nn.logit import LogitTransform
@@ -17,6 +23,10 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "Bijection",
+    "ConditionalBijection",
+    "ConditionalResidualBlock",
+    "ConditionalSequential",
+    "Conditioned",
     "Flatten",
     "InjectivePad",
     "InvertibleSequential",

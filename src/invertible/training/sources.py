@@ -54,8 +54,8 @@ class DataSource(ABC):
 
 
 class SamplerSource(DataSource):
-    """Fresh samples each step from ``sample(n, generator) -> (n, ...)`` (e.g. a 2-D toy density); an "epoch" is
-    ``epoch_steps`` steps."""
+    """Fresh samples each step from ``sample(n, generator) -> (n, ...)`` (e.g. a 2-D toy density) or a tuple of
+    such tensors (pairs ``(x, c)`` of a conditional density); an "epoch" is ``epoch_steps`` steps."""
 
     def __init__(self, sample: Callable[[int, torch.Generator], torch.Tensor], batch_size: int, seed: int = 0,
                  epoch_steps: int = 100, dtype: torch.dtype = torch.float32):
@@ -64,8 +64,11 @@ class SamplerSource(DataSource):
         self.sample, self.batch_size, self.seed = sample, int(batch_size), int(seed)
         self.epoch_steps, self.dtype = int(epoch_steps), dtype
 
-    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-        return self.sample(self.batch_size, step_generator(self.seed, step, rank)).to(self.dtype)
+    def batch(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.sample(self.batch_size, step_generator(self.seed, step, rank))
+        if isinstance(out, tuple | list):  # pairs (x, c) of a conditional density
+            return tuple(t.to(self.dtype) for t in out)
+        return out.to(self.dtype)
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         return self.epoch_steps
