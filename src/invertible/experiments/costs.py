@@ -4,7 +4,8 @@ A reproduction's quick mode runs a few steps of (a part of) its full-mode worklo
 
     seconds = seconds_per_step * full_steps * scale,
 
-where ``seconds_per_step`` is measured here (:func:`time_steps` or the wall time of a training divided by its
+where ``seconds_per_step`` is measured here (CPU time of a single-threaded step, so that other jobs on a shared
+machine do not inflate it) (:func:`time_steps` or the wall time of a training divided by its
 steps), ``full_steps`` is the number of such steps the full settings take, and ``scale`` the ratio of work per
 step when the measured step is not the full one (e.g. a smaller batch: ``scale = full_batch / quick_batch``).
 Every estimate names the machine it was measured on (:func:`machine`), because a CPU-hour here is not one on a
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FullCost", "format_duration", "machine", "time_steps"]
+__all__ = ["FullCost", "format_duration", "machine", "multiply_adds", "time_steps"]
 
 _UNITS = (("weeks", 7 * 86400.0), ("days", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0))
 
@@ -50,24 +51,33 @@ def _cpu_name() -> str:
 
 
 def machine(device: str = "cpu") -> str:
-    """The machine a step time was measured on, in words: the CPU (cores, intra-op threads in use) or the GPU."""
+    """The machine a step time was measured on, in words: the CPU (cores, its load average - other jobs slow a
+    shared machine down -, intra-op threads in use) or the GPU."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__})"
-    return (f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s) "
+    try:
+        load = f", load average {os.getloadavg()[0]:.1f}"
+    except OSError:
+        load = ""
+    return (f"{_cpu_name()}, {os.cpu_count()} cores{load}, {torch.get_num_threads()} torch thread(s) "
             f"(torch {torch.__version__}, {platform.system()})")
 
 
-def time_steps(step: Callable[[], object], n_steps: int, *, warmup: int = 1) -> float:
-    """Seconds per call of ``step()``: the mean wall time over ``n_steps`` calls after ``warmup`` untimed ones."""
+def time_steps(step: Callable[[], object], n_steps: int, *, warmup: int = 1, cpu: bool = True) -> float:
+    """Seconds per call of ``step()``: the mean over ``n_steps`` calls after ``warmup`` untimed ones. ``cpu=True``
+    (default) measures process CPU time, which on a shared machine is what an idle core would take for a
+    single-threaded step (wall time grows with the other jobs' load); ``cpu=False`` measures wall time (use it
+    for multi-threaded or GPU steps)."""
     if n_steps < 1 or warmup < 0:
         raise ValueError(f"time_steps needs n_steps >= 1 and warmup >= 0, got {n_steps}, {warmup}")
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    clock = time.process_time if cpu else time.perf_counter
+    start = clock()
     for _ in range(n_steps):
         step()
-    return (time.perf_counter() - start) / n_steps
+    return (clock() - start) / n_steps
 
 
 @dataclass(frozen=True)
@@ -111,3 +121,30 @@ class FullCost:
         return {"what": self.what, "seconds": self.seconds, "hours": self.hours, "days": self.days,
                 "seconds_per_step": self.seconds_per_step, "full_steps": self.full_steps, "scale": self.scale,
                 "machine": self.machine, "basis": self.basis, "text": self.text}
+
+
+def multiply_adds(model: torch.nn.Module, example: torch.Tensor) -> int:
+    """Multiply-adds of the convolutions and linear layers in one forward pass of ``model(example)`` (counted by
+    forward hooks on ``Conv1d/2d`` and ``Linear``: ``out.numel() * in_features_per_output``). The ratio of two
+    models' counts scales a step time measured on one to the other (the estimator's terms scale alike)."""
+    total = 0
+
+    def hook(mod, inputs, out):
+        nonlocal total
+        if isinstance(mod, torch.nn.Linear):
+            total += out.numel() * mod.in_features
+        else:
+            k = 1
+            for s in mod.kernel_size:
+                k *= s
+            total += out.numel() * (mod.in_channels // mod.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d | torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
