@@ -4,9 +4,19 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from invertible.experiments import run_experiment
 from invertible.experiments.fig7_3 import real_maldi_path
+
+
+@pytest.fixture(autouse=True)
+def _float32_as_the_cli():
+    """Reproductions run as `invertible reproduce` runs them: torch's default float32 (conftest sets float64)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _claims(tmp_path: Path, eid: str) -> dict:
