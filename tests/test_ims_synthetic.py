@@ -88,3 +88,13 @@ def test_calibration_against_real_tof_spectra():
     assert syn["noise_power"] == pytest.approx(real["noise_power"], abs=0.1)
     assert syn["noise_scale"] == pytest.approx(real["noise_scale"], rel=0.3)
     assert syn["tic_cv"] == pytest.approx(real["tic_cv"], abs=0.1)
+
+
+def test_discriminative_scale_lowers_only_the_class_signal_peptides():
+    a = generate(preset("adsq-like", quick=True), seed=3)
+    b = generate(preset("adsq-like", quick=True, discriminative_scale=0.02), seed=3)
+    diff = b._log_abundance - a._log_abundance
+    assert np.allclose(diff[b.discriminative], np.log(0.02))
+    assert np.allclose(np.delete(diff, b.discriminative), 0.0)
+    with pytest.raises(ValueError, match="discriminative_scale"):
+        preset("adsq-like", quick=True, discriminative_scale=0.0)

@@ -213,10 +213,10 @@ def _summarize(trainer, data, run, result: dict) -> None:
 
 def _format_result(res: dict, kind: str) -> str:
     how = "exact" if res["exact"] else "unbiased estimate"
-    line = f"test NLL = {res['nll']:.4f} +- {res['se']:.4f} nats ({how}, {res['estimator']}, n={res['n']})"
-    if "bits_per_dim" in res:
-        line += f"\nbits/dim = {res['bits_per_dim']:.4f} +- {res['bits_per_dim_se']:.4f}"
-    return line
+    if "bits_per_dim" in res:  # images: bits/dim only (the nats of the dequantized [0, 1) data read as negative)
+        return (f"test bits/dim = {res['bits_per_dim']:.4f} +- {res['bits_per_dim_se']:.4f} ({how}, "
+                f"{res['estimator']}, n={res['n']})")
+    return f"test NLL = {res['nll']:.4f} +- {res['se']:.4f} nats ({how}, {res['estimator']}, n={res['n']})"
 
 
 def _plots(trainer, data, run) -> None:
@@ -234,7 +234,8 @@ def _plots(trainer, data, run) -> None:
         else:
             fig = plot_image_grid(model.sample(64, generator=gen).clamp(0, 1), data.test[:64])
         run.save_figure(fig, "samples")
-    run.save_figure(plot_training_curves(run.read_metrics(), title=data.spec.name), "training_curves")
+    d = None if data.kind == "toy" else model.latent_dim
+    run.save_figure(plot_training_curves(run.read_metrics(), title=data.spec.name, bits_per_dim=d), "training_curves")
 
 
 def _save(fig, path: Path) -> None:

@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from invertible.experiments import experiments, run_experiment
-    from invertible.io import atomic_write_text
+    from invertible.experiments.summary import write_index
 
     registry = experiments()
     if args.list:
@@ -62,12 +62,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"      done in {time.perf_counter() - start:.1f} s -> {report}", flush=True)
         reports.append((eid, report))
-    index = args.out / "report.md"
-    args.out.mkdir(parents=True, exist_ok=True)
-    lines = ["# invertible reproduce", ""]
-    lines += [f"- [{eid}: {registry[eid].title}]({rep.relative_to(args.out)})" for eid, rep in reports]
-    lines += [f"- {eid}: FAILED - {msg}" for eid, msg in failures]
-    atomic_write_text(index, "\n".join(lines) + "\n")
+    index = write_index(args.out, reports, failures, titles={e: x.title for e, x in registry.items()},
+                        quick=args.quick)
     print(f"Report: {index.resolve()}")
     if failures:
         print(f"{len(failures)} of {len(ids)} experiments failed: {', '.join(e for e, _ in failures)}")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from invertible.experiments.costs import FullCost, machine
 from invertible.io import RunFolder, jsonable
 from invertible.threads import intraop_threads
 
@@ -34,6 +35,9 @@ EXPERIMENT_MODULES: tuple[str, ...] = (
     "invertible.experiments.fig7_3", "invertible.experiments.fig7_5", "invertible.experiments.sec7_5",
     "invertible.experiments.fig5_2", "invertible.experiments.table5_1", "invertible.experiments.table5_2",
 )
+
+
+LIMITS = ("data", "compute", "method")  # what a claim that does not hold at this scale lacks
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class RunContext:
     figures: list[str] = field(default_factory=list)
     _report: list[str] = field(default_factory=list)
     claims: dict[str, dict[str, Any]] = field(default_factory=dict)
+    costs: list[FullCost] = field(default_factory=list)
 
     @property
     def run(self) -> RunFolder:
@@ -82,13 +87,39 @@ class RunContext:
     def report(self, markdown: str) -> None:
         self._report.append(markdown.rstrip() + "\n")
 
-    def claim(self, name: str, holds: bool, evidence: str, **numbers: Any) -> bool:
+    def claim(self, name: str, holds: bool, evidence: str, *, thesis: str | None = None, ours: str | None = None,
+              limited_by: str | None = None, full_cost: FullCost | str | None = None, **numbers: Any) -> bool:
         """Record whether a claim of the thesis holds in this run: ``metrics.json["claims"][name] = {"holds",
-        "evidence", **numbers}`` and a verdict row in ``report.md``. Returns ``holds``."""
+        "evidence", **numbers}`` and a verdict row in ``report.md``. Returns ``holds``.
+
+        ``evidence`` is the reason (with its uncertainty: a confidence interval or a paired test over >= 3 seeds
+        for a comparison); ``thesis`` / ``ours`` are the thesis's number and this run's, shown side by side in the
+        top-level report. A claim that does not hold at this scale names what it lacks, ``limited_by`` =
+        ``"data"`` or ``"compute"`` (or ``"method"`` when more of either would not help), and where more compute
+        would do, ``full_cost`` (a :meth:`full_cost` estimate) says what the full run costs."""
         if name in self.claims:
             raise ValueError(f"claim {name!r} stated twice")
-        self.claims[name] = {"holds": bool(holds), "evidence": str(evidence), **jsonable(numbers)}
+        if limited_by is not None and limited_by not in LIMITS:
+            raise ValueError(f"claim {name!r}: limited_by must be one of {', '.join(LIMITS)}, got {limited_by!r}")
+        entry: dict[str, Any] = {"holds": bool(holds), "evidence": str(evidence)}
+        for key, value in (("thesis", thesis), ("ours", ours), ("limited_by", limited_by)):
+            if value is not None:
+                entry[key] = str(value)
+        if full_cost is not None:
+            entry["full_cost"] = full_cost.text if isinstance(full_cost, FullCost) else str(full_cost)
+        self.claims[name] = {**entry, **jsonable(numbers)}
         return bool(holds)
+
+    def full_cost(self, seconds_per_step: float, full_steps: float, *, what: str, scale: float = 1.0,
+                  basis: str = "") -> FullCost:
+        """The cost of a full-mode workload from a step time measured in this run (``seconds_per_step``, e.g. from
+        :func:`~invertible.experiments.costs.time_steps`): ``seconds_per_step * full_steps * scale`` on this
+        run's machine (named in the estimate). Listed in ``metrics.json["full_costs"]`` and in ``report.md``;
+        ``.text`` reads "about 2.3 days on <machine> (...)", ``.seconds`` / ``.hours`` / ``.days`` are numbers."""
+        cost = FullCost(what=what, seconds_per_step=float(seconds_per_step), full_steps=float(full_steps),
+                        scale=float(scale), machine=machine(self.device), basis=basis)
+        self.costs.append(cost)
+        return cost
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -124,6 +155,19 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+def verdict(name: str, claim: dict[str, Any]) -> str:
+    """One sentence: "<name>: holds (<evidence>)" or "<name>: does not hold at this scale because <evidence>"
+    with what it lacks and, where given, what the full run costs."""
+    if claim["holds"]:
+        return f"{name}: holds ({claim['evidence']})"
+    text = f"{name}: does not hold at this scale because {claim['evidence']}"
+    if claim.get("limited_by"):
+        text += f" [limited by {claim['limited_by']}]"
+    if claim.get("full_cost"):
+        text += f"; the full run: {claim['full_cost']}"
+    return text
+
+
 def run_experiment(
     id: str, out: Path, *, quick: bool, seed: int = 0, device: str = "cpu", show_progress: bool = True
 ) -> Path:
@@ -155,6 +199,8 @@ def run_experiment(
     metrics = {**jsonable(metrics), "seconds": round(seconds, 2)}
     if ctx.claims:
         metrics["claims"] = ctx.claims
+    if ctx.costs:
+        metrics["full_costs"] = [c.as_dict() for c in ctx.costs]
     run.write_summary(metrics)
     run.log({"split": "summary", "experiment": id, "seconds": round(seconds, 2)})
     lines = [
@@ -175,7 +221,10 @@ def run_experiment(
         lines += ["## Claims at this scale", "", "| claim | holds | evidence |", "|---|---|---|"]
         lines += [f"| {_cell(name)} | {'yes' if c['holds'] else '**no**'} | {_cell(c['evidence'])} |"
                   for name, c in ctx.claims.items()]
-        lines.append("")
+        lines += [""] + [f"- {verdict(name, c)}" for name, c in ctx.claims.items()] + [""]
+    if ctx.costs:
+        lines += ["## Full-mode cost, from this run's measured step times", ""]
+        lines += [f"- {c.what}: {c.text}" for c in ctx.costs] + [""]
     if ctx.figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in ctx.figures] + [""]
     return run.write_report("\n".join(lines))

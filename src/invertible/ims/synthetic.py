@@ -70,6 +70,7 @@ class SyntheticConfig:
     peptides_per_kda: float = 60.0
     n_discriminative: int = 8
     effect: float = 0.6  # log fold change of a discriminative peptide between classes
+    discriminative_scale: float = 1.0  # abundance factor of the discriminative peptides (< 1: near the noise floor)
     core_sd: float = 0.35  # patient-to-patient log-abundance variation
     tma_sd: float = 0.25  # per-TMA ionisation batch effect (log abundance)
     spot_sd: float = 0.3  # spot heterogeneity (log abundance)
@@ -89,6 +90,8 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         if self.n_tmas < 1 or self.cores_per_tma < self.n_classes or self.n_spectra < self.n_tmas * self.cores_per_tma:
             raise ValueError("need n_tmas >= 1, cores_per_tma >= n_classes and at least one spectrum per core")
+        if not self.discriminative_scale > 0:
+            raise ValueError(f"discriminative_scale must be > 0, got {self.discriminative_scale}")
         if not 0 <= self.non_tumour_fraction < 1:
             raise ValueError(f"non_tumour_fraction must lie in [0, 1), got {self.non_tumour_fraction}")
 
@@ -219,6 +222,8 @@ def generate(config: SyntheticConfig, *, seed: int = 0) -> SyntheticTMA:
     peptide_mz = np.sort(rng.uniform(mz[0] + 5, mz[-1] - 15, k))
     log_ab = rng.normal(0.0, 0.8, k) - 0.5 * np.log(peptide_mz / cfg.mz_lo)
     disc = rng.choice(k, size=min(cfg.n_discriminative, k), replace=False)
+    if cfg.discriminative_scale != 1.0:
+        log_ab[disc] += np.log(cfg.discriminative_scale)
     beta = np.zeros((cfg.n_classes, k))
     if cfg.n_classes == 2:  # class 0 and class 1 differ by exactly `effect` in log abundance
         signs = rng.choice([-1.0, 1.0], size=len(disc))

@@ -109,18 +109,45 @@ def plot_image_grid(samples: torch.Tensor, data: torch.Tensor | None = None, nco
 
 
 def plot_training_curves(records: list[dict[str, Any]], ylabel: str = "NLL (nats)", key: str = "nll",
-                         title: str | None = None):
-    """Train NLL (per logged step) and validation NLL with +-2 standard errors, against the step."""
+                         title: str | None = None, bits_per_dim: int | None = None):
+    """Train NLL (per logged step) and validation NLL with +-2 standard errors, against the step.
+
+    ``bits_per_dim=d``: the records are NLLs in nats per sample of ``d``-dimensional dequantized 8-bit images
+    (``y = (x + u) / 256``); plot them in bits/dim, ``(nll + d log 256) / (d log 2)`` (Section 5.3)."""
+    import math
+
+    from invertible.data.dequantize import nats_to_bits_per_dim
+
+    if bits_per_dim is not None:
+        d = int(bits_per_dim)
+        if d < 1:
+            raise ValueError(f"bits_per_dim must be the data dimension (>= 1), got {bits_per_dim}")
+
+        def conv(v):
+            return float(nats_to_bits_per_dim(v, d))
+
+        def conv_se(v):
+            return v / (d * math.log(2))
+
+        ylabel = "NLL (bits/dim)"
+    else:
+        def conv(v):
+            return v
+
+        def conv_se(v):
+            return v
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     tr = [r for r in records if r.get("split") == "train" and r.get(key) is not None]
     va = [r for r in records if r.get("split") == "val" and r.get(key) is not None]
     if tr:
-        ax.plot([r["step"] for r in tr], [r[key] for r in tr], lw=1, label="train (estimator value)")
+        ax.plot([r["step"] for r in tr], [conv(r[key]) for r in tr], lw=1, label="train (estimator value)")
     if va:
         se_key = f"{key}_se" if key != "nll" else "se"
-        ax.errorbar([r["step"] for r in va], [r[key] for r in va],
-                    yerr=[2 * (r.get(se_key) or 0.0) for r in va], fmt="o-", ms=3, label="validation (honest)")
+        ax.errorbar([r["step"] for r in va], [conv(r[key]) for r in va],
+                    yerr=[2 * conv_se(r.get(se_key) or 0.0) for r in va], fmt="o-", ms=3,
+                    label="validation (honest)")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.legend()
