@@ -97,9 +97,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), {platform.system()}"
 
 
-def full_cost(seconds_per_unit: float, full_units: float, unit: str = "step") -> str:
-    """``"<s>/unit here x <n> units = <h> h on <machine>"``: the full run's cost from this run's measurement."""
+def full_cost(seconds_per_unit: float, full_units: float, unit: str = "step", what: str = "") -> str:
+    """``"<s> s/<unit> here x <n> <unit>s <what> = <h> h on <machine>"``: the full run's cost from this run's
+    measurement (``what`` qualifies the units, e.g. ``"of both models"``)."""
     total = float(seconds_per_unit) * float(full_units)
     human = f"{total / 3600:.1f} h" if total >= 3600 else f"{total / 60:.1f} min"
-    return (f"{seconds_per_unit:.3g} s/{unit} measured here x {full_units:,.0f} {unit}s = {human} "
+    what = f" {what}" if what else ""
+    return (f"{seconds_per_unit:.3g} s/{unit} measured here x {full_units:,.0f} {unit}s{what} = {human} "
             f"on {machine()} (estimate)")
