@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "invertible"
 # activations, io -> lipschitz, inverse, logdet -> nn -> distributions -> models -> training
 #   -> analysis, invariance, ims -> experiments -> commands -> cli
 RANK = {
-    "activations": 0, "io": 0, "norms": 0, "threads": 0,
+    "activations": 0, "checks": 0, "io": 0, "norms": 0, "threads": 0,
     "data": 1,
     "lipschitz": 2, "inverse": 2, "logdet_exact": 2, "logdet": 2,
     "nn": 3,

@@ -8,6 +8,7 @@ it holds the bijection and delegates ``log_prob`` and ``sample`` to :meth:`FlowM
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,21 +16,41 @@ import torch
 from torch import distributions as D
 from torch import nn
 
-from invertible.nn.base import Bijection
+from invertible.nn.base import Bijection, check_like_module
 
 __all__ = ["Flow", "FlowModel", "StandardNormal", "standard_normal"]
 
 
 class StandardNormal(D.Independent):
     """``N(0, I)`` over an event shape; ``log_prob(z) = -|z|^2 / 2 - (D / 2) log(2 pi)`` summed over the event
-    (the closed form, cheaper than the generic Normal), shape ``(B,)`` for ``z`` of shape ``(B, *event_shape)``."""
+    (the closed form, cheaper than the generic Normal), shape ``(B,)`` for ``z`` of shape ``(B, *event_shape)``.
 
-    def __init__(self, event_shape: Sequence[int], device=None, dtype=None):
+    ``log_prob`` refuses a non-tensor, a non-floating dtype and a wrong event shape; with ``validate_args`` (torch's
+    default) also NaN/inf values, as ``torch.distributions.Normal`` does. :class:`Flow` builds its default base with
+    ``validate_args=False``: it has checked its input already, and the test costs a device-to-host sync."""
+
+    def __init__(self, event_shape: Sequence[int], device=None, dtype=None, validate_args: bool | None = None):
         shape = tuple(int(s) for s in event_shape)
-        loc = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
-        super().__init__(D.Normal(loc, torch.ones_like(loc)), len(shape))
+        if any(s < 0 for s in shape):
+            raise ValueError(f"event_shape must hold sizes >= 0, got {shape}")
+        try:
+            loc = torch.zeros(shape, device=device, dtype=dtype or torch.get_default_dtype())
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"StandardNormal: cannot place N(0, I) on device={device!r}, dtype={dtype!r}: "
+                             f"{str(err).splitlines()[0][:200]}") from err
+        super().__init__(D.Normal(loc, torch.ones_like(loc), validate_args=False), len(shape),
+                         validate_args=validate_args)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        event = tuple(self.event_shape)
+        if not isinstance(value, torch.Tensor) or not torch.is_floating_point(value) \
+                or tuple(value.shape[value.dim() - len(event):]) != event or value.dim() < len(event):
+            got = f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) \
+                else type(value).__name__
+            raise ValueError(f"StandardNormal.log_prob: expected a floating tensor (..., "
+                             f"{', '.join(map(str, event))}), got {got}")
+        if self._validate_args and not bool(torch.isfinite(value).all()):
+            raise ValueError("StandardNormal.log_prob: value contains NaN or inf")
         n = len(self.event_shape)
         z = value.flatten(-n) if n else value.unsqueeze(-1)
         return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
@@ -65,7 +86,7 @@ class Flow(D.Distribution):
         if base is None:
             if event_shape is None:
                 raise ValueError("Flow needs a base distribution or an event_shape for N(0, I)")
-            base = standard_normal(tuple(event_shape))
+            base = StandardNormal(tuple(event_shape), validate_args=False)
         self.bijection = bijection
         self.base = base
         super().__init__(batch_shape=torch.Size(), event_shape=base.event_shape, validate_args=False)
@@ -103,7 +124,12 @@ class Flow(D.Distribution):
             return self.rsample(sample_shape, generator=generator)
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        shape = torch.Size(sample_shape)
+        try:
+            shape = torch.Size(sample_shape)
+        except TypeError as err:
+            raise ValueError(f"sample_shape must be a sequence of integers >= 0, got {sample_shape!r}") from err
+        if any(s < 0 for s in shape):
+            raise ValueError(f"sample_shape must be a sequence of integers >= 0, got {tuple(shape)}")
         n = math.prod(shape) if len(shape) else 1
         base = self.base
         if isinstance(base, StandardNormal):
@@ -196,6 +222,11 @@ class FlowModel(nn.Module):
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log p(x) = log N(F(x); 0, I) + log|det J_F(x)|`` per sample (natural log), shape ``(B,)``."""
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.event_shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            shape = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"expected data of shape (B, {shape}), got {got}")
+        check_like_module(x, self, "FlowModel.log_prob")
         if tuple(x.shape[1:]) != self.event_shape:
             shape = ", ".join(map(str, self.event_shape))
             raise ValueError(f"expected data of shape (B, {shape}), got {tuple(x.shape)}")
@@ -205,7 +236,13 @@ class FlowModel(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` samples ``F^{-1}(z)``, ``z ~ N(0, I)`` (fixed-point inverse per block, Algorithm 1), shape
         ``(n, *event_shape)``."""
-        return self.distribution().sample((int(n),), generator=generator)
+        try:
+            count = operator.index(n)
+        except TypeError:
+            count = -1
+        if isinstance(n, bool) or count < 0:
+            raise ValueError(f"sample: n must be an integer >= 0, got {n!r}")
+        return self.distribution().sample((count,), generator=generator)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from invertible.checks import check_count, check_estimator_input
 from invertible.lipschitz import frozen_spectral_norm
 
 __all__ = ["AbstractSolver", "InverseResult", "FixedPoint", "Anderson", "InverseNotConverged", "NotConvergedWarning"]
@@ -97,11 +98,7 @@ def _check_tolerance(name: str, value) -> float:
     return v
 
 
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-    return int(value)
+_check_count = check_count
 
 
 def _round_off(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
@@ -144,8 +141,7 @@ class AbstractSolver(abc.ABC):
         self, g: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, lipschitz: float | None = None
     ) -> InverseResult:
         """Solve ``x + g(x) = y`` for every sample of ``y`` (shape ``(batch, ...)``)."""
-        if not torch.isfinite(y).all():
-            raise ValueError("inverse: input y contains NaN or inf")
+        check_estimator_input(g, y, f"{type(self).__name__}: y")
         if self.criterion == "bound" and (lipschitz is None or not 0 <= lipschitz < 1):
             raise ValueError(
                 f"{type(self).__name__}(criterion='bound') needs a Lipschitz constant 0 <= L < 1 of g for the "

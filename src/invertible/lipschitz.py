@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from invertible.activations import activation_lipschitz
+from invertible.checks import check_count, check_estimator_input
 from invertible.norms import (
     DENSE_ENTRIES,
     DENSE_LIMIT,
@@ -81,11 +82,7 @@ def _check_coeff(coeff: float) -> float:
     return c
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-    return int(value)
+_check_count = check_count
 
 
 def _check_tolerance(name: str, value) -> float | None:
@@ -325,8 +322,7 @@ def local_lipschitz(
     """
     from torch.func import jvp, vjp
 
-    if not isinstance(x, torch.Tensor) or x.dim() < 2 or not torch.is_floating_point(x):
-        raise ValueError(f"x must be a floating (batch, ...) tensor, got {getattr(x, 'shape', type(x).__name__)}")
+    check_estimator_input(g, x, "local_lipschitz: x")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     x = x.detach()

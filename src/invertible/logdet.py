@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from invertible.checks import check_count, check_estimator_input, check_real
 from invertible.logdet_exact import AbstractLogDet, ExactLogDet, ForwardJacobianLogDet, exact_jacobian
 
 __all__ = [
@@ -58,14 +59,16 @@ Function = Callable[[torch.Tensor], torch.Tensor]
 
 def power_series_truncation_bound(lipschitz: float, dim: int, n_terms: int) -> float:
     """Theorem 5.8: ``|PS(J_g, n) - log det(I + J_g)| <= -d (log(1 - L) + sum_{k=1}^n L^k / k)``."""
-    L = float(lipschitz)
-    if not 0 <= L < 1:
+    L = check_real("lipschitz", lipschitz, 0.0)
+    if not L < 1:
         raise ValueError(f"Theorem 5.8 needs 0 <= Lip(g) < 1, got {lipschitz}")
+    dim, n_terms = check_count("dim", dim, 1), check_count("n_terms", n_terms, 0)
     return -dim * (math.log1p(-L) + sum(L**k / k for k in range(1, n_terms + 1)))
 
 
 def logdet_bounds(lipschitz: Sequence[float] | float, dim: int) -> tuple[float, float]:
     """Lemma 5.5: ``d sum_t log(1 - L_t) <= log|det J_F(x)| <= d sum_t log(1 + L_t)`` for an i-ResNet."""
+    dim = check_count("dim", dim, 1)
     lips = [float(lipschitz)] if isinstance(lipschitz, int | float) else [float(v) for v in lipschitz]
     if any(not 0 <= L < 1 for L in lips):
         raise ValueError(f"Lemma 5.5 needs every Lip(g_t) in [0, 1), got {lips}")
@@ -90,11 +93,7 @@ def _probe(like: torch.Tensor, kind: str, generator: torch.Generator | None) -> 
     raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
 
 
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or value != int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {name}={value!r}")
-    return int(value)
+_check_count = check_count
 
 
 def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator | None:
@@ -104,6 +103,9 @@ def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torc
 
 
 class _SeriesEstimator(AbstractLogDet):
+    stochastic = True  # Hutchinson probes (Lemma 5.6)
+    scalable = True  # one vector-Jacobian product per term and probe
+
     def __init__(self, n_probes: int, probe: str, generator: torch.Generator | None):
         n_probes = _check_count("n_probes", n_probes, 1)
         if probe not in ("gaussian", "rademacher"):
@@ -114,6 +116,7 @@ class _SeriesEstimator(AbstractLogDet):
         raise NotImplementedError
 
     def __call__(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_estimator_input(g, x, f"{type(self).__name__}: x")
         if torch.is_inference_mode_enabled():
             # The series needs vector-Jacobian products, which inference mode forbids: leave it for the call and
             # work on a normal copy of x; the value is the one no_grad gives, returned without a graph.
@@ -239,8 +242,7 @@ class RussianRouletteLogDet(_SeriesEstimator):
             raise ValueError(f"dist must be 'geometric' or 'poisson', got {dist!r}")
         if dist == "geometric" and not 0 < p < 1:
             raise ValueError(f"p must lie in (0, 1), got p={p}")
-        if dist == "poisson" and not (lam > 0 and math.isfinite(lam)):
-            raise ValueError(f"lam must be a finite number > 0, got lam={lam}")
+        lam = check_real("lam", lam, 0.0, strict=True)
         max_terms = _check_count("max_terms", max_terms, 1)
         if max_terms < n_exact:
             raise ValueError(f"max_terms must be >= n_exact={n_exact} (those terms are always computed), "
@@ -298,6 +300,8 @@ def make_estimator(mode: str, *, n_terms: int = 5, n_exact: int = 2, n_probes: i
     most Theorem 5.8, backpropagation through all terms), ``"resflow"`` -> :class:`RussianRouletteLogDet`
     (``n_exact``, ``p = 0.5``, Neumann gradient), ``"exact"`` -> :class:`ForwardJacobianLogDet` (exact; falls back
     to :class:`ExactLogDet` for a g that is not an MLP)."""
+    n_terms, n_exact = check_count("n_terms", n_terms, 1), check_count("n_exact", n_exact, 0)
+    n_probes = check_count("n_probes", n_probes, 1)
     if mode == "iresnet":
         return PowerSeriesLogDet(n_terms=n_terms, n_probes=n_probes)
     if mode == "resflow":
@@ -330,6 +334,8 @@ def evaluation_estimator(
 
     ``dim`` is the data dimension ``prod(event_shape)``.
     """
+    dim, event_ndim = check_count("dim", dim, 1), check_count("event_ndim", event_ndim, 1)
+    exact_max_dim, n_exact = check_count("exact_max_dim", exact_max_dim, 0), check_count("n_exact", n_exact, 0)
     if dim <= exact_max_dim:
         return ForwardJacobianLogDet() if event_ndim == 1 else ExactLogDet()
     return RussianRouletteLogDet(n_exact=n_exact, p=0.5, neumann_gradient=False, generator=generator)

@@ -16,6 +16,7 @@ References: Behrmann et al. (2019); Chen et al. (2019) "Residual Flows for Inver
 from __future__ import annotations
 
 import abc
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invertible.activations import LipSwish, activation_value_and_derivative, has_derivative
+from invertible.checks import check_estimator_input
 from invertible.lipschitz import frozen_spectral_norm
 
 __all__ = ["AbstractLogDet", "ExactLogDet", "ForwardJacobianLogDet", "exact_jacobian", "KINDS"]
@@ -43,6 +45,10 @@ class AbstractLogDet(abc.ABC):
     """
 
     kind: ClassVar[str]
+    #: whether the value is a random estimate (Hutchinson probes, a random truncation)
+    stochastic: ClassVar[bool]
+    #: whether the cost scales to high dimension: vector-Jacobian products, no d x d Jacobian or O(d^3) determinant
+    scalable: ClassVar[bool]
 
     @property
     def exact(self) -> bool:
@@ -72,14 +78,18 @@ def exact_jacobian(g: Function, x: torch.Tensor) -> torch.Tensor:
 
     Differentiable w.r.t. the parameters of g. ``g`` must act on samples independently.
     """
+    check_estimator_input(g, x, "exact_jacobian: x")
     batch = x.shape[0]
     shape = x.shape[1:]
+    if batch == 0:
+        d = math.prod(shape)
+        return x.new_zeros((0, d, d))
 
     def single(xi: torch.Tensor) -> torch.Tensor:
         return g(xi.reshape(1, *shape)).reshape(-1)
 
     with frozen_spectral_norm():
-        jac = torch.func.vmap(torch.func.jacrev(single))(x.reshape(batch, -1))
+        jac = torch.func.vmap(torch.func.jacrev(single))(x.reshape(batch, math.prod(shape)))
     return jac
 
 
@@ -92,8 +102,11 @@ class ExactLogDet(AbstractLogDet):
     """
 
     kind = "exact"
+    stochastic = False
+    scalable = False
 
     def __call__(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_estimator_input(g, x, "ExactLogDet: x")
         gx = g(x)
         xin = x if (x.requires_grad and torch.is_grad_enabled()) else x.detach()
         with torch.set_grad_enabled(torch.is_grad_enabled()):
@@ -175,12 +188,15 @@ class ForwardJacobianLogDet(AbstractLogDet):
     """
 
     kind = "exact"
+    stochastic = False
+    scalable = False
 
     def __init__(self, compile: bool = False) -> None:
         self._fallback = ExactLogDet()
         self.compile = bool(compile)
 
     def __call__(self, g: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_estimator_input(g, x, "ForwardJacobianLogDet: x")
         layers = _mlp_layers(g)
         if layers is None or x.dim() != 2:
             return self._fallback(g, x)

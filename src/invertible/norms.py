@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from invertible.checks import check_count, check_real
+
 __all__ = [
     "DENSE_ENTRIES",
     "DENSE_LIMIT",
@@ -130,6 +132,7 @@ def operator_norm(
             seen data.
         method: force a method (see :func:`norm_method`), e.g. ``"lanczos"`` to skip materialising.
     """
+    rtol, max_iter = check_real("rtol", rtol, 0.0), check_count("max_iter", max_iter, 1)
     op = LinearOperator(module)
     weight = module.weight.detach().double()
     shape = input_shape_of(module, input_shape)

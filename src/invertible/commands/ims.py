@@ -3,6 +3,7 @@
     invertible ims synth --preset adsq-like [--quick] --out data/
     invertible ims design --imzml data/synthetic.imzML [--out design/]
     invertible ims cv --imzml F --annotations F --model isotopenet|residualnet|roc-lda [--out runs/cv]
+    invertible ims explain RUN_FOLDER_OR_CHECKPOINT --imzml F --annotations F [--out runs/explain]
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from invertible.commands import ims_explain
 from invertible.commands._options import (
     add_device,
     add_out,
@@ -71,11 +73,12 @@ def add_parser(sub) -> None:
     add_out(c, help="folder for metrics.json and the box plot")
     add_progress(c)
     c.set_defaults(func=run_cv)
+    ims_explain.add_parser(ims)
     p.set_defaults(func=_no_subcommand)
 
 
 def _no_subcommand(args: argparse.Namespace) -> int:
-    raise ValueError("name a subcommand: synth, design or cv (see `invertible ims --help`)")
+    raise ValueError("name a subcommand: synth, design, cv or explain (see `invertible ims --help`)")
 
 
 def _progress(enabled: bool):

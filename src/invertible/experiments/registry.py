@@ -27,12 +27,12 @@ from invertible.threads import intraop_threads
 # Modules that register experiments when imported. One line per thesis chapter module.
 EXPERIMENT_MODULES: tuple[str, ...] = (
     "invertible.experiments.fig6_3", "invertible.experiments.fig6_5", "invertible.experiments.shiftmnist",
-    "invertible.experiments.fig4_4",
+    "invertible.experiments.fig4_1", "invertible.experiments.fig4_4",
     "invertible.experiments.fig5_3",
     "invertible.experiments.table4_1", "invertible.experiments.fig4_2", "invertible.experiments.fig4_3",
     "invertible.experiments.fig3_1", "invertible.experiments.fig3_4",
-    "invertible.experiments.fig7_3", "invertible.experiments.fig7_5",
-    "invertible.experiments.fig5_2", "invertible.experiments.table5_1",
+    "invertible.experiments.fig7_3", "invertible.experiments.fig7_5", "invertible.experiments.sec7_5",
+    "invertible.experiments.fig5_2", "invertible.experiments.table5_1", "invertible.experiments.table5_2",
 )
 
 

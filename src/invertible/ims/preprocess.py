@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StdScaler", "crop", "estimate_baseline", "remove_baseline", "tic_normalize", "preprocess"]
+__all__ = ["SCALER_NAME", "StdScaler", "crop", "estimate_baseline", "load_scaler", "preprocess", "remove_baseline",
+           "save_scaler", "tic_normalize"]
 
 
 def crop(mz: np.ndarray, spectra: np.ndarray, lo: float | None = None, hi: float | None = None):
@@ -120,3 +121,32 @@ def preprocess(mz: np.ndarray, spectra: np.ndarray, *, mz_range: tuple[float, fl
     if baseline_window:
         spectra = remove_baseline(spectra, baseline_window)
     return np.asarray(mz), tic_normalize(spectra, out=out)
+
+
+SCALER_NAME = "scaler.safetensors"
+
+
+def save_scaler(path, scaler: StdScaler, **settings) -> None:
+    """Write a fitted :class:`StdScaler` (its ``scale_``) with the preprocessing ``settings`` that preceded it
+    (e.g. ``baseline_window``, ``mz_range``) as a checkpoint of kind ``ims_scaler``
+    (:func:`invertible.io.save_checkpoint`)."""
+    import torch
+
+    from invertible.io import save_checkpoint
+
+    if scaler.scale_ is None:
+        raise ValueError("save_scaler: the scaler is not fitted")
+    save_checkpoint(path, {"scale": torch.from_numpy(np.asarray(scaler.scale_, np.float32))}, kind="ims_scaler",
+                    config={"n_bins": int(len(scaler.scale_)), **settings})
+
+
+def load_scaler(path) -> tuple[StdScaler, dict]:
+    """The :class:`StdScaler` and preprocessing settings written by :func:`save_scaler`."""
+    from invertible.io import load_checkpoint
+
+    ck = load_checkpoint(path)
+    if ck.kind != "ims_scaler" or "scale" not in ck.tensors:
+        raise ValueError(f"{path}: not an IMS scaler (kind {ck.kind!r})")
+    sc = StdScaler()
+    sc.scale_ = ck.tensors["scale"].numpy().astype(np.float32)
+    return sc, {k: v for k, v in ck.config.items() if k != "n_bins"}

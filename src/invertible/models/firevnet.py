@@ -37,6 +37,7 @@ from invertible.logdet import AbstractLogDet, RussianRouletteLogDet
 from invertible.models import registry
 from invertible.models.blocks import lipschitz_convnet, lipschitz_mlp
 from invertible.nn import ActNorm, AdditiveCoupling, Bijection, Flatten, InvertibleSequential, ResidualBlock, Squeeze
+from invertible.nn.base import check_input, check_like_module
 
 __all__ = [
     "Flatten",
@@ -90,6 +91,8 @@ class FullyInvertibleClassifier(Bijection):
     :meth:`encode` / :meth:`decode` work with the pair ``(z_s (B, C), z_n (B, d - C))``.
     """
 
+    container = True
+
     def __init__(self, body: Bijection, input_shape: Sequence[int], n_classes: int):
         super().__init__()
         self.body = body
@@ -103,10 +106,13 @@ class FullyInvertibleClassifier(Bijection):
         if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != self.input_shape:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected inputs of shape (B, {', '.join(map(str, self.input_shape))}), got {got}")
+        check_input(x, type(self).__name__)
+        check_like_module(x, self, type(self).__name__)
 
     def _check_z(self, z: torch.Tensor) -> torch.Tensor:
-        if z.dim() != 2 or z.shape[1] != self.dim:
-            raise ValueError(f"expected codes of shape (B, {self.dim}), got {tuple(z.shape)}")
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"expected codes of shape (B, {self.dim}), got {got}")
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

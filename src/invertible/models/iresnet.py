@@ -43,6 +43,7 @@ from invertible.logdet import PowerSeriesLogDet
 from invertible.models import registry
 from invertible.models.blocks import bottleneck_g
 from invertible.nn import ActNorm, InjectivePad, InvertibleSequential, ResidualBlock, Squeeze
+from invertible.nn.base import check_input, check_like_module
 
 __all__ = ["IResNetClassifier", "IResNetClassifierConfig", "bottleneck_g", "NORMS"]
 
@@ -193,6 +194,8 @@ class IResNetClassifier(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.input_shape[0]:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"IResNetClassifier expects (B, {self.input_shape[0]}, H, W) images, got {got}")
+        check_input(x, "IResNetClassifier", min_dim=4)
+        check_like_module(x, self, "IResNetClassifier")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The invertible feature map ``z = F(x)`` up to the head, ``(B, C_in, H, W) -> (B, C_last, H', W')``."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from invertible.models import registry
+from invertible.nn.base import check_input, check_like_module
 
 __all__ = ["PreActResNet", "PreActBottleneck", "PreActResNetConfig"]
 
@@ -107,8 +108,11 @@ class PreActResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, n_classes)`` for images ``(B, C_in, H, W)``."""
-        if x.dim() != 4 or x.shape[1] != self.input_shape[0]:
-            raise ValueError(f"PreActResNet expects (B, {self.input_shape[0]}, H, W) images, got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.input_shape[0]:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"PreActResNet expects (B, {self.input_shape[0]}, H, W) images, got {got}")
+        check_input(x, "PreActResNet", min_dim=4)
+        check_like_module(x, self, "PreActResNet")
         return self.head(self.stages(self.stem(x)))
 
 

@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
+from invertible.checks import check_count, check_real
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["ActNorm"]
 
@@ -22,12 +24,13 @@ class ActNorm(Bijection):
     The initialization refuses an empty batch (``ValueError``) and then leaves the layer untouched.
     """
 
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=False, exact_logdet=True, bi_lipschitz=None)
+
     def __init__(self, n_channels: int, eps: float = 1e-3):
         super().__init__()
-        if n_channels < 1:
-            raise ValueError(f"n_channels must be >= 1, got {n_channels}")
-        self.n_channels = int(n_channels)
-        self.eps = eps
+        self.n_channels = check_count("n_channels", n_channels, 1)
+        self.eps = check_real("eps", eps, 0.0, strict=True)
         self.loc = nn.Parameter(torch.zeros(n_channels))
         self.log_scale = nn.Parameter(torch.zeros(n_channels))
         self.register_buffer("initialized", torch.tensor(False))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from invertible.nn.base import Bijection, check_input
+from invertible.checks import check_count, check_real
+from invertible.nn.base import Bijection, check_input, check_like_module
+from invertible.nn.traits import Capabilities
 
 __all__ = ["AdditiveCoupling", "AffineCoupling"]
 
@@ -40,11 +42,13 @@ class AdditiveCoupling(Bijection):
         True
     """
 
+    CAPABILITIES = Capabilities(free_form=False, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=True, exact_logdet=True, bi_lipschitz=False)
+
     def __init__(self, t: nn.Module, n_channels: int, split: int | None = None, swap: bool = True):
         super().__init__()
-        if n_channels < 2:
-            raise ValueError(f"AdditiveCoupling needs n_channels >= 2 to split, got {n_channels}")
-        split = n_channels // 2 if split is None else int(split)
+        n_channels = check_count("n_channels (AdditiveCoupling splits them in two)", n_channels, 2)
+        split = n_channels // 2 if split is None else check_count("split", split, 1)
         if not 0 < split < n_channels:
             raise ValueError(f"split must lie in (0, {n_channels}), got {split}")
         self.t = t
@@ -60,6 +64,7 @@ class AdditiveCoupling(Bijection):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, "AdditiveCoupling", n_channels=self.n_channels)
+        check_like_module(x, self, "AdditiveCoupling")
         x1, x2 = x[:, : self.split], x[:, self.split :]
         y2 = x2 + self._shift(x1, x2.shape)
         return torch.cat([y2, x1] if self.swap else [x1, y2], dim=1)
@@ -69,6 +74,7 @@ class AdditiveCoupling(Bijection):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y, "AdditiveCoupling.inverse", n_channels=self.n_channels)
+        check_like_module(y, self, "AdditiveCoupling.inverse")
         n2 = self.n_channels - self.split
         if self.swap:
             y2, y1 = y[:, :n2], y[:, n2:]
@@ -89,6 +95,9 @@ class AffineCoupling(Bijection):
     References: Dinh et al. (2017) "Density estimation using Real NVP"; Kingma & Dhariwal (2018) "Glow".
     """
 
+    CAPABILITIES = Capabilities(free_form=False, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=False, exact_logdet=True, bi_lipschitz=False)
+
     def __init__(self, mask: torch.Tensor, hidden: tuple[int, ...] | list[int] = (128, 128), scale: float = 2.0):
         super().__init__()
         mask = torch.as_tensor(mask, dtype=torch.bool)
@@ -96,9 +105,9 @@ class AffineCoupling(Bijection):
             raise ValueError("mask must be a 1-D boolean tensor with both True and False entries")
         self.register_buffer("idx_a", torch.nonzero(mask).flatten())
         self.register_buffer("idx_b", torch.nonzero(~mask).flatten())
-        self.dim, self.scale = mask.numel(), float(scale)
+        self.dim, self.scale = mask.numel(), check_real("scale", scale, 0.0, strict=True)
         da, db = len(self.idx_a), len(self.idx_b)
-        dims = [da, *[int(h) for h in hidden], 2 * db]
+        dims = [da, *[check_count("hidden width", h, 1) for h in hidden], 2 * db]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             if i:
@@ -114,6 +123,7 @@ class AffineCoupling(Bijection):
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(x, "AffineCoupling", n_channels=self.dim)
+        check_like_module(x, self, "AffineCoupling")
         xa, xb = x[:, self.idx_a], x[:, self.idx_b]
         s, t = self._st(xa)
         y = torch.empty_like(x)
@@ -123,6 +133,7 @@ class AffineCoupling(Bijection):
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_input(y, "AffineCoupling.inverse", n_channels=self.dim)
+        check_like_module(y, self, "AffineCoupling.inverse")
         ya, yb = y[:, self.idx_a], y[:, self.idx_b]
         s, t = self._st(ya)
         x = torch.empty_like(y)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["LogitTransform"]
 
@@ -19,6 +20,9 @@ class LogitTransform(Bijection):
     References: Dinh et al. (2017) "Density estimation using Real NVP".
     """
 
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=False, exact_logdet=True, bi_lipschitz=False)
+
     def __init__(self, alpha: float = 1e-5):
         super().__init__()
         if not 0 <= alpha < 0.5:
@@ -26,13 +30,14 @@ class LogitTransform(Bijection):
         self.alpha = float(alpha)
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_input(x, "LogitTransform")
+        check_input(x, "LogitTransform (data in [0, 1], e.g. dequantized pixels)", bounds=(0.0, 1.0))
         s = self.alpha + (1 - 2 * self.alpha) * x
         y = torch.log(s) - torch.log1p(-s)
         ld = (math.log1p(-2 * self.alpha) - torch.log(s) - torch.log1p(-s)).flatten(1).sum(1)
         return y, ld
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        check_input(y, "LogitTransform.inverse")
         return (torch.sigmoid(y) - self.alpha) / (1 - 2 * self.alpha)
 
     def extra_repr(self) -> str:

@@ -27,6 +27,8 @@ class MultiScale(Bijection):
     squeezes and splits are permutations).
     """
 
+    container = True
+
     def __init__(
         self,
         stages: list[Bijection],
@@ -89,6 +91,7 @@ class MultiScale(Bijection):
         return self.forward_and_logdet(x)[0]
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        check_input(z, "MultiScale.inverse")
         b = z.shape[0]
         c, h, w = self.shapes[-1]
         sizes = [cc * hh * ww for cc, hh, ww in self.out_shapes] + [c * h * w]
@@ -117,6 +120,8 @@ class PreThen(Bijection):
     bijection ``ms`` that returns flat latents (:class:`MultiScale`); ``log|det| = ld_pre + ld_ms`` (chain rule).
     The inverse maps ``(B, D)`` (or any ``(B, ...)`` with ``D`` entries per sample) back through both."""
 
+    container = True
+
     def __init__(self, pre: Bijection, ms: Bijection):
         super().__init__()
         self.pre, self.ms = pre, ms
@@ -130,4 +135,5 @@ class PreThen(Bijection):
         return self.forward_and_logdet(x)[0]
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        check_input(z, "PreThen.inverse")
         return self.pre.inverse(self.ms.inverse(z.flatten(1)))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from invertible.checks import check_count, check_real
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["InjectivePad"]
 
@@ -17,11 +19,13 @@ class InjectivePad(Bijection):
     onto its image; its Jacobian has orthonormal columns).
     """
 
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=True, exact_logdet=True, bi_lipschitz=None)
+
     def __init__(self, n_extra_channels: int, atol: float = 1e-4, check: bool = True):
         super().__init__()
-        if n_extra_channels < 0:
-            raise ValueError(f"n_extra_channels must be >= 0, got {n_extra_channels}")
-        self.n_extra_channels, self.atol, self.check = int(n_extra_channels), float(atol), check
+        self.n_extra_channels = check_count("n_extra_channels", n_extra_channels, 0)
+        self.atol, self.check = check_real("atol", atol, 0.0), bool(check)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, "InjectivePad")

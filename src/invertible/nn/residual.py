@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -11,7 +13,8 @@ from invertible.activations import activation_lipschitz
 from invertible.inverse import AbstractSolver, FixedPoint, InverseResult
 from invertible.lipschitz import LINEAR_TYPES, frozen_spectral_norm, lipschitz_constant, spectral_norm_of
 from invertible.logdet import AbstractLogDet, RussianRouletteLogDet
-from invertible.nn.base import Bijection, check_input
+from invertible.nn.base import Bijection, check_input, validated_input
+from invertible.nn.traits import Capabilities, logdet_rows
 
 __all__ = ["ResidualBlock"]
 
@@ -47,6 +50,12 @@ class ResidualBlock(Bijection):
         True
     """
 
+    # Table 5.2, for a block that is contractive by construction; the log-det rows come from the estimator and
+    # an unconstrained block is a standard ResNet block (see :meth:`capabilities`).
+    CAPABILITIES = Capabilities(free_form=True, analytic_forward=True, analytic_inverse=False,
+                                volume_preserving=False, bi_lipschitz=True)
+    logdet_from_estimator: ClassVar[bool] = True
+
     def __init__(
         self,
         g: nn.Module,
@@ -71,7 +80,8 @@ class ResidualBlock(Bijection):
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, "ResidualBlock")
         self._stale()
-        gx, logdet = self.logdet(self.g, x)
+        with validated_input():  # x was checked above; the estimator need not test it again
+            gx, logdet = self.logdet(self.g, x)
         return x + self._checked_output(x, gx, "ResidualBlock"), logdet
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -167,6 +177,48 @@ class ResidualBlock(Bijection):
         if not math.isnan(cert) and self._certified_key == self._weights_key():
             return cert
         return self.lipschitz_estimate()
+
+    # -- what the block can do (Table 5.2) -----------------------------------------------------------------------
+    def a_priori_lipschitz(self) -> float | None:
+        """The bound on ``Lip(g)`` that holds by construction, whatever the weights: ``prod_i c_i prod Lip(phi)``
+        over g's layers (eq. 4.6, 4.9), ``c_i`` the spectral-normalization coefficient of layer ``i``; ``None``
+        when a linear layer is unconstrained or a module is unknown (then nothing is guaranteed)."""
+        bound = 1.0
+        for m in _leaves(self.g):
+            if isinstance(m, LINEAR_TYPES):
+                sn = spectral_norm_of(m)
+                if sn is None:
+                    return None
+                bound *= sn.coeff
+            else:
+                c = activation_lipschitz(m)
+                if c is None:
+                    return None
+                bound *= c
+        return bound
+
+    def bi_lipschitz_bounds(self) -> tuple[float, float] | None:
+        """Lemma 4.6: ``(Lip(F), Lip(F^{-1})) <= (1 + L, 1 / (1 - L))`` with ``L`` the block's current bound on
+        ``Lip(g)`` (:meth:`lipschitz_bound`, else :meth:`a_priori_lipschitz`); ``None`` without ``L < 1``."""
+        lip = self.lipschitz_bound()
+        if lip is None:
+            lip = self.a_priori_lipschitz()
+        if lip is None or lip >= 1:
+            return None
+        return 1.0 + lip, 1.0 / (1.0 - lip)
+
+    def capabilities(self) -> Capabilities:
+        """Free-form, analytic forward, a fixed-point inverse, bi-Lipschitz (Lemma 4.6), with the log-det rows of
+        its estimator: exact only for an exact estimator that scales (none does: ``ExactLogDet`` is O(d^3)),
+        unbiased for an unbiased stochastic one (Russian roulette), biased for the truncated series. A block
+        whose g is not contractive by construction (:meth:`a_priori_lipschitz`) is a standard ResNet block: only
+        its forward is described (Table 5.2's ResNet column)."""
+        lip = self.a_priori_lipschitz()
+        if lip is None or lip >= 1:
+            return Capabilities(free_form=True, analytic_forward=True)
+        rows = logdet_rows(self.logdet)
+        return dataclasses.replace(self.CAPABILITIES, exact_logdet=rows.exact_logdet,
+                                   unbiased_logdet=rows.unbiased_logdet)
 
     def extra_repr(self) -> str:
         return f"logdet={self.logdet!r}, inverse={self.solver!r}"

@@ -21,6 +21,8 @@ class InvertibleSequential(Bijection):
     The input is checked (finite, batched) once here; the layers then skip their own finiteness test
     (:func:`~invertible.nn.base.validated_input`)."""
 
+    container = True
+
     def __init__(self, *bijections: Bijection):
         super().__init__()
         for b in bijections:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from invertible.nn.base import Bijection, check_input
+from invertible.nn.traits import Capabilities
 
 __all__ = ["Squeeze"]
 
@@ -13,6 +14,9 @@ __all__ = ["Squeeze"]
 class Squeeze(Bijection):
     """``(B, C, H, W) -> (B, 4C, H/2, W/2)`` in ``torch.nn.functional.pixel_unshuffle`` order; a permutation,
     so ``log|det J| = 0``. The invertible downsampling of Jacobsen et al. (2018) used between i-ResNet stages."""
+
+    CAPABILITIES = Capabilities(free_form=None, analytic_forward=True, analytic_inverse=True,
+                                volume_preserving=True, exact_logdet=True, bi_lipschitz=None)
 
     factor = 2
 
