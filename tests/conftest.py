@@ -28,6 +28,7 @@ CPU_ONLY_MODULES: dict[str, str] = {
     "test_conditional": "conditional data sets and sources seeded by CPU generators; a CLI run",
     "test_distributed": "two gloo (CPU) ranks in subprocesses",
     "test_firevnet": "CPU generators and numpy in the model checks",
+    "test_claims_quick": "quick reproductions and numpy/scipy statistics (the registry runs them on the CPU)",
     "test_ice": "training loops seeded by CPU generators; numpy nuisance probe",
     "test_ims_baseline": "numpy/scikit-learn baseline",
     "test_ims_cli": "CLI command (its own --device option, default cpu)",

@@ -85,8 +85,13 @@ def run(ctx: RunContext) -> dict:
     ax[0].set_ylabel("nats")
     ax[0].legend(fontsize=8)
     ax[0].set_title("bias of log|det J| estimate")
-    ax[1].plot(terms, std, "o-", color="tab:orange")
+    # s.e. of a sample std over n_draws Gaussian-ish draws: std / sqrt(2 (n_draws - 1))
+    ax[1].errorbar(terms, std, yerr=[v / math.sqrt(2 * (n_draws - 1)) for v in std], fmt="o-", color="tab:orange",
+                   capsize=2, label=f"std over {n_draws} Hutchinson draws (+- s.e.)")
+    ax[1].set_ylim(0, 1.3 * max(std))  # from zero: a flat std must look flat, not like structure
     ax[1].set_xlabel("power-series terms n")
+    ax[1].set_ylabel("std (nats)")
+    ax[1].legend(fontsize=8)
     ax[1].set_title("std of log|det J| estimate")
     ctx.save_figure(fig, "fig5_3_bias_std")
 

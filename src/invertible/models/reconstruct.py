@@ -236,7 +236,7 @@ def plot_error_vs_iterations(curves: dict[str, dict[str, list[float]]], iteratio
             if pts:
                 ax.semilogy(*zip(*pts, strict=True), styles.get(method, "-"), ms=3, label=f"{label}, {method}")
     ax.set_xlabel("solver iterations per block")
-    ax.set_ylabel("max |x_hat - x|")
+    ax.set_ylabel("max |x_hat - x| (model input units)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     return fig
