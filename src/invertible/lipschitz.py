@@ -148,6 +148,13 @@ class SpectralNorm(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Buffers change shape with the input; adopt the stored shapes before the default loader copies.
+        shape, u, v = (state_dict.get(prefix + k) for k in ("input_shape", "u", "v"))
+        if shape is not None and u is not None and v is not None and shape.numel() and u.numel():
+            expected = (1, *(int(k) for k in shape.tolist()))
+            if tuple(u.shape) != expected or v.dim() < 2 or v.shape[0] != 1:
+                raise ValueError(f"{prefix}u/v: stored power-iteration vectors of shapes {tuple(u.shape)} and "
+                                 f"{tuple(v.shape)} do not fit the stored input shape {expected[1:]} (a crafted "
+                                 "or corrupt state dict)")
         for name in ("u", "v", "input_shape"):
             key = prefix + name
             if key in state_dict:
