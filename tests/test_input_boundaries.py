@@ -190,3 +190,22 @@ def test_constructors_name_bad_numbers(build, value):
 def test_standard_normal_names_a_bad_device():
     with pytest.raises(ValueError, match="cannot place N"):
         inv.StandardNormal((3,), device="bogus")
+
+
+def test_stored_power_iteration_vectors_must_fit_the_stored_input_shape():
+    """Crafted checkpoint (a header reshaping u from (1, 2) to (2,), same bytes and SHA-256): before, it loaded
+    silently into a layer whose power iteration then runs on a vector of the wrong shape."""
+    m = _model("vector_resflow", dim=2, n_blocks=1, hidden=(4,))
+    state = m.state_dict()
+    key = next(k for k in state if k.endswith("weight.0.u"))
+    state[key] = state[key].reshape(-1)
+    with pytest.raises(ValueError, match="do not fit the stored input shape"):
+        m.load_state_dict(state)
+
+
+@pytest.mark.parametrize("key,value", [("actnorm", [1, 2]), ("coeff", "0.9"), ("n_blocks", 2.5),
+                                       ("hidden", [4, "x"]), ("coeff", float("nan")), ("dim", True)])
+def test_stored_model_configs_are_type_checked(key, value):
+    """Before: a list for a bool field was truthy and built another model than the one stored."""
+    with pytest.raises(ValueError, match=f"config key '{key}' must be"):
+        registry.config_from_dict("vector_resflow", {"dim": 2, key: value})
