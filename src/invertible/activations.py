@@ -66,10 +66,45 @@ class LipSwish(nn.Module):
         return F.softplus(self.raw_beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(x * self.beta.to(x.dtype)) / 1.1
+        return _LipSwishFunction.apply(x, self.beta.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.detach()):.3g}"
+
+
+class _LipSwishFunction(torch.autograd.Function):
+    """``y = x sigmoid(b x) / 1.1`` with the derivatives of :class:`LipSwish` kept from the forward:
+    ``dy/dx = s (1 + b x (1 - s)) / 1.1`` and ``dy/db = x^2 s (1 - s) / 1.1`` (``s = sigmoid(b x)``).
+
+    A first-order backward (each vector-Jacobian product of the log-det series) is then one product with the
+    stored ``dy/dx`` (and one dot product for ``b``) instead of re-deriving the composite graph every time. A
+    backward that builds a graph (``create_graph=True``: the Neumann surrogate, double backward) recomputes
+    both derivatives from ``x`` and ``b`` with differentiable operations, so higher derivatives are exact too.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        bx = x * beta
+        s = torch.sigmoid(bx)
+        y = x * s / 1.1
+        one_minus = 1 - s
+        ctx.save_for_backward(x, beta, s * (1 + bx * one_minus) / 1.1,
+                              x * x * s * one_minus / 1.1 if ctx.needs_input_grad[1] else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, beta, dydx, dydb = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: derivatives as functions of (x, beta)
+            bx = x * beta
+            s = torch.sigmoid(bx)
+            one_minus = 1 - s
+            dydx = s * (1 + bx * one_minus) / 1.1
+            dydb = x * x * s * one_minus / 1.1 if ctx.needs_input_grad[1] else None
+            gbeta = (grad * dydb).sum().reshape(beta.shape) if dydb is not None else None
+        else:
+            gbeta = torch.dot(grad.reshape(-1), dydb.reshape(-1)).reshape(beta.shape) if dydb is not None else None
+        return grad * dydx, gbeta
 
 
 ValueAndDerivative = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
