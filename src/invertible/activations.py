@@ -66,10 +66,20 @@ class LipSwish(nn.Module):
         return F.softplus(self.raw_beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _LipSwishFunction.apply(x, self.beta.to(x.dtype))
+        beta = self.beta.to(x.dtype)
+        if _functorch_active():  # torch.func transforms (vmap, jvp, jacrev): the composite expression
+            return x * torch.sigmoid(x * beta) / 1.1
+        return _LipSwishFunction.apply(x, beta)
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.detach()):.3g}"
+
+
+def _functorch_active() -> bool:
+    try:
+        return bool(torch._C._are_functorch_transforms_active())
+    except AttributeError:
+        return True  # unknown: the composite expression works everywhere
 
 
 class _LipSwishFunction(torch.autograd.Function):
