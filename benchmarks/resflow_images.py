@@ -69,14 +69,14 @@ class ScheduledRoulette(inv.RussianRouletteLogDet):
 
 # -- models ---------------------------------------------------------------------------------------------------
 def ours(draws: Draws, neumann: bool = True, n_blocks: int = 2, hidden: int = 64, activation: str = "lipswish",
-         a2: bool = False) -> torch.nn.Module:
+         a2: bool = False, recompute: bool = False) -> torch.nn.Module:
     model = image_residual_flow(SHAPE, n_scales=3, n_blocks=n_blocks, hidden=hidden, activation=activation,
                                 n_exact=3)
     for block in residual_blocks(model):
         if a2:  # A.2: the 10-term power series
-            block.logdet = inv.PowerSeriesLogDet(n_terms=10, neumann_gradient=neumann)
+            block.logdet = inv.PowerSeriesLogDet(n_terms=10, neumann_gradient=neumann, recompute=recompute)
         else:
-            block.logdet = ScheduledRoulette(draws, neumann_gradient=neumann)
+            block.logdet = ScheduledRoulette(draws, neumann_gradient=neumann, recompute=recompute)
     return model
 
 
@@ -145,10 +145,17 @@ def make_step(model, kind: str):
     return step
 
 
-def build(kind: str, draws: Draws, neumann: bool, device: torch.device, first: torch.Tensor, a2: bool = False):
+ESTIMATORS = {"ours": ("neumann", "recompute", "backprop"), "peer": ("neumann", "backprop")}
+
+
+def build(kind: str, draws: Draws, estimator: str, device: torch.device, first: torch.Tensor, a2: bool = False):
+    """``estimator``: ``"neumann"`` (Neumann gradient; normflows: its backward-in-forward ``reduce_memory``),
+    ``"recompute"`` (ours: Neumann gradient without a stored graph), ``"backprop"`` (through every term)."""
     torch.manual_seed(0)
+    neumann, recompute = estimator != "backprop", estimator == "recompute"
     if kind == "ours":
-        model = ours(draws, neumann, n_blocks=32, hidden=32, activation="elu", a2=True) if a2 else ours(draws, neumann)
+        shape = {"n_blocks": 32, "hidden": 32, "activation": "elu", "a2": True} if a2 else {}
+        model = ours(draws, neumann, recompute=recompute, **shape)
         model = model.to(device)
         model.initialize(first)
     else:
@@ -170,7 +177,8 @@ def time_steps(args, threads: int, device: torch.device) -> dict:
     first = next(data)
     kinds = ["ours"] + ([] if args.no_normflows else ["peer"])
     draws = {k: Draws(args.seed + 1) for k in kinds}
-    steps = {k: build(k, draws[k], True, device, first)[1] for k in kinds}
+    est = {"ours": args.estimator, "peer": "neumann"}
+    steps = {k: build(k, draws[k], est[k], device, first)[1] for k in kinds}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.warmup + args.steps):
         x = next(data)
@@ -201,7 +209,7 @@ def memory_child(args) -> None:
     data = batches(args.batch, args.seed, device)
     first = next(data)
     kind, estimator = args.memory_child.split(":")
-    _, step = build(kind, Draws(args.seed + 1), estimator == "neumann", device, first, a2=args.a2_child)
+    _, step = build(kind, Draws(args.seed + 1), estimator, device, first, a2=args.a2_child)
     for _ in range(2):
         step(next(data))
     x = next(data)
@@ -252,6 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-normflows", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--estimator", default="neumann", choices=ESTIMATORS["ours"],
+                    help="our estimator in the timed steps (normflows: its Neumann backward-in-forward)")
     ap.add_argument("--a2", action="store_true", help="also the A.2 MNIST model's step memory (Neumann gradient)")
     ap.add_argument("--memory-timeout", type=float, default=900)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -264,19 +274,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.no_normflows or peer(Draws(0)) is None:
         args.no_normflows = True
     first = next(batches(args.batch, args.seed, torch.device("cpu")))
-    counts = {"ours": n_params(build("ours", Draws(0), True, torch.device("cpu"), first)[0])}
+    counts = {"ours": n_params(build("ours", Draws(0), "neumann", torch.device("cpu"), first)[0])}
     if not args.no_normflows:
-        counts["peer"] = n_params(build("peer", Draws(0), True, torch.device("cpu"), first)[0])
+        counts["peer"] = n_params(build("peer", Draws(0), "neumann", torch.device("cpu"), first)[0])
     result: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                     "params": counts, "torch": torch.__version__, "timing": {}, "memory": {}}
     for threads in [int(t) for t in args.threads.split(",")]:
         result["timing"][threads] = time_steps(args, threads, device)
     if not args.no_memory:
         for kind in ["ours"] + ([] if args.no_normflows else ["peer"]):
-            for est in ("neumann", "backprop"):
+            for est in ESTIMATORS[kind]:
                 result["memory"][f"{kind}:{est}"] = measure_memory(args, kind, est)
     if args.a2:
-        result["a2_neumann_peak_bytes"] = measure_memory(args, "ours", "neumann", a2=True)
+        result["a2_peak_bytes"] = {est: measure_memory(args, "ours", est, a2=True) for est in ("neumann", "recompute")}
 
     print(f"\n1x28x28 residual flow, 3 scales x 2 blocks, width 64, batch {args.batch}, {args.device}; "
           f"params ours {counts['ours']}" + (f", normflows {counts['peer']}" if "peer" in counts else ""))
@@ -287,16 +297,16 @@ def main(argv: list[str] | None = None) -> dict:
     if result["memory"]:
         mem = result["memory"]
         rows = []
-        for est in ("neumann", "backprop"):
-            o, p = mem.get(f"ours:{est}"), mem.get(f"peer:{est}")
+        for est in ESTIMATORS["ours"]:
+            o, p = mem.get(f"ours:{est}"), mem.get(f"peer:{'neumann' if est == 'recompute' else est}")
             ratio = o / p if o and p else "-"
             rows.append([est, "-" if o is None else o / 2**20, "-" if p is None else p / 2**20, ratio])
         print()
         _table(["estimator", "ours peak MiB", "normflows peak MiB", "memory ratio"], rows)
     if args.a2:
-        a2 = result["a2_neumann_peak_bytes"]
-        print(f"A.2 MNIST model (3 x 32 blocks, hidden 32, batch {args.batch}, 10-term series, Neumann gradient): "
-              f"step peak {'failed' if a2 is None else f'{a2 / 2**30:.2f} GiB'}")
+        for est, a2 in result["a2_peak_bytes"].items():
+            print(f"A.2 MNIST model (3 x 32 blocks, hidden 32, batch {args.batch}, 10-term series, {est}): "
+                  f"step peak {'failed' if a2 is None else f'{a2 / 2**30:.3f} GiB'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -10,7 +10,7 @@ Hutchinson probe, ``a = sum_{k<n} (-1)^k c_{k+1} v^T J^k`` the Neumann vector, :
 and likewise for ``x``. Both terms are first derivatives of functions of ``(x, theta)`` given ``a`` and ``v``,
 so the forward stores only ``x``, ``v`` and ``a`` (one of each per probe) and frees ``g``'s graph and the series'
 vector-Jacobian products at once. The backward recomputes ``g(x)`` with the spectral norm frozen (the same
-operator: the power iteration ran in the forward), the vjp ``a^T J`` with a graph, and differentiates
+operator: the power iteration ran in the forward; activations store only their inputs), the vjp ``a^T J`` with a graph, and differentiates
 ``<dL/dy, g(x)> + sum_b (dL/d ld_b) <a_b^T J_b, v_b>``: exact for any upstream gradient (no assumption that all
 samples weigh the same), at the cost of one more evaluation of ``g`` per block. The log-det value (the estimate,
 not the surrogate) and the probes are those of the ordinary path, draw for draw.
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from invertible.activations import lean_activations
 from invertible.lipschitz import frozen_spectral_norm
 
 __all__ = ["neumann_recompute"]
@@ -48,7 +49,7 @@ class _RecomputedNeumann(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         params, tensors = rest[: ctx.n_params], rest[ctx.n_params:]
         probes, vectors = tensors[: ctx.n_probes], tensors[ctx.n_probes:]
-        with torch.enable_grad(), frozen_spectral_norm():
+        with torch.enable_grad(), frozen_spectral_norm(), lean_activations():
             xin = x.detach().requires_grad_(True)
             gx = ctx.g(xin)
             total = (gx * grad_gx).sum()
