@@ -27,6 +27,8 @@ gradient and plain backpropagation through the series (``neumann_gradient=False`
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import statistics
@@ -130,11 +132,14 @@ def batches(batch: int, seed: int, device: torch.device):
         yield x.float().to(device)
 
 
-def make_step(model, kind: str):
+def make_step(model, kind: str, bf16: bool = False):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    device = next(model.parameters()).device
 
     def step(x):
-        loss = -model(x).mean() if kind == "ours" else model.forward_kld(x)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with amp:
+            loss = -model(x).mean() if kind == "ours" else model.forward_kld(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -148,7 +153,8 @@ def make_step(model, kind: str):
 ESTIMATORS = {"ours": ("neumann", "recompute", "backprop"), "peer": ("neumann", "backprop")}
 
 
-def build(kind: str, draws: Draws, estimator: str, device: torch.device, first: torch.Tensor, a2: bool = False):
+def build(kind: str, draws: Draws, estimator: str, device: torch.device, first: torch.Tensor, a2: bool = False,
+          compile_g: bool = False, bf16: bool = False):
     """``estimator``: ``"neumann"`` (Neumann gradient; normflows: its backward-in-forward ``reduce_memory``),
     ``"recompute"`` (ours: Neumann gradient without a stored graph), ``"backprop"`` (through every term)."""
     torch.manual_seed(0)
@@ -158,12 +164,31 @@ def build(kind: str, draws: Draws, estimator: str, device: torch.device, first: 
         model = ours(draws, neumann, recompute=recompute, **shape)
         model = model.to(device)
         model.initialize(first)
+        if compile_g:
+            _compile_blocks(model, first)
     else:
         model = peer(draws, neumann).to(device)
         with torch.no_grad():
             model.forward_kld(first)  # ActNorm's data-dependent initialization
         model.train()
-    return model, make_step(model, kind)
+    return model, make_step(model, kind, bf16)
+
+
+def _compile_blocks(model, first: torch.Tensor) -> None:
+    """``torch.compile`` every block's g; the eager g where compiling or one compiled training step fails."""
+    blocks = residual_blocks(model)
+    eager = [b.g for b in blocks]
+    for b in blocks:
+        b.g = torch.compile(b.g, dynamic=False)
+    try:
+        state = copy.deepcopy(model.state_dict())
+        (-model(first).mean()).backward()
+        model.load_state_dict(state)
+        model.zero_grad(set_to_none=True)
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
+        print(f"torch.compile failed ({type(err).__name__}: {str(err)[:120]}); eager g")
+        for b, g in zip(blocks, eager, strict=True):
+            b.g = g
 
 
 def _sync(device: torch.device) -> None:
@@ -172,13 +197,16 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(args, threads: int, device: torch.device) -> dict:
+    """Median seconds per step of each of our estimators and of normflows, steps interleaved."""
     torch.set_num_threads(threads)
     data = batches(args.batch, args.seed, device)
     first = next(data)
-    kinds = ["ours"] + ([] if args.no_normflows else ["peer"])
-    draws = {k: Draws(args.seed + 1) for k in kinds}
-    est = {"ours": args.estimator, "peer": "neumann"}
-    steps = {k: build(k, draws[k], est[k], device, first)[1] for k in kinds}
+    kinds = [f"ours:{e}" for e in args.estimators.split(",")] + ([] if args.no_normflows else ["peer:neumann"])
+    steps = {}
+    for k in kinds:
+        kind, est = k.split(":")
+        steps[k] = build(kind, Draws(args.seed + 1), est, device, first, compile_g=args.compile and kind == "ours",
+                         bf16=args.bf16 and kind == "ours")[1]
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(args.warmup + args.steps):
         x = next(data)
@@ -190,8 +218,8 @@ def time_steps(args, threads: int, device: torch.device) -> dict:
             if i >= args.warmup:
                 times[k].append(time.perf_counter() - t)
     out = {k: statistics.median(v) for k, v in times.items()}
-    if "peer" in out:
-        out["ratio"] = out["ours"] / out["peer"]
+    if "peer:neumann" in out:
+        out.update({f"ratio {k}": out[k] / out["peer:neumann"] for k in kinds if k.startswith("ours")})
     return out
 
 
@@ -260,8 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-normflows", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--estimator", default="neumann", choices=ESTIMATORS["ours"],
-                    help="our estimator in the timed steps (normflows: its Neumann backward-in-forward)")
+    ap.add_argument("--estimators", default="neumann,recompute",
+                    help="our estimators in the timed steps, comma-separated (normflows: its Neumann "
+                         "backward-in-forward)")
+    ap.add_argument("--bf16", action="store_true", help="ours under bf16 autocast (CUDA; log-det in float32)")
+    ap.add_argument("--compile", action="store_true", help="ours with torch.compile of every g (eager fallback)")
     ap.add_argument("--a2", action="store_true", help="also the A.2 MNIST model's step memory (Neumann gradient)")
     ap.add_argument("--memory-timeout", type=float, default=900)
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -292,8 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"params ours {counts['ours']}" + (f", normflows {counts['peer']}" if "peer" in counts else ""))
     rows = []
     for threads, t in result["timing"].items():
-        rows.append([threads, t["ours"], t.get("peer", "-"), t.get("ratio", "-")])
-    _table(["threads", "ours s/step", "normflows s/step", "time ratio"], rows)
+        for k in [k for k in t if k.startswith("ours:")]:
+            rows.append([threads, k.split(":")[1], t[k], t.get("peer:neumann", "-"), t.get(f"ratio {k}", "-")])
+    _table(["threads", "our estimator", "ours s/step", "normflows s/step", "time ratio"], rows)
     if result["memory"]:
         mem = result["memory"]
         rows = []

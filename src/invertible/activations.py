@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "ACTIVATIONS",

@@ -160,8 +160,9 @@ class _SeriesEstimator(AbstractLogDet):
         neumann_graph = self._neumann and outer_grad
         create_graph = outer_grad and not self._neumann
         batch = gx.shape[0]
-        value = torch.zeros(batch, dtype=gx.dtype, device=gx.device)
-        surrogate = torch.zeros(batch, dtype=gx.dtype, device=gx.device) if neumann_graph else None
+        acc = torch.promote_types(gx.dtype, torch.float32)  # bf16/fp16 autocast: accumulate in float32
+        value = torch.zeros(batch, dtype=acc, device=gx.device)
+        surrogate = torch.zeros(batch, dtype=acc, device=gx.device) if neumann_graph else None
         for _ in range(self.n_probes):
             v = _probe(gx, self.probe, gen)
             w = v
@@ -169,7 +170,7 @@ class _SeriesEstimator(AbstractLogDet):
             partial = torch.zeros_like(value)  # sum_{k<n} (-1)^(k-1) c_k t_k: the surrogate's value without t_n
             for k in range(1, n if neumann_graph else n + 1):
                 (w,) = torch.autograd.grad(gx, xin, w, retain_graph=True, create_graph=create_graph)
-                t = (w * v).flatten(1).sum(1)
+                t = (w * v).flatten(1).sum(1, dtype=acc)
                 term = t * ((-1) ** (k + 1) / k) * weights[k - 1]
                 value = value + (term if create_graph else term.detach())
                 if self._neumann and k < n:
@@ -178,7 +179,7 @@ class _SeriesEstimator(AbstractLogDet):
             if neumann_graph:
                 # d/dtheta of <neumann, J v> is sum_k (-1)^k c_{k+1} v^T J^k (dJ) v: the gradient of log det.
                 (jv,) = torch.autograd.grad(gx, xin, neumann, retain_graph=True, create_graph=True)
-                s = (jv * v).flatten(1).sum(1)
+                s = (jv * v).flatten(1).sum(1, dtype=acc)
                 surrogate = surrogate + s
                 value = value + (s.detach() - partial) / n  # the n-th term, from the surrogate's value
         value = value / self.n_probes
@@ -191,14 +192,15 @@ class _SeriesEstimator(AbstractLogDet):
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """The estimate of :meth:`_series` (same probes, same terms) without any graph, with the probes ``v`` and
         Neumann vectors ``sum_{k<n} (-1)^k c_{k+1} v^T J^k`` it used (for :mod:`invertible.logdet_recompute`)."""
-        value = torch.zeros(gx.shape[0], dtype=gx.dtype, device=gx.device)
+        acc = torch.promote_types(gx.dtype, torch.float32)
+        value = torch.zeros(gx.shape[0], dtype=acc, device=gx.device)
         probes, vectors = [], []
         for _ in range(self.n_probes):
             v = _probe(gx, self.probe, gen)
             w, neumann = v, v * weights[0]
             for k in range(1, n + 1):
                 (w,) = torch.autograd.grad(gx, xin, w, retain_graph=True)
-                value = value + (w * v).flatten(1).sum(1) * ((-1) ** (k + 1) / k) * weights[k - 1]
+                value = value + (w * v).flatten(1).sum(1, dtype=acc) * ((-1) ** (k + 1) / k) * weights[k - 1]
                 if k < n:
                     neumann = neumann + ((-1) ** k * weights[k]) * w
             probes.append(v)

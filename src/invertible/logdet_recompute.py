@@ -9,11 +9,12 @@ Hutchinson probe, ``a = sum_{k<n} (-1)^k c_{k+1} v^T J^k`` the Neumann vector, :
 
 and likewise for ``x``. Both terms are first derivatives of functions of ``(x, theta)`` given ``a`` and ``v``,
 so the forward stores only ``x``, ``v`` and ``a`` (one of each per probe) and frees ``g``'s graph and the series'
-vector-Jacobian products at once. The backward recomputes ``g(x)`` with the spectral norm frozen (the same
-operator: the power iteration ran in the forward; activations store only their inputs), the vjp ``a^T J`` with a graph, and differentiates
-``<dL/dy, g(x)> + sum_b (dL/d ld_b) <a_b^T J_b, v_b>``: exact for any upstream gradient (no assumption that all
-samples weigh the same), at the cost of one more evaluation of ``g`` per block. The log-det value (the estimate,
-not the surrogate) and the probes are those of the ordinary path, draw for draw.
+vector-Jacobian products at once. The backward recomputes ``g(x)`` with the spectral norm frozen (the
+same operator: the power iteration ran in the forward; activations store only their inputs), the vjp
+``a^T J`` with a graph, and differentiates ``<dL/dy, g(x)> + sum_b (dL/d ld_b) <a_b^T J_b, v_b>``: exact for any
+upstream gradient (no assumption that all samples weigh the same), at the cost of one more evaluation of
+``g`` and one more vector-Jacobian product per block. The log-det value (the estimate, not the surrogate) and
+the probes are those of the ordinary path, draw for draw.
 
 Memory: the peak of a training step is one block's double-backward graph plus ``(2 n_probes + 1)`` input-sized
 tensors per block, instead of every block's graph at once (Chen et al. 2019 compute the gradient inside the
@@ -56,7 +57,7 @@ class _RecomputedNeumann(torch.autograd.Function):
             surrogate = torch.zeros_like(grad_ld)
             for v, a in zip(probes, vectors, strict=True):
                 (jv,) = torch.autograd.grad(gx, xin, a, retain_graph=True, create_graph=True)
-                surrogate = surrogate + (jv * v).flatten(1).sum(1)
+                surrogate = surrogate + (jv * v).flatten(1).sum(1, dtype=surrogate.dtype)
             total = total + (surrogate * grad_ld).sum() / ctx.n_probes
             grads = torch.autograd.grad(total, [xin, *params], allow_unused=True)
         return (None, None, None, None, None, None, *grads)
