@@ -209,3 +209,10 @@ def test_stored_model_configs_are_type_checked(key, value):
     """Before: a list for a bool field was truthy and built another model than the one stored."""
     with pytest.raises(ValueError, match=f"config key '{key}' must be"):
         registry.config_from_dict("vector_resflow", {"dim": 2, key: value})
+
+
+@pytest.mark.parametrize("key", ["n_blocks", "n_power_iterations"])
+def test_stored_configs_refuse_sizes_that_would_hang_the_build(key):
+    """Found by the checkpoint campaign: n_power_iterations = 2**64 ran the initial power iteration forever."""
+    with pytest.raises(ValueError, match="implausible size"):
+        registry.config_from_dict("vector_resflow", {"dim": 2, key: 2**64})

@@ -18,13 +18,16 @@ Tomczak, Bhulai (2021) "Invertible DenseNets with Concatenated LipSwish" (CLipSw
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "ACTIVATIONS",
@@ -37,6 +40,7 @@ __all__ = [
     "activation_value_and_derivative",
     "clipswish_value_and_derivative",
     "has_derivative",
+    "lean_activations",
     "make_activation",
     "width_factor",
 ]
@@ -78,7 +82,10 @@ class LipSwish(nn.Module):
         return F.softplus(self.raw_beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(x * self.beta.to(x.dtype)) / 1.1
+        beta = self.beta.to(x.dtype)
+        if _functorch_active():  # torch.func transforms (vmap, jvp, jacrev): the composite expression
+            return x * torch.sigmoid(x * beta) / 1.1
+        return _LipSwishFunction.apply(x, beta)
 
     def extra_repr(self) -> str:
         return f"beta={float(self.beta.detach()):.3g}"
@@ -135,6 +142,108 @@ def clipswish_value_and_derivative(m: CLipSwish, h: torch.Tensor) -> tuple[torch
     scale = 1.1 * CLIPSWISH_LIPSCHITZ
     sign = torch.cat([torch.ones_like(h), -torch.ones_like(h)], 1)
     return u * s / scale, sign * s * (1 + bu * (1 - s)) / scale
+
+
+_LEAN: contextvars.ContextVar[bool] = contextvars.ContextVar("invertible_lean_activations", default=False)
+
+
+@contextlib.contextmanager
+def lean_activations() -> Iterator[None]:
+    """Within this context :class:`LipSwish` stores only its input for the backward (and recomputes its
+    derivatives there): less memory, a few more elementwise operations per backward."""
+    token = _LEAN.set(True)
+    try:
+        yield
+    finally:
+        _LEAN.reset(token)
+
+
+def _functorch_active() -> bool:
+    try:
+        return bool(torch._C._are_functorch_transforms_active())
+    except AttributeError:
+        return True  # unknown: the composite expression works everywhere
+
+
+class _LipSwishFunction(torch.autograd.Function):
+    """``y = x sigmoid(b x) / 1.1`` with the derivatives of :class:`LipSwish` kept from the forward:
+    ``dy/dx = s (1 + b x (1 - s)) / 1.1`` and ``dy/db = x^2 s (1 - s) / 1.1`` (``s = sigmoid(b x)``).
+
+    A first-order backward (each vector-Jacobian product of the log-det series) is then one product with the
+    stored ``dy/dx`` (and one dot product for ``b``) instead of re-deriving the composite graph every time. A
+    backward that builds a graph (``create_graph=True``: the Neumann surrogate, double backward) recomputes
+    both derivatives from ``x`` and ``b`` with differentiable operations, so higher derivatives are exact too.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        bx = x * beta
+        s = torch.sigmoid(bx)
+        y = x * s / 1.1
+        if _LEAN.get():  # store x only; the backward recomputes the derivatives
+            ctx.save_for_backward(x, beta, None, None)
+            return y
+        one_minus = 1 - s
+        ctx.save_for_backward(x, beta, s * (1 + bx * one_minus) / 1.1,
+                              x * x * s * one_minus / 1.1 if ctx.needs_input_grad[1] else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, beta, dydx, dydb = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a product whose own derivatives are known (_LipSwishGrad)
+            return _LipSwishGrad.apply(grad, x, beta, ctx.needs_input_grad[1])
+        if dydx is None:  # lean forward: recompute
+            return _LipSwishGrad.forward(ctx, grad, x, beta, ctx.needs_input_grad[1], save=False)
+        gbeta = torch.dot(grad.reshape(-1), dydb.reshape(-1)).reshape(beta.shape) if dydb is not None else None
+        return grad * dydx, gbeta
+
+
+class _LipSwishGrad(torch.autograd.Function):
+    """``(grad, x, b) -> (grad phi_x, sum grad phi_b)``, the backward of :class:`_LipSwishFunction` as a function
+    that can itself be differentiated (double backward: the Neumann surrogate), storing only ``grad``, ``x`` and
+    ``b``. With ``s = sigmoid(b x)``, ``r = s (1 - s)`` and ``m = 2 + b x (1 - 2 s)``:
+
+        phi_x = (s + b x r) / 1.1,  phi_b = x^2 r / 1.1,
+        phi_xx = b r m / 1.1,  phi_xb = x r m / 1.1,  phi_bb = x^3 r (1 - 2 s) / 1.1.
+    """
+
+    @staticmethod
+    def forward(ctx, grad, x, beta, beta_grad: bool, save: bool = True):
+        bx = x * beta
+        s = torch.sigmoid(bx)
+        r = s * (1 - s)
+        if save:
+            ctx.save_for_backward(grad, x, beta)
+            ctx.beta_grad = beta_grad
+        gbeta = None
+        if beta_grad:  # sum grad x^2 r / 1.1
+            gbeta = torch.dot(grad.reshape(-1), (x * r).mul_(x).reshape(-1)).div(1.1).reshape(beta.shape)
+        gx = bx.mul_(r).add_(s).mul_(grad).div_(1.1)  # grad (s + b x r) / 1.1, in bx's memory
+        return gx, gbeta
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, u, ub):
+        # In-place arithmetic throughout: this runs on the largest activations, and every temporary counts.
+        grad, x, beta = ctx.saved_tensors
+        bx = x * beta
+        s = torch.sigmoid(bx)
+        r = s * (1 - s)
+        d_grad = (bx * r).add_(s).mul_(u).div_(1.1)  # u phi_x
+        one_2s = s.mul_(-2).add_(1)  # 1 - 2 s (s is not needed any more)
+        rm = bx.mul_(one_2s).add_(2).mul_(r)  # r m, in bx's memory
+        d_x = rm.mul_(u).mul_(grad)  # u grad r m, in bx's memory
+        d_beta = torch.dot(d_x.reshape(-1), x.reshape(-1)) / 1.1  # sum u grad phi_xb
+        d_x.mul_(beta / 1.1)  # u grad phi_xx
+        if ctx.beta_grad and ub is not None:
+            xr = r.mul_(x)  # x r
+            c = ub / 1.1
+            d_grad.add_(xr * x * c)  # ub phi_b
+            m = (x * beta).mul_(one_2s).add_(2)
+            d_x.add_(m.mul_(xr).mul_(grad).mul_(c))  # ub grad phi_xb
+            d_beta = d_beta + c * torch.dot((grad * x).reshape(-1), (xr * x).mul_(one_2s).reshape(-1))  # phi_bb
+        return d_grad, d_x, d_beta.reshape(beta.shape), None
 
 
 ValueAndDerivative = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -199,6 +199,8 @@ class SpectralNorm(nn.Module):
         use_tol = atol is not None or rtol is not None
         atol, rtol = atol or 0.0, rtol or 0.0
         limit = (max_iter or self.max_power_iterations) if use_tol else n
+        if not use_tol and u.device.type != "cpu":
+            return self._power_steps_without_sync(weight, u, v, n, shape)
         if not bool(u.norm() > 0):  # e.g. a zero-initialised weight sent the vectors to 0: start afresh
             u = torch.randn_like(u)
             u = u / u.norm()
@@ -220,6 +222,27 @@ class SpectralNorm(nn.Module):
                     break
             sigma_old = sigma
         return u, v, k
+
+    def _power_steps_without_sync(
+        self, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n: int, shape: tuple[int, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """:meth:`_power_steps` with a fixed count on an accelerator: the same iteration, with its degenerate
+        cases (``u = 0``: restart from a random vector; ``A u = 0`` or ``A^T v = 0``: keep the vectors) decided
+        by ``torch.where`` on the device instead of a host test, so a training forward never waits for the device.
+        """
+        tiny = torch.finfo(u.dtype).tiny
+        fresh = torch.randn_like(u)
+        u = torch.where(u.norm() > 0, u, fresh / fresh.norm())
+        for _ in range(n):
+            av = self._op.apply(weight, u)
+            av_norm = av.norm()
+            v_new = av / av_norm.clamp_min(tiny)
+            atv = self._op.adjoint(weight, v_new, shape)
+            sigma = atv.norm()
+            ok = (av_norm > 0) & (sigma > 0)
+            u = torch.where(ok, atv / sigma.clamp_min(tiny), u)
+            v = torch.where(ok, v_new, v)
+        return u, v, n
 
     def _stateless_sigma(self, weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         """``sigma`` on inputs of per-sample ``shape`` from a seeded power iteration (as many steps as

@@ -105,6 +105,8 @@ def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torc
 class _SeriesEstimator(AbstractLogDet):
     stochastic = True  # Hutchinson probes (Lemma 5.6)
     scalable = True  # one vector-Jacobian product per term and probe
+    #: Neumann gradient only: keep no graph between forward and backward (:mod:`invertible.logdet_recompute`).
+    recompute: bool = False
 
     def __init__(self, n_probes: int, probe: str, generator: torch.Generator | None):
         n_probes = _check_count("n_probes", n_probes, 1)
@@ -129,36 +131,83 @@ class _SeriesEstimator(AbstractLogDet):
         outer_grad = torch.is_grad_enabled()
         gen = _check_generator(self.generator, x)
         n, weights = self._n_terms_and_weights(x)
+        if self._neumann and outer_grad and self.recompute and isinstance(g, nn.Module):
+            from invertible.logdet_recompute import neumann_recompute
+
+            return neumann_recompute(self, g, x, n, weights, gen)
         with torch.enable_grad():
             xin = _prepare(x)
             gx = g(xin)
-            batch = x.shape[0]
-            create_graph = outer_grad and not self._neumann
-            value = torch.zeros(batch, dtype=x.dtype, device=x.device)
-            surrogate = torch.zeros(batch, dtype=x.dtype, device=x.device)
-            for _ in range(self.n_probes):
-                v = _probe(gx, self.probe, gen)
-                w = v
-                neumann = v * weights[0]  # sum_k (-1)^k c_k v^T J^k, k = 0..n-1, for the gradient
-                for k in range(1, n + 1):
-                    (w,) = torch.autograd.grad(gx, xin, w, retain_graph=True, create_graph=create_graph)
-                    term = (w * v).flatten(1).sum(1) * ((-1) ** (k + 1) / k) * weights[k - 1]
-                    value = value + (term if create_graph else term.detach())
-                    if self._neumann and k < n:
-                        neumann = neumann + ((-1) ** k * weights[k]) * w.detach()
-                if self._neumann and outer_grad:
-                    # d/dtheta of <neumann, J v> is sum_k (-1)^k c_{k+1} v^T J^k (dJ) v: the gradient of log det.
-                    (jv,) = torch.autograd.grad(gx, xin, neumann, retain_graph=True, create_graph=True)
-                    surrogate = surrogate + (jv * v).flatten(1).sum(1)
-            value = value / self.n_probes
-            if self._neumann and outer_grad:
-                surrogate = surrogate / self.n_probes
+            value, surrogate = self._series(gx, xin, n, weights, gen, outer_grad)
+            if surrogate is not None:
                 logdet = value.detach() + (surrogate - surrogate.detach())
             else:
                 logdet = value
         if not outer_grad:
             return gx.detach(), logdet.detach()
         return gx, logdet
+
+    def _series(
+        self, gx: torch.Tensor, xin: torch.Tensor, n: int, weights: list[float], gen: torch.Generator | None,
+        outer_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The probe-averaged estimate ``sum_k (-1)^(k+1) c_k v^T J^k v / k`` (``c_k = weights[k-1]``) and, for
+        the Neumann gradient with an outer graph, the surrogate ``<sum_{k<n} (-1)^k c_{k+1} v^T J^k, J v>``
+        (a graph whose gradient is the Neumann series' gradient of log det; else ``None``).
+
+        With the surrogate, ``v^T J^n v`` is not computed by an n-th vector-Jacobian product: the surrogate's
+        value is ``s = sum_{k=0}^{n-1} (-1)^k c_{k+1} t_{k+1}`` with ``t_j = v^T J^j v``, so the last term of the
+        series, ``(-1)^(n+1) c_n t_n / n``, equals ``(s - sum_{k=0}^{n-2} (-1)^k c_{k+1} t_{k+1}) / n`` exactly
+        (the same number up to rounding; one vjp fewer per probe)."""
+        neumann_graph = self._neumann and outer_grad
+        create_graph = outer_grad and not self._neumann
+        batch = gx.shape[0]
+        acc = torch.promote_types(gx.dtype, torch.float32)  # bf16/fp16 autocast: accumulate in float32
+        value = torch.zeros(batch, dtype=acc, device=gx.device)
+        surrogate = torch.zeros(batch, dtype=acc, device=gx.device) if neumann_graph else None
+        for _ in range(self.n_probes):
+            v = _probe(gx, self.probe, gen)
+            w = v
+            neumann = v * weights[0]  # sum_k (-1)^k c_{k+1} v^T J^k, k = 0..n-1, for the gradient
+            partial = torch.zeros_like(value)  # sum_{k<n} (-1)^(k-1) c_k t_k: the surrogate's value without t_n
+            for k in range(1, n if neumann_graph else n + 1):
+                (w,) = torch.autograd.grad(gx, xin, w, retain_graph=True, create_graph=create_graph)
+                t = (w * v).flatten(1).sum(1, dtype=acc)
+                term = t * ((-1) ** (k + 1) / k) * weights[k - 1]
+                value = value + (term if create_graph else term.detach())
+                if self._neumann and k < n:
+                    neumann = neumann + ((-1) ** k * weights[k]) * w.detach()
+                    partial = partial + ((-1) ** (k - 1) * weights[k - 1]) * t.detach()
+            if neumann_graph:
+                # d/dtheta of <neumann, J v> is sum_k (-1)^k c_{k+1} v^T J^k (dJ) v: the gradient of log det.
+                (jv,) = torch.autograd.grad(gx, xin, neumann, retain_graph=True, create_graph=True)
+                s = (jv * v).flatten(1).sum(1, dtype=acc)
+                surrogate = surrogate + s
+                value = value + (s.detach() - partial) / n  # the n-th term, from the surrogate's value
+        value = value / self.n_probes
+        if surrogate is not None:
+            surrogate = surrogate / self.n_probes
+        return value, surrogate
+
+    def _series_without_graph(
+        self, gx: torch.Tensor, xin: torch.Tensor, n: int, weights: list[float], gen: torch.Generator | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The estimate of :meth:`_series` (same probes, same terms) without any graph, with the probes ``v`` and
+        Neumann vectors ``sum_{k<n} (-1)^k c_{k+1} v^T J^k`` it used (for :mod:`invertible.logdet_recompute`)."""
+        acc = torch.promote_types(gx.dtype, torch.float32)
+        value = torch.zeros(gx.shape[0], dtype=acc, device=gx.device)
+        probes, vectors = [], []
+        for _ in range(self.n_probes):
+            v = _probe(gx, self.probe, gen)
+            w, neumann = v, v * weights[0]
+            for k in range(1, n + 1):
+                (w,) = torch.autograd.grad(gx, xin, w, retain_graph=True)
+                value = value + (w * v).flatten(1).sum(1, dtype=acc) * ((-1) ** (k + 1) / k) * weights[k - 1]
+                if k < n:
+                    neumann = neumann + ((-1) ** k * weights[k]) * w
+            probes.append(v)
+            vectors.append(neumann)
+        return value / self.n_probes, probes, vectors
 
 
 class PowerSeriesLogDet(_SeriesEstimator):
@@ -169,6 +218,8 @@ class PowerSeriesLogDet(_SeriesEstimator):
     Args:
         n_terms: series terms n. n_probes: Hutchinson vectors averaged per sample.
         probe: ``"gaussian"`` or ``"rademacher"``. generator: torch RNG for the probes.
+        recompute: with the Neumann gradient, keep no graph from forward to backward (the backward recomputes
+            ``g``; :mod:`invertible.logdet_recompute`): the same values and gradients in far less memory.
     """
 
     kind = "biased"
@@ -180,10 +231,11 @@ class PowerSeriesLogDet(_SeriesEstimator):
         probe: str = "gaussian",
         generator: torch.Generator | None = None,
         neumann_gradient: bool = False,
+        recompute: bool = False,
     ):
         super().__init__(n_probes, probe, generator)
         self.n_terms = _check_count("n_terms", n_terms, 1)
-        self.neumann_gradient = bool(neumann_gradient)
+        self.neumann_gradient, self.recompute = bool(neumann_gradient), bool(recompute)
 
     @property
     def _neumann(self) -> bool:
@@ -232,6 +284,8 @@ class RussianRouletteLogDet(_SeriesEstimator):
             the returned value is still the unbiased log-det estimate.
         max_terms: hard cap on the number of terms, ``>= max(n_exact, 1)`` (a cap introduces a bias below
             ``(1-p)^(max_terms-n_exact)``).
+        recompute: with the Neumann gradient, keep no graph from forward to backward (the backward recomputes
+            ``g``; :mod:`invertible.logdet_recompute`): the same values and gradients in far less memory.
     """
 
     kind = "unbiased"
@@ -247,8 +301,10 @@ class RussianRouletteLogDet(_SeriesEstimator):
         probe: str = "gaussian",
         max_terms: int = 100,
         generator: torch.Generator | None = None,
+        recompute: bool = False,
     ):
         super().__init__(n_probes, probe, generator)
+        self.recompute = bool(recompute)
         n_exact = _check_count("n_exact", n_exact, 0)
         if dist not in ("geometric", "poisson"):
             raise ValueError(f"dist must be 'geometric' or 'poisson', got {dist!r}")

@@ -124,7 +124,24 @@ def config_from_dict(kind: str, d: Mapping[str, Any]) -> Any:
     for k, v in d.items():
         if k in hints and not _matches(hints[k], v):
             raise ValueError(f"{kind} config key {k!r} must be {_describe(hints[k])}, got {v!r}")
+        limit = _size_limit(k)
+        if any(isinstance(u, int) and not isinstance(u, bool) and abs(u) > limit for u in _flat(v)):
+            raise ValueError(f"{kind} config key {k!r} = {v!r} exceeds {limit:,}: an implausible size for a stored "
+                             "model (a crafted or corrupt config would hang or exhaust memory when built)")
     return cls(**{k: _as_field(fields[k], v) for k, v in d.items()})
+
+
+#: The largest integer a stored config may hold: iteration and block counts are run or built at load time.
+MAX_STORED_COUNT = 100_000
+MAX_STORED_SIZE = 10_000_000
+
+
+def _size_limit(key: str) -> int:
+    return MAX_STORED_COUNT if ("iteration" in key or "block" in key or "depth" in key) else MAX_STORED_SIZE
+
+
+def _flat(v: Any) -> list[Any]:
+    return [w for u in v for w in _flat(u)] if isinstance(v, list | tuple) else [v]
 
 
 def _type_hints(cls: type) -> dict[str, Any]:

@@ -34,6 +34,15 @@ class ActNorm(Bijection):
         self.loc = nn.Parameter(torch.zeros(n_channels))
         self.log_scale = nn.Parameter(torch.zeros(n_channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._initialized_host: tuple[tuple[int, int], bool] | None = None  # ((data_ptr, version), value)
+
+    def _is_initialized(self) -> bool:
+        """The ``initialized`` buffer, read on the host once per write to it (its storage and version counter
+        identify the value): no device sync in a training forward."""
+        key = (self.initialized.data_ptr(), self.initialized._version)
+        if self._initialized_host is None or self._initialized_host[0] != key:
+            self._initialized_host = (key, bool(self.initialized))
+        return self._initialized_host[1]
 
     def _view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return t.to(x.dtype).view(1, -1, *([1] * (x.dim() - 2)))
@@ -51,7 +60,7 @@ class ActNorm(Bijection):
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input(x, "ActNorm", n_channels=self.n_channels)
-        if not bool(self.initialized) and self.training:
+        if not self._is_initialized() and self.training:
             if x.shape[0] == 0:  # checked before any state changes: an empty batch has no statistics
                 raise ValueError(f"ActNorm: the data-dependent initialization needs a non-empty batch, got shape "
                                  f"{tuple(x.shape)}")

@@ -148,8 +148,11 @@ class ResidualBlock(Bijection):
         return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
     def _stale(self) -> None:
-        if self.training and torch.is_grad_enabled() and not math.isnan(float(self.certified_lipschitz)):
+        # ``_certified_key`` is set exactly while a certificate is stored (certify, load): a host-side test, so a
+        # training forward costs no device sync.
+        if self.training and torch.is_grad_enabled() and self._certified_key is not None:
             self.certified_lipschitz.fill_(math.nan)  # weights are about to change
+            self._certified_key = None
 
     def certify(self, input_shape: tuple[int, ...] | None = None) -> float:
         """Compute and store the certified ``Lip(g)`` (exact layer norms, eq. 4.6); returns it."""
@@ -228,7 +231,7 @@ class ResidualBlock(Bijection):
 
 def _adopt_loaded_certificate(block: ResidualBlock, incompatible) -> None:
     """A certificate loaded with the weights belongs to them (the hook runs after g's tensors are loaded)."""
-    block._certified_key = block._weights_key()
+    block._certified_key = None if math.isnan(float(block.certified_lipschitz)) else block._weights_key()
     block._estimate_cache = None
 
 

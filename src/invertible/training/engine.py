@@ -24,6 +24,7 @@ each logging interval, where a non-finite loss stops the run (``on_nonfinite="ra
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from torch import nn
 
 from invertible.io import RunFolder, config_differences
 from invertible.lipschitz import converge_spectral_norms
+from invertible.nn.base import validated_input
 from invertible.training import distributed as D
 from invertible.training.denormal import flush_denormals
 from invertible.training.ema import EMA
@@ -224,7 +226,11 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         self.model.train()
-        loss, metrics = self.objective.loss(self.model, batch, self)
+        # On an accelerator the per-layer isfinite test would wait for the device every step; a non-finite batch
+        # shows up in the loss, which the log interval checks (LoopConfig.on_nonfinite).
+        trusted = validated_input() if p.device.type != "cpu" else contextlib.nullcontext()
+        with trusted:
+            loss, metrics = self.objective.loss(self.model, batch, self)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._sync_gradients()
