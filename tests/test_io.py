@@ -128,3 +128,23 @@ def test_non_writer_run_folder_writes_nothing(tmp_path):
     run.log({"step": 1})
     run.save_checkpoint({"a": torch.ones(1)}, kind="k", config={})
     assert not (tmp_path / "r").exists()
+
+
+def test_a_write_removes_the_temporaries_a_killed_writer_left(tmp_path):
+    """Found by kill -9 seed 99: a process killed inside a checkpoint write leaves ``.checkpoint....tmp`` behind, and
+    the resumed run used to keep it forever. The next write of the same file removes older temporaries only."""
+    import os
+    import time
+
+    from invertible.io import atomic_write_text
+
+    stale = tmp_path / ".metrics.json.abc123.tmp"
+    stale.write_text("half a file")
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    other = tmp_path / ".report.md.xyz.tmp"  # another file's temporary: not touched
+    other.write_text("x")
+    os.utime(other, (old, old))
+    atomic_write_text(tmp_path / "metrics.json", "{}")
+    assert not stale.exists() and other.exists()
+    assert (tmp_path / "metrics.json").read_text() == "{}"

@@ -22,11 +22,13 @@ step), ``metrics.json`` (the summary), ``figures/*.png``, ``report.md`` and ``ch
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,7 @@ FORMAT_VERSION = 2
 def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -67,6 +70,18 @@ def _atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path, started)
+
+
+def _remove_stale_temporaries(path: Path, before: float) -> None:
+    """Delete the temporary files of ``path`` that a killed process (``kill -9`` mid-write, which runs no cleanup)
+    left behind: those older than this write (a concurrent writer's newer one is kept)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if stale.stat().st_mtime < before:
+                stale.unlink()
+        except OSError:  # already gone, or not ours to remove
+            pass
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
