@@ -130,11 +130,12 @@ def test_old_factor_out_configs_keep_their_layout():
     m = build_model(old)
     assert m.config.squeeze_before_split is False and not m.bijection.ms.squeeze_before_split
     assert [s[0] for s in m.bijection.ms.shapes] == [2, 4, 8]
+    assert m.config.probe == "gaussian"  # configs stored before the probe field drew Gaussian probes
     torch.manual_seed(0)
     legacy = build_model(old)
     torch.manual_seed(0)
     direct = image_residual_flow((2, 8, 8), n_scales=3, n_blocks=1, hidden=4, factor_out=True,
-                                 squeeze_before_split=False)
+                                 squeeze_before_split=False, n_exact=2, probe="gaussian")
     x = torch.rand(3, 2, 8, 8)
     torch.manual_seed(1)
     a = legacy.log_prob(x)

@@ -120,9 +120,10 @@ class VectorResFlowConfig(registry.ModelConfig):
 @dataclasses.dataclass(frozen=True)
 class ImageResFlowConfig(registry.ModelConfig):
     """Config of :func:`image_residual_flow` (kind ``image_resflow``). Legacy: configs stored before
-    ``squeeze_before_split`` existed factored out before squeezing (``False``)."""
+    ``squeeze_before_split`` existed factored out before squeezing (``False``); configs stored before ``probe``
+    existed drew Gaussian Hutchinson probes."""
 
-    LEGACY: ClassVar[dict[str, Any]] = {"squeeze_before_split": False}
+    LEGACY: ClassVar[dict[str, Any]] = {"squeeze_before_split": False, "probe": "gaussian"}
 
     shape: tuple[int, int, int]
     n_scales: int = 3
@@ -135,12 +136,13 @@ class ImageResFlowConfig(registry.ModelConfig):
     logit_alpha: float = 1e-5
     n_power_iterations: int = 1
     n_terms: int = 10
-    n_exact: int = 2
+    n_exact: int = 4
     squeeze_first: bool = False
     inverse_atol: float = 1e-5
     squeeze_before_split: bool = True
     block: str = "residual"
     dense_depth: int = 2
+    probe: str = "rademacher"
 
 
 def vector_residual_flow(
@@ -208,12 +210,13 @@ def image_residual_flow(
     logit_alpha: float = 1e-5,
     n_power_iterations: int = 1,
     n_terms: int = 10,
-    n_exact: int = 2,
+    n_exact: int = 4,
     squeeze_first: bool = False,
     inverse_atol: float = 1e-5,
     squeeze_before_split: bool = True,
     block: str = "residual",
     dense_depth: int = 2,
+    probe: str = "rademacher",
 ) -> FlowModel:
     """Multi-scale image residual flow (Appendix A.2): logit pre-transform, [squeeze], then ``n_scales``
     scale-blocks of ``n_blocks`` i-ResNet layers (3x3-1x1-3x3 convolutions, ``hidden`` filters) each followed by
@@ -228,6 +231,11 @@ def image_residual_flow(
 
     ``block="dense"``: each ``g`` is :func:`~invertible.models.blocks.lipschitz_dense_convnet` (``dense_depth``
     dense layers of growth ``hidden``; activation ``"clipswish"`` for Concatenated LipSwish), ``Lip(g) <= coeff``.
+
+    Training estimator (``mode="resflow"``): unbiased Russian roulette with ``n_exact`` fixed terms and Hutchinson
+    ``probe`` vectors. The defaults ``n_exact=4``, ``probe="rademacher"`` give the same unbiased gradient as the
+    Residual Flows setting (2, Gaussian) with 4.7-7.3x less variance per CPU second on a trained conv block
+    (``benchmarks/logdet_gradient_variance.py``); reported likelihoods never use it (``evaluation_estimator``).
     """
     c, h, w = (int(s) for s in shape)
     config = ImageResFlowConfig(
@@ -235,13 +243,13 @@ def image_residual_flow(
         mode=mode, activation=activation, factor_out=bool(factor_out), logit_alpha=float(logit_alpha),
         n_power_iterations=int(n_power_iterations), n_terms=int(n_terms), n_exact=int(n_exact),
         squeeze_first=bool(squeeze_first), inverse_atol=float(inverse_atol),
-        squeeze_before_split=bool(squeeze_before_split), block=block, dense_depth=int(dense_depth),
+        squeeze_before_split=bool(squeeze_before_split), block=block, dense_depth=int(dense_depth), probe=probe,
     )
     _check_block(block)
     n_down = n_scales - 1 + int(squeeze_first)
     if n_scales < 1 or n_blocks < 1 or h % (2**n_down) or w % (2**n_down):
         raise ValueError(f"image of shape {(c, h, w)} cannot be squeezed {n_down} times (n_scales={n_scales})")
-    est = make_estimator(mode, n_terms=n_terms, n_exact=n_exact)
+    est = make_estimator(mode, n_terms=n_terms, n_exact=n_exact, probe=probe)
     pre: list[Bijection] = [LogitTransform(logit_alpha)]
     if squeeze_first:
         pre.append(Squeeze())
