@@ -186,3 +186,24 @@ def test_realized_lipschitz_is_below_the_certificate_and_matches_block_jacobians
     assert "certified <=" in format_realized(realized, cert)
     with pytest.raises(ValueError, match="certified for inputs of shape"):
         realized_lipschitz(model, torch.randn(2, 1, 4, 4))
+
+
+def test_exact_request_holds_for_every_layer_after_an_inexact_one(monkeypatch):
+    """Before: ``_certify_chain`` overwrote the caller's ``exact=True`` with the first layer's result, so after one
+    Lanczos-normed (inexact) layer every later layer skipped the exact dense SVD it was asked for."""
+    import invertible.models.certify as certify
+
+    requested = []
+    real = certify._conv_norm
+
+    def spy(m, shape, exact):
+        requested.append(exact)
+        norm, upper, _ = real(m, shape, exact)
+        return norm, upper, len(requested) > 1  # pretend the first layer could only be bounded, not computed
+
+    monkeypatch.setattr(certify, "_conv_norm", spy)
+    g = nn.Sequential(inv.spectral_norm(nn.Conv2d(2, 4, 3, padding=1)), nn.ELU(),
+                      inv.spectral_norm(nn.Conv2d(4, 2, 3, padding=1)))
+    layers, *_ = certify._certify_chain(list(g), torch.zeros(1, 2, 4, 4), True, "g")
+    assert requested == [True, True]
+    assert [layer.exact for layer in layers] == [False, True]

@@ -173,7 +173,7 @@ def _conv_norm(m: nn.Module, shape: Sequence[int], exact: bool) -> tuple[float, 
 def _certify_chain(
     modules: list[nn.Module], h: torch.Tensor, exact: bool, prefix: str
 ) -> tuple[list[LayerNorm], float, torch.Tensor, bool]:
-    """``(layer norms, bound on Lip of the chain, output, exact flag for the layers after it)`` for a chain of
+    """``(layer norms, bound on Lip of the chain, output, the requested exact flag)`` for a chain of
     layers applied to ``h`` (eq. 4.6); a :class:`~invertible.dense.DenseLayer` contributes ``sqrt(eta_1^2 +
     eta_2^2 K^2)`` with ``K`` its ``f``'s bound, its layers listed under ``prefix.j.f``."""
     layers: list[LayerNorm] = []
@@ -182,10 +182,10 @@ def _certify_chain(
         shape = list(h.shape[1:])
         name = f"{prefix}.{j}"
         if isinstance(m, nn.Conv2d | nn.Conv1d | nn.Linear):
-            norm, upper, exact = _conv_norm(m, shape, exact)  # (as before: the flag follows the last layer)
+            norm, upper, layer_exact = _conv_norm(m, shape, exact)  # `exact` stays the request for every layer
             k = "x".join(str(s) for s in m.kernel_size) if not isinstance(m, nn.Linear) else ""
             kind = f"conv{k}" if k else "linear"
-            layers.append(LayerNorm(name, kind, shape, norm, upper, exact, _is_spectral_normalized(m)))
+            layers.append(LayerNorm(name, kind, shape, norm, upper, layer_exact, _is_spectral_normalized(m)))
             lip *= upper
         elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
             c = _batchnorm_lipschitz(m)
@@ -193,7 +193,7 @@ def _certify_chain(
             lip *= c
         elif isinstance(m, DenseLayer):
             inner = list(m.f) if isinstance(m.f, nn.Sequential) else [m.f]
-            sub, k_f, _, exact = _certify_chain(inner, h, exact, f"{name}.f")
+            sub, k_f, _, _ = _certify_chain(inner, h, exact, f"{name}.f")
             c = m.lipschitz_from(k_f)
             layers += sub
             layers.append(LayerNorm(name, "dense", shape, c, c, all(x.exact for x in sub), False))
