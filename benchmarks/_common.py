@@ -42,3 +42,15 @@ def write_json(path: Path | None, payload: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2))
         print(f"wrote {path}")
+
+
+def mean_and_halfwidth(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean of ``values`` and the half-width of its Student-t interval (``invertible.experiments.stats.mean_ci``;
+    nan for a single value)."""
+    from invertible.experiments.stats import mean_ci
+
+    v = [float(x) for x in values]
+    if len(v) < 2:
+        return statistics.fmean(v), float("nan")
+    ci = mean_ci(v, level)
+    return ci.mean, ci.high - ci.mean

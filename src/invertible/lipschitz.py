@@ -387,15 +387,21 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
         raise ValueError(f"rtol must be a finite number > 0, got rtol={rtol!r}")
     max_iter = _check_count("max_iter", max_iter, 1)
     count = 0
-    for m in model.modules():
-        sn = spectral_norm_of(m)
-        if sn is None or not sn.initialized:
-            continue
-        weight = m.parametrizations.weight.original.detach()
+    for sn, weight in _initialized_spectral_norms(model):
         sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)
         sn.sigma.copy_(sn.estimate(weight))
         count += 1
     return count
+
+
+def _initialized_spectral_norms(model: nn.Module) -> Iterator[tuple[SpectralNorm, torch.Tensor]]:
+    """``(parametrization, its unnormalized weight)`` for every spectral-norm layer of ``model`` that has seen
+    data (its power-iteration vectors exist)."""
+    for m in model.modules():
+        sn = spectral_norm_of(m)
+        if sn is not None and sn.initialized:
+            yield sn, m.parametrizations.weight.original.detach()
+
 
 @torch.no_grad()
 def advance_spectral_norms(model: nn.Module) -> int:
@@ -406,11 +412,7 @@ def advance_spectral_norms(model: nn.Module) -> int:
     sample ``F^{-1}(z)`` and then ``log p`` at it): advance once, then run the step under
     :func:`frozen_spectral_norm`. Returns the number of normalized layers."""
     count = 0
-    for m in model.modules():
-        sn = spectral_norm_of(m)
-        if sn is None or not sn.initialized:
-            continue
-        weight = m.parametrizations.weight.original.detach()
+    for sn, weight in _initialized_spectral_norms(model):
         sn._iterate(weight, sn.n_power_iterations)
         sn.sigma.copy_(sn.estimate(weight))
         count += 1
