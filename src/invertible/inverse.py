@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from invertible.checks import check_count, check_estimator_input
+from invertible.checks import check_count, check_estimator_input, check_real
 from invertible.lipschitz import frozen_spectral_norm
 
 __all__ = ["AbstractSolver", "InverseResult", "FixedPoint", "Anderson", "InverseNotConverged", "NotConvergedWarning"]
@@ -88,19 +88,6 @@ def _norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
 
 
-def _check_tolerance(name: str, value) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}") from None
-    if not (math.isfinite(v) and v >= 0):  # also rejects nan
-        raise ValueError(f"{name} must be a finite number >= 0, got {name}={value!r}")
-    return v
-
-
-_check_count = check_count
-
-
 def _round_off(x: torch.Tensor, gx: torch.Tensor) -> torch.Tensor:
     """``delta = eps * (||x|| + ||g(x)||)`` per sample: the modelled rounding of one step ``y - g(x)``."""
     return torch.finfo(x.dtype).eps * (_norm(x) + _norm(gx))
@@ -115,10 +102,10 @@ class AbstractSolver(abc.ABC):
     """
 
     def __init__(self, atol: float, rtol: float, max_iter: int, on_failure: str, criterion: str = "step"):
-        atol, rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
+        atol, rtol = check_real("atol", atol, 0.0), check_real("rtol", rtol, 0.0)
         if atol == 0 and rtol == 0:
             raise ValueError(f"need atol >= 0, rtol >= 0 and one of them > 0; got atol={atol}, rtol={rtol}")
-        max_iter = _check_count("max_iter", max_iter)
+        max_iter = check_count("max_iter", max_iter)
         if on_failure not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_failure must be 'warn', 'raise' or 'ignore', got {on_failure!r}")
         if criterion not in ("step", "bound"):
@@ -264,14 +251,14 @@ class Anderson(AbstractSolver):
         criterion: str = "step",
     ):
         super().__init__(atol, rtol, max_iter, on_failure, criterion)
-        memory = _check_count("memory", memory)
+        memory = check_count("memory", memory)
         try:
             b = float(beta)
         except (TypeError, ValueError):
             b = math.nan
         if not 0 < b <= 1:  # also rejects nan
             raise ValueError(f"beta (Anderson mixing) must lie in (0, 1], got beta={beta!r}")
-        self.memory, self.beta, self.ridge = memory, b, _check_tolerance("ridge", ridge)
+        self.memory, self.beta, self.ridge = memory, b, check_real("ridge", ridge, 0.0)
 
     def _solve(self, g, y, lipschitz):
         batch = y.shape[0]

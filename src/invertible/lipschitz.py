@@ -84,9 +84,6 @@ def _check_coeff(coeff: float) -> float:
     return c
 
 
-_check_count = check_count
-
-
 def _check_tolerance(name: str, value) -> float | None:
     if value is not None and not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be None or a finite number >= 0, got {name}={value!r}")
@@ -113,9 +110,9 @@ class SpectralNorm(nn.Module):
     ):
         super().__init__()
         self.coeff = _check_coeff(coeff)
-        self.n_power_iterations = _check_count("n_power_iterations", n_power_iterations, 0)
+        self.n_power_iterations = check_count("n_power_iterations", n_power_iterations, 0)
         self.atol, self.rtol = _check_tolerance("atol", atol), _check_tolerance("rtol", rtol)
-        self.max_power_iterations = _check_count("max_power_iterations", max_power_iterations, 1)
+        self.max_power_iterations = check_count("max_power_iterations", max_power_iterations, 1)
         self._op = LinearOperator(module)
         self.frozen_shape: tuple[int, ...] | None = None  # input size of the last frozen call (not state)
         w = module.weight
@@ -385,7 +382,7 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
     """
     if not (math.isfinite(float(rtol)) and rtol > 0):
         raise ValueError(f"rtol must be a finite number > 0, got rtol={rtol!r}")
-    max_iter = _check_count("max_iter", max_iter, 1)
+    max_iter = check_count("max_iter", max_iter, 1)
     count = 0
     for sn, weight in _initialized_spectral_norms(model):
         sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)

@@ -93,9 +93,6 @@ def _probe(like: torch.Tensor, kind: str, generator: torch.Generator | None) -> 
     raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {kind!r}")
 
 
-_check_count = check_count
-
-
 def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torch.Generator | None:
     if generator is not None and generator.device != x.device:
         raise ValueError(f"generator lives on {generator.device} but the input on {x.device}")
@@ -109,7 +106,7 @@ class _SeriesEstimator(AbstractLogDet):
     recompute: bool = False
 
     def __init__(self, n_probes: int, probe: str, generator: torch.Generator | None):
-        n_probes = _check_count("n_probes", n_probes, 1)
+        n_probes = check_count("n_probes", n_probes, 1)
         if probe not in ("gaussian", "rademacher"):
             raise ValueError(f"probe must be 'gaussian' or 'rademacher', got {probe!r}")
         self.n_probes, self.probe, self.generator = int(n_probes), probe, generator
@@ -234,7 +231,7 @@ class PowerSeriesLogDet(_SeriesEstimator):
         recompute: bool = False,
     ):
         super().__init__(n_probes, probe, generator)
-        self.n_terms = _check_count("n_terms", n_terms, 1)
+        self.n_terms = check_count("n_terms", n_terms, 1)
         self.neumann_gradient, self.recompute = bool(neumann_gradient), bool(recompute)
 
     @property
@@ -305,13 +302,13 @@ class RussianRouletteLogDet(_SeriesEstimator):
     ):
         super().__init__(n_probes, probe, generator)
         self.recompute = bool(recompute)
-        n_exact = _check_count("n_exact", n_exact, 0)
+        n_exact = check_count("n_exact", n_exact, 0)
         if dist not in ("geometric", "poisson"):
             raise ValueError(f"dist must be 'geometric' or 'poisson', got {dist!r}")
         if dist == "geometric" and not 0 < p < 1:
             raise ValueError(f"p must lie in (0, 1), got p={p}")
         lam = check_real("lam", lam, 0.0, strict=True)
-        max_terms = _check_count("max_terms", max_terms, 1)
+        max_terms = check_count("max_terms", max_terms, 1)
         if max_terms < n_exact:
             raise ValueError(f"max_terms must be >= n_exact={n_exact} (those terms are always computed), "
                              f"got max_terms={max_terms}")
