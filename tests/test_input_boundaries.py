@@ -216,3 +216,16 @@ def test_stored_configs_refuse_sizes_that_would_hang_the_build(key):
     """Found by the checkpoint campaign: n_power_iterations = 2**64 ran the initial power iteration forever."""
     with pytest.raises(ValueError, match="implausible size"):
         registry.config_from_dict("vector_resflow", {"dim": 2, key: 2**64})
+
+
+def test_the_range_test_is_skipped_only_in_a_sync_free_step():
+    """The logit's [0, 1] test is a device-to-host sync: compositions (validated_input) keep it, the engine's
+    sync-free step on an accelerator drops it (a bad batch then shows in the loss at the log interval)."""
+    from invertible.checks import check_input, sync_free_step, validated_input
+
+    x = torch.full((2, 3), 2.0)
+    with validated_input(), pytest.raises(ValueError, match=r"expects values in \[0, 1\]"):
+        check_input(x, "logit", bounds=(0.0, 1.0))
+    with sync_free_step():
+        check_input(x, "logit", bounds=(0.0, 1.0))
+        check_input(torch.full((2, 3), float("nan")), "logit")  # and no finiteness test either

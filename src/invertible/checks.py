@@ -22,11 +22,13 @@ __all__ = [
     "check_input",
     "check_like_module",
     "check_estimator_input",
+    "sync_free_step",
     "validated_input",
     "values_validated",
 ]
 
 _VALIDATED: ContextVar[bool] = ContextVar("invertible_input_validated", default=False)
+_SYNC_FREE: ContextVar[bool] = ContextVar("invertible_sync_free_step", default=False)
 
 
 @contextmanager
@@ -40,6 +42,19 @@ def validated_input() -> Iterator[None]:
         yield
     finally:
         _VALIDATED.reset(token)
+
+
+@contextmanager
+def sync_free_step() -> Iterator[None]:
+    """A training step without device-to-host syncs: :func:`validated_input`, and :func:`check_input` skips its
+    ``bounds`` test as well. The engine enters it on accelerators; a bad batch then shows up in the loss, which the
+    log interval checks."""
+    token = _SYNC_FREE.set(True)
+    try:
+        with validated_input():
+            yield
+    finally:
+        _SYNC_FREE.reset(token)
 
 
 def values_validated() -> bool:
@@ -62,7 +77,8 @@ def check_input(
     ``bounds = (lo, hi)`` every value in ``[lo, hi]``.
 
     The finiteness test is skipped inside :func:`validated_input` (the enclosing composition has done it): it is a
-    full reduction plus a device-to-host sync. A ``bounds`` test always runs (a composition tests finiteness only).
+    full reduction plus a device-to-host sync. A ``bounds`` test runs inside it too (a composition tests finiteness
+    only); only :func:`sync_free_step` skips it.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -74,7 +90,8 @@ def check_input(
         raise ValueError(f"{name}: expected a floating point tensor, got {x.dtype}")
     if not _VALIDATED.get() and not torch.isfinite(x).all():
         raise ValueError(f"{name}: input contains NaN or inf")
-    if bounds is not None and x.numel() and bool(((x < bounds[0]) | (x > bounds[1])).any()):
+    if bounds is not None and x.numel() and not _SYNC_FREE.get() \
+            and bool(((x < bounds[0]) | (x > bounds[1])).any()):
         raise ValueError(f"{name}: expects values in [{bounds[0]:g}, {bounds[1]:g}], got values in "
                          f"[{float(x.min()):.4g}, {float(x.max()):.4g}]")
 

@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from invertible.checks import sync_free_step
 from invertible.io import RunFolder, config_differences
 from invertible.lipschitz import converge_spectral_norms
-from invertible.nn.base import validated_input
 from invertible.training import distributed as D
 from invertible.training.denormal import flush_denormals
 from invertible.training.ema import EMA
@@ -228,7 +228,7 @@ class Trainer:
         self.model.train()
         # On an accelerator the per-layer isfinite test would wait for the device every step; a non-finite batch
         # shows up in the loss, which the log interval checks (LoopConfig.on_nonfinite).
-        trusted = validated_input() if p.device.type != "cpu" else contextlib.nullcontext()
+        trusted = sync_free_step() if p.device.type != "cpu" else contextlib.nullcontext()
         with trusted:
             loss, metrics = self.objective.loss(self.model, batch, self)
         self.optimizer.zero_grad(set_to_none=True)
