@@ -13,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_TORCH := $(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) )'$(TORCH)'
 
-.PHONY: demo test test-all lint bench clean-venv
+.PHONY: demo results test test-all lint bench clean-venv
 
 # torch first, on its own, so that TORCH_INDEX decides the build (CPU or CUDA) before anything else pulls one.
 $(BIN)/invertible: pyproject.toml
@@ -24,6 +24,11 @@ $(BIN)/invertible: pyproject.toml
 
 demo: $(BIN)/invertible
 	$(BIN)/invertible reproduce --all --quick --out runs/demo
+
+# docs/results.md: every reproduction fitted to a one-hour budget on this machine (hours; see docs/results.md).
+BUDGET ?= 1h
+results: $(BIN)/invertible
+	$(BIN)/invertible reproduce --all --budget $(BUDGET) --out runs/results --results docs/results.md
 
 # Fast lane: everything but the tests marked slow.
 test: $(BIN)/invertible

@@ -6,7 +6,16 @@ import argparse
 import time
 from pathlib import Path
 
-from invertible.commands._options import add_device, add_out, add_progress, add_seed
+from invertible.commands._options import add_device, add_out, add_progress, add_seed, out_file
+
+
+def _duration(text: str) -> float:
+    from invertible.experiments.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(sub) -> None:
@@ -20,6 +29,12 @@ def add_parser(sub) -> None:
     p.add_argument("--list", action="store_true", help="list registered experiments and exit")
     p.add_argument("--all", action="store_true", help="run every registered experiment (no IDs with it)")
     p.add_argument("--quick", action="store_true", help="small settings that finish in minutes on a CPU")
+    p.add_argument("--budget", type=_duration, default=None, metavar="DURATION",
+                   help="fit each experiment to this wall time (e.g. 20m, 1h, 1h30m): a pilot at quick settings "
+                   "is timed, then the settings are scaled to what the rest of the budget buys")
+    p.add_argument("--results", type=out_file, default=None, metavar="PAGE",
+                   help="also write a results page (e.g. docs/results.md) with the figures copied beside it "
+                   "(under PAGE's folder/results/) and the command that regenerates it")
     add_out(p, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
     add_seed(p)
     add_device(p)
@@ -41,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     ids = list(registry) if args.all else args.ids
     if not ids:
         raise ValueError("name experiments to run (see --list) or pass --all")
+    if args.quick and args.budget is not None:
+        raise ValueError("pass --quick or --budget, not both (a budgeted run starts from the quick settings)")
     unknown = [i for i in ids if i not in registry]
     if unknown:
         raise ValueError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(registry)}")
@@ -51,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report = run_experiment(
                 eid, args.out, quick=args.quick, seed=args.seed, device=args.device,
-                show_progress=not args.no_progress,
+                show_progress=not args.no_progress, budget=args.budget,
             )
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             if len(ids) == 1:
@@ -63,9 +80,41 @@ def run(args: argparse.Namespace) -> int:
         print(f"      done in {time.perf_counter() - start:.1f} s -> {report}", flush=True)
         reports.append((eid, report))
     index = write_index(args.out, reports, failures, titles={e: x.title for e, x in registry.items()},
-                        quick=args.quick)
+                        mode=_mode(args))
     print(f"Report: {index.resolve()}")
+    if args.results is not None:
+        from invertible.experiments.results_page import write_results_page
+
+        page = write_results_page(args.results, reports, failures, titles={e: x.title for e, x in registry.items()},
+                                  theses={e: x.thesis for e, x in registry.items()}, mode=_mode(args),
+                                  command=_command(args), device=args.device)
+        print(f"Results page: {page.resolve()}")
     if failures:
         print(f"{len(failures)} of {len(ids)} experiments failed: {', '.join(e for e, _ in failures)}")
         return 1
     return 0
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.budget is not None:
+        from invertible.experiments.budget import format_budget
+
+        return f"budget {format_budget(args.budget)} per experiment"
+    return "quick" if args.quick else "full"
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reruns this invocation (written on the results page)."""
+    from invertible.experiments.budget import format_budget
+
+    words = ["invertible", "reproduce", "--all" if args.all else " ".join(args.ids)]
+    if args.quick:
+        words.append("--quick")
+    if args.budget is not None:
+        words += ["--budget", format_budget(args.budget)]
+    if args.seed:
+        words += ["--seed", str(args.seed)]
+    if args.device != "cpu":
+        words += ["--device", args.device]
+    words += ["--out", str(args.out), "--results", str(args.results)]
+    return " ".join(words)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from invertible.experiments.budget import Budget, Setting, choose_scale, format_budget, scaled_value
 from invertible.experiments.costs import FullCost, machine
 from invertible.io import RunFolder, jsonable
 from invertible.threads import intraop_threads
@@ -61,6 +63,31 @@ class RunContext:
     _report: list[str] = field(default_factory=list)
     claims: dict[str, dict[str, Any]] = field(default_factory=dict)
     costs: list[FullCost] = field(default_factory=list)
+    scale: float = 1.0  # the workload multiple of a budgeted run (1: the quick settings); see budget.py
+    settings: dict[str, Setting] = field(default_factory=dict)
+    seconds: float = 0.0  # the wall time of exp.run, set by the framework
+    metrics: dict[str, Any] = field(default_factory=dict)  # what exp.run returned
+
+    def scaled(self, name: str, quick: float, full: float, *, power: float = 1.0, integer: bool = True):
+        """The value of setting ``name``: ``full`` in full mode, ``quick`` in quick mode, and in a budgeted run
+        (``--budget``) ``quick * scale**power`` capped at ``full``. The powers of an experiment's settings add up
+        to (at most) one, so the run time grows like the scale (e.g. steps and data size ``power=0.5`` each).
+        Every setting is recorded (``config.json["settings"]`` and the report's settings table)."""
+        if name in self.settings:
+            raise ValueError(f"setting {name!r} declared twice")
+        value = full if not self.quick else scaled_value(quick, full, self.scale, power, integer=integer)
+        self.settings[name] = Setting(name=name, quick=quick, full=full, power=float(power), value=value)
+        return value
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether this is a budgeted run larger than the quick one (``scale > 1``)."""
+        return self.quick and self.scale > 1.0
+
+    @property
+    def max_scale(self) -> float:
+        """The scale at which every declared setting has reached its full value (1 when none scales)."""
+        return max((s.max_scale for s in self.settings.values()), default=1.0)
 
     @property
     def run(self) -> RunFolder:
@@ -169,45 +196,107 @@ def verdict(name: str, claim: dict[str, Any]) -> str:
 
 
 def run_experiment(
-    id: str, out: Path, *, quick: bool, seed: int = 0, device: str = "cpu", show_progress: bool = True
+    id: str, out: Path, *, quick: bool, seed: int = 0, device: str = "cpu", show_progress: bool = True,
+    budget: float | None = None,
 ) -> Path:
-    """Run one registered experiment into ``out/<id>`` and return the path of its ``report.md``."""
+    """Run one registered experiment into ``out/<id>`` and return the path of its ``report.md``.
+
+    With ``budget`` (seconds) the run is fitted to that wall time (:mod:`invertible.experiments.budget`): a pilot
+    at quick settings measures this machine, then the workload is scaled to what the rest of the budget buys."""
     registry = experiments()
     if id not in registry:
         raise ValueError(f"unknown experiment {id!r}; known: {', '.join(registry)}")
     exp = registry[id]
     _check_device(device)
     folder = Path(out) / id
+    if budget is None:
+        return _run_once(exp, folder, quick=quick, seed=seed, device=device, show_progress=show_progress)
+    if not (budget > 0):
+        raise ValueError(f"the budget must be a positive number of seconds, got {budget!r}")
+    pilot_folder = Path(out) / f".{id}.pilot"
+    start = time.perf_counter()
+    try:
+        pilot = _run_once(exp, pilot_folder, quick=True, seed=seed, device=device, show_progress=show_progress,
+                          keep_context=True)
+    except BaseException:
+        shutil.rmtree(pilot_folder, ignore_errors=True)
+        raise
+    pilot_s = time.perf_counter() - start
+    scale = choose_scale(budget, pilot_s, pilot.max_scale)
+    plan = Budget(seconds=float(budget), pilot_seconds=pilot_s, scale=scale, max_scale=pilot.max_scale)
+    if scale <= 1.0:
+        _replace_folder(pilot_folder, folder)
+        return _finish(exp, folder, pilot, budget=plan)
+    shutil.rmtree(pilot_folder, ignore_errors=True)
+    return _run_once(exp, folder, quick=True, seed=seed, device=device, show_progress=show_progress, budget=plan)
+
+
+def _replace_folder(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    src.rename(dst)
+
+
+def _run_once(exp: Experiment, folder: Path, *, quick: bool, seed: int, device: str, show_progress: bool,
+              budget: Budget | None = None, keep_context: bool = False):
     run = RunFolder(folder).make()
     run.reset_metrics()
-    ctx = RunContext(out=folder, quick=quick, seed=seed, device=device, show_progress=show_progress)
+    ctx = RunContext(out=folder, quick=quick, seed=seed, device=device, show_progress=show_progress,
+                     scale=budget.scale if budget is not None else 1.0)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    # Quick (and budgeted) runs use small models, for which one thread is as fast as two and immune to
+    # oversubscription; a budgeted run keeps the pilot's setting so that its measured time stays valid.
+    with intraop_threads(1) if quick else nullcontext():
+        metrics = exp.run(ctx)
+    ctx.seconds = time.perf_counter() - start
+    ctx.metrics = metrics
+    if keep_context:
+        return ctx
+    return _finish(exp, folder, ctx, budget=budget)
+
+
+def _finish(exp: Experiment, folder: Path, ctx: RunContext, *, budget: Budget | None) -> Path:
+    """Write config.json, metrics.json and report.md of a finished run (``ctx.metrics``, ``ctx.seconds``)."""
+    run = RunFolder(folder)
+    seconds = ctx.seconds
+    mode = "full" if not ctx.quick else ("quick" if budget is None else f"budget {format_budget(budget.seconds)}")
     config = {
-        "experiment": id,
-        "quick": quick,
-        "seed": seed,
-        "device": device,
+        "experiment": exp.id,
+        "quick": ctx.quick,
+        "mode": mode,
+        "seed": ctx.seed,
+        "device": ctx.device,
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+    if budget is not None:
+        config["budget"] = budget.as_dict()
+    if ctx.settings:
+        config["settings"] = {name: st.as_dict() for name, st in ctx.settings.items()}
     run.write_config(config)
-    torch.manual_seed(seed)
-    start = time.perf_counter()
-    # Quick runs use tiny models, for which one thread is as fast as two and immune to oversubscription.
-    with intraop_threads(1) if quick else nullcontext():
-        metrics = exp.run(ctx)
-    seconds = time.perf_counter() - start
-    metrics = {**jsonable(metrics), "seconds": round(seconds, 2)}
+    metrics = {**jsonable(ctx.metrics), "seconds": round(seconds, 2), "mode": mode}
+    if budget is not None:
+        metrics["budget"] = budget.as_dict()
     if ctx.claims:
         metrics["claims"] = ctx.claims
     if ctx.costs:
         metrics["full_costs"] = [c.as_dict() for c in ctx.costs]
     run.write_summary(metrics)
-    run.log({"split": "summary", "experiment": id, "seconds": round(seconds, 2)})
+    run.log({"split": "summary", "experiment": exp.id, "seconds": round(seconds, 2)})
     lines = [
-        f"# {id}: {exp.title}",
+        f"# {exp.id}: {exp.title}",
         "",
-        f"Mode: {'quick' if quick else 'full'} · seed {seed} · device {device} · {seconds:.1f} s",
+        f"Mode: {mode} · seed {ctx.seed} · device {ctx.device} · {seconds:.1f} s",
         "",
+    ]
+    if budget is not None:
+        lines += [f"This run: {budget.text}.", ""]
+    if ctx.settings and ctx.quick:
+        lines += ["| setting | quick | this run | full |", "|---|---|---|---|"]
+        lines += [f"| {name} | {_num(st.quick)} | {_num(st.value)} | {_num(st.full)} |"
+                  for name, st in ctx.settings.items()] + [""]
+    lines += [
         "## What the thesis reports",
         "",
         exp.thesis.strip(),
@@ -228,6 +317,10 @@ def run_experiment(
     if ctx.figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in ctx.figures] + [""]
     return run.write_report("\n".join(lines))
+
+
+def _num(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def _check_device(device: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from invertible.io import atomic_write_text
 
-__all__ = ["read_claims", "write_index"]
+__all__ = ["claim_row", "read_claims", "write_index"]
 
 
 def _cell(text: Any) -> str:
@@ -41,10 +41,24 @@ def _verdict(claim: dict[str, Any]) -> str:
     return f"**does not hold** at this scale ({lacks})" if lacks else "**does not hold** at this scale"
 
 
+CLAIMS_HEADER = ("| experiment | claim | verdict | thesis | this run | evidence (uncertainty) / why not |\n"
+                 "|---|---|---|---|---|---|")
+
+
+def claim_row(link: str, name: str, claim: dict[str, Any]) -> str:
+    """One row of the claims table (:data:`CLAIMS_HEADER`): ``link`` is the experiment's markdown cell."""
+    why = claim.get("evidence", "")
+    if not claim.get("holds") and claim.get("full_cost"):
+        why += f"; full run: {claim['full_cost']}"
+    return (f"| {link} | {_cell(name)} | {_verdict(claim)} | {_cell(claim.get('thesis', ''))} | "
+            f"{_cell(claim.get('ours', ''))} | {_cell(why)} |")
+
+
 def write_index(out: Path, done: Sequence[tuple[str, Path]], failed: Sequence[tuple[str, str]], *,
-                titles: dict[str, str], quick: bool) -> Path:
+                titles: dict[str, str], mode: str) -> Path:
     """Write ``out/report.md`` for the experiments in ``done`` (``(id, report path)``) and ``failed``
-    (``(id, message)``); ``titles`` maps ids to titles. Returns the path."""
+    (``(id, message)``); ``titles`` maps ids to titles, ``mode`` names the run ("quick", "full", "budget 1h").
+    Returns the path."""
     out = Path(out)
     rows, costs, figures, n_claims, n_hold, seconds = [], [], [], 0, 0, 0.0
     for eid, report in done:
@@ -57,23 +71,18 @@ def write_index(out: Path, done: Sequence[tuple[str, Path]], failed: Sequence[tu
         for name, c in claims.items():
             n_claims += 1
             n_hold += bool(c.get("holds"))
-            why = c.get("evidence", "")
-            if not c.get("holds") and c.get("full_cost"):
-                why += f"; full run: {c['full_cost']}"
-            rows.append(f"| [{eid}]({_rel(report, out)}) | {_cell(name)} | {_verdict(c)} | "
-                        f"{_cell(c.get('thesis', ''))} | {_cell(c.get('ours', ''))} | {_cell(why)} |")
+            rows.append(claim_row(f"[{eid}]({_rel(report, out)})", name, c))
         for cost in metrics.get("full_costs") or []:
             costs.append(f"| {eid} | {_cell(cost.get('what', ''))} | {_cell(cost.get('text', ''))} |")
         pngs = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
         figures.append(f"### [{eid}: {titles.get(eid, '')}]({_rel(report, out)})\n")
         figures += [f"![{eid} {p.stem}]({_rel(p, out)})" for p in pngs] + [""]
     lines = ["# invertible reproduce: the thesis's claims at this scale", "",
-             f"Mode: {'quick' if quick else 'full'} · {len(done)} experiments ran ({seconds:.0f} s of experiment "
+             f"Mode: {mode} · {len(done)} experiments ran ({seconds:.0f} s of experiment "
              f"time), {len(failed)} failed · {n_hold} of {n_claims} claims hold.", "",
              "A claim that does not hold says what it lacks (data or compute, or method when neither would help) "
              "and, where more compute is the remedy, what the full run costs on this machine.", "",
-             "| experiment | claim | verdict | thesis | this run | evidence (uncertainty) / why not |",
-             "|---|---|---|---|---|---|", *rows, ""]
+             CLAIMS_HEADER, *rows, ""]
     if failed:
         lines += ["## Failed", ""] + [f"- {eid}: {_cell(msg)}" for eid, msg in failed] + [""]
     if costs:
