@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from invertible.commands._options import add_device, add_out, add_progress, add_seed, out_file
+from invertible.commands._options import add_device, add_out, add_progress, add_seed, out_file, positive_int
 
 
 def _duration(text: str) -> float:
@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--results", type=out_file, default=None, metavar="PAGE",
                    help="also write a results page (e.g. docs/results.md) with the figures copied beside it "
                    "(under PAGE's folder/results/) and the command that regenerates it")
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
+                   help="run N experiments at a time in worker processes (quick and budgeted runs use one "
+                   "thread each, so N = the number of cores fills the machine; default 1)")
     add_out(p, default=Path("runs/reproduce"), help="output folder (default runs/reproduce)")
     add_seed(p)
     add_device(p)
@@ -62,23 +65,33 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(registry)}")
     reports, failures = [], []
-    for i, eid in enumerate(ids, 1):
-        print(f"[{i}/{len(ids)}] {eid}: {registry[eid].title}", flush=True)
+    kwargs = dict(quick=args.quick, seed=args.seed, device=args.device, show_progress=not args.no_progress,
+                  budget=args.budget)
+    if len(ids) == 1:  # one experiment: its error is the command's error (one line, exit code 2)
+        print(f"[1/1] {ids[0]}: {registry[ids[0]].title}", flush=True)
         start = time.perf_counter()
-        try:
-            report = run_experiment(
-                eid, args.out, quick=args.quick, seed=args.seed, device=args.device,
-                show_progress=not args.no_progress, budget=args.budget,
-            )
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            if len(ids) == 1:
-                raise
-            # One experiment's missing data or failure must not cost the others their results.
-            print(f"      FAILED after {time.perf_counter() - start:.1f} s: {exc}", flush=True)
-            failures.append((eid, str(exc)))
-            continue
+        report = run_experiment(ids[0], args.out, **kwargs)
         print(f"      done in {time.perf_counter() - start:.1f} s -> {report}", flush=True)
-        reports.append((eid, report))
+        reports.append((ids[0], report))
+    else:
+        from invertible.experiments.runner import run_many
+
+        if args.jobs == 1:
+            print(f"[1/{len(ids)}] {ids[0]}: {registry[ids[0]].title}", flush=True)
+        else:
+            print(f"{len(ids)} experiments in {args.jobs} worker processes", flush=True)
+        # One experiment's missing data or failure must not cost the others their results.
+        for i, outcome in enumerate(run_many(ids, args.out, jobs=args.jobs, **kwargs), 1):
+            if outcome.error is not None:
+                print(f"      {outcome.id} FAILED after {outcome.seconds:.1f} s: {outcome.error}", flush=True)
+                failures.append((outcome.id, outcome.error))
+            else:
+                print(f"      {outcome.id} done in {outcome.seconds:.1f} s -> {outcome.report}", flush=True)
+                reports.append((outcome.id, outcome.report))
+            if args.jobs == 1 and i < len(ids):
+                print(f"[{i + 1}/{len(ids)}] {ids[i]}: {registry[ids[i]].title}", flush=True)
+    order = {eid: k for k, eid in enumerate(ids)}
+    reports.sort(key=lambda r: order[r[0]])
     index = write_index(args.out, reports, failures, titles={e: x.title for e, x in registry.items()},
                         mode=_mode(args))
     print(f"Report: {index.resolve()}")
@@ -116,5 +129,7 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--seed", str(args.seed)]
     if args.device != "cpu":
         words += ["--device", args.device]
+    if args.jobs != 1:
+        words += ["--jobs", str(args.jobs)]
     words += ["--out", str(args.out), "--results", str(args.results)]
     return " ".join(words)
