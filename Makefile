@@ -23,7 +23,7 @@ $(BIN)/invertible: pyproject.toml
 	@touch $(BIN)/invertible
 
 demo: $(BIN)/invertible
-	$(BIN)/invertible reproduce --all --quick --out runs/demo
+	$(BIN)/invertible reproduce --all --quick --jobs 2 --out runs/demo
 
 # docs/results.md: every reproduction fitted to a one-hour budget on this machine (hours; see docs/results.md).
 BUDGET ?= 1h
