@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from invertible.experiments.costs import machine
+from invertible.experiments.costs import format_duration, machine
+from invertible.threads import intraop_threads
 from invertible.experiments.summary import CLAIMS_HEADER, claim_row, read_claims
 from invertible.io import atomic_write_text
 
@@ -111,10 +112,15 @@ def write_results_page(page: Path, done: Sequence[tuple[str, Path]], failed: Seq
             sec.append(f"![{eid} {png.stem}]({dst.relative_to(page.parent).as_posix()})")
         sections += sec + [""]
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if mode == "full":
+        where = machine(device)
+    else:
+        with intraop_threads(1):  # quick and budgeted runs use one thread each (registry.run_experiment)
+            where = machine(device)
     lines = [
         "# Results: every reproduction on one machine", "",
-        f"Regenerate this page with `{command}`. Made {when} on {machine(device)}; mode: {mode}; "
-        f"{len(done)} reproductions in {total_s / 60:.0f} min of experiment time; **{n_hold} of {n_claims} "
+        f"Regenerate this page with `{command}`. Made {when} on {where}; mode: {mode}; "
+        f"{len(done)} reproductions in {format_duration(total_s)} of experiment time; **{n_hold} of {n_claims} "
         f"claims hold**.", "",
         "A claim that does not hold says what it lacks (`data`: the thesis's data sets, CIFAR-10 or the ADSQ/LP "
         "tumour spectra, cannot be shipped; `compute`: the full settings need more time or a GPU, with the cost "
