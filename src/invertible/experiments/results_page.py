@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from invertible.experiments.costs import format_duration, machine
-from invertible.threads import intraop_threads
 from invertible.experiments.summary import CLAIMS_HEADER, claim_row, read_claims
 from invertible.io import atomic_write_text
+from invertible.threads import intraop_threads
 
 __all__ = ["MAX_WIDTH", "write_results_page"]
 
