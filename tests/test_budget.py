@@ -122,7 +122,8 @@ def test_cli_budget_writes_a_results_page(tmp_path, capsys, timed_experiment):
     assert "Results page:" in capsys.readouterr().out
     text = page.read_text()
     assert f"`invertible reproduce {timed_experiment} --budget 1s --out {out} --results {page}`" in text
-    assert "The thesis trains 400 steps." in text and "| more steps help |" in text and "1 of 1" in text
+    assert "The thesis trains 400 steps." in text and "| more steps help |" in text
+    assert "| [test.timed](#testtimed) | timed | budget 1s |" in text
     png = page.parent / "results" / timed_experiment / "curve.png"
     assert f"(results/{timed_experiment}/curve.png)" in text
     from PIL import Image
