@@ -29,11 +29,7 @@ DIM, N_UNUSED, RADII = 500, 10, (1.0, 1.3)
 
 @register("fig6.3", title="Perturbation vs invariance attacks on adversarial spheres", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-    # one torch thread and one BLAS thread: scikit-learn's small fits (probes, oracle) ran 30x slower with
-    # two BLAS threads on a shared 2-core machine (measured: a 2000 x 186 logistic regression 4.2 s vs 0.14 s)
-    with single_intraop_thread(), threadpool_limits(1):
+    with single_intraop_thread():
         return _run(ctx)
 
 
