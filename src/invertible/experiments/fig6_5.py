@@ -65,7 +65,7 @@ def _pairs(y: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.T
 def run(ctx: RunContext) -> dict:
     from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
-    # one torch thread and one BLAS thread: scikit-learn's small fits (probes, oracle) ran 30x slower with
+    # one torch thread and one BLAS thread: scikit-learn's small fits (the oracle) ran much slower with
     # two BLAS threads on a shared 2-core machine (measured: a 2000 x 186 logistic regression 4.2 s vs 0.14 s)
     with single_intraop_thread(), threadpool_limits(1):
         return _run(ctx)

@@ -199,7 +199,7 @@ def _summaries(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, d
 def run(ctx: RunContext) -> dict:
     from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
-    # one torch thread and one BLAS thread: scikit-learn's small fits (probes, oracle) ran 30x slower with
+    # one torch thread and one BLAS thread: scikit-learn's small probe fits ran 30x slower with
     # two BLAS threads on a shared 2-core machine (measured: a 2000 x 186 logistic regression 4.2 s vs 0.14 s)
     with single_intraop_thread(), threadpool_limits(1):
         return _run(ctx)
