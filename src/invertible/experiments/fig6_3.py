@@ -33,13 +33,22 @@ def run(ctx: RunContext) -> dict:
         return _run(ctx)
 
 
+def settings(ctx: RunContext) -> dict:
+    """Sample sizes per seed: training points per sphere (the max-margin bias is fitted on ``2 n_train``) and test
+    points per sphere for the attack curves. Quick 2000 / 1000, full 20000 / 10000; a budgeted run grows both
+    (``power=0.5`` each: the fit is linear in ``n_train``, the curves in ``n_test``)."""
+    return {"n_train": ctx.scaled("n_train", 2000, 20000, power=0.5),
+            "n_test": ctx.scaled("n_test", 1000, 10000, power=0.5)}
+
+
 def _run(ctx: RunContext) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_train, n_test = (2000, 1000) if ctx.quick else (20000, 10000)
+    cfg = settings(ctx)
+    n_train, n_test = cfg["n_train"], cfg["n_test"]
     budgets = [round(0.05 * i, 2) for i in range(25)]  # 0 ... 1.2
     seeds = [ctx.seed + 10 * i for i in range(3)]
     runs = []

@@ -13,11 +13,30 @@ initialization, data order and shifted-test patches). Full: MNIST-10k and Fashio
 training, the same seeds.
 
 Claims (issue 14): (1) iCE's shifted-test error is below CE's - the paired per-seed difference with its 95%
-t-interval; (2) iCE reaches the premise of Theorem 6.18, I(Y; Z_n) = 0, measured as a variational lower bound in
-nats (:func:`label_information`: H(Y) minus the held-out cross-entropy of a logistic-regression probe fitted on
-the training z_n after training). The quick training set was halved from the 4000 images on which
-:func:`ice_config` was validated, to pay for three seeds; with 2000 images the in-distribution error of iCE
-stays about 1.4% (seeds 0-2), so the 12 epochs were kept, not re-tuned.
+t-interval; (2) iCE leaves less label information in z_n than CE (what Theorem 6.16 (i) says the nuisance
+classifier does) and (3) iCE reaches the premise of Theorem 6.18, I(Y; Z_n) = 0, both measured as a variational
+lower bound in nats (:func:`label_information`: H(Y) minus the cross-entropy, on the held-out in-distribution
+test set, of a logistic-regression probe fitted on the training z_n after training). A lower bound can only show
+that information is there, never that it is gone: (3) holding would mean that this probe family reads nothing.
+The quick training set was halved from the 4000 images on which :func:`ice_config` was validated, to pay for
+three seeds; with 2000 images the in-distribution error of iCE stays about 1.4% (seeds 0-2), so the 12 epochs
+were kept, not re-tuned. Quick run (seeds 0-2): shifted error iCE - CE = -0.148 [-0.188, -0.107], I(Y; z_n)
+bound iCE 2.270 [2.262, 2.278] vs CE 2.297 [2.296, 2.299] nats of H(Y) = 2.300 (difference -0.028 [-0.036,
+-0.019]), probe accuracy on iCE's z_n 0.996.
+
+(3) does not hold at this scale, and more compute of the same kind does not help (measured on a validation split
+of the training distribution, seed 0, 1600 training / 400 validation images, never the test set): 12 / 24 / 48
+iCE epochs gave a probe bound of 2.28 / 2.27 / 2.13 nats (probe accuracy 0.995 / 0.998 / 0.965) while the in-game
+classifier's cross-entropy rose 1.12 / 1.70 / 1.82 nats and the shifted validation error grew 0.65 / 0.73 /
+0.78; nuisance weight 3 (12 epochs) gave 2.16 nats at 27% validation error, a 5x longer best-response refit (1000
+steps) 2.20 nats, with one inner step instead of two 2.20 nats, a 3x nuisance learning rate 2.26 nats. The
+network escapes the linear in-game classifier without emptying z_n for a probe fitted afterwards - the tight bound
+that Remark 6.20 calls hard to achieve in practice - so the claim is limited by the method (the alternating
+game), not by this scale.
+
+Settings (:func:`settings`): a budgeted run grows the training images and the epochs (``power=0.5`` each).
+The scikit-learn probes run on one BLAS thread (with two, a 2000 x 186 fit took 4.2 s instead of 0.14 s on the
+shared 2-core machine, and the quick run spent more time in the probes than in training).
 """
 
 from __future__ import annotations
@@ -39,6 +58,7 @@ from invertible.threads import single_intraop_thread
 
 N_SEEDS = 3
 QUICK_TRAIN = 2000  # training images in quick mode (see ice_config)
+QUICK_EPOCHS = 12
 
 THESIS = """\
 No table in the thesis: Remark 6.12 describes the experiment of Jacobsen et al. (2019b) - a feature (a pixel or
@@ -177,17 +197,30 @@ def _summaries(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, d
 
 @register("shiftmnist", title="shiftMNIST: CE vs independence cross-entropy under a planted shortcut", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
-    with single_intraop_thread():
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    # one torch thread and one BLAS thread: scikit-learn's small probe fits ran 30x slower with
+    # two BLAS threads on a shared 2-core machine (measured: a 2000 x 186 logistic regression 4.2 s vs 0.14 s)
+    with single_intraop_thread(), threadpool_limits(1):
         return _run(ctx)
+
+
+def settings(ctx: RunContext) -> dict:
+    """The MNIST workload: quick ``QUICK_TRAIN`` images at 14x14 (or the 8x8 digits) for ``QUICK_EPOCHS`` epochs;
+    a budgeted run (``--budget``) grows the training images and the epochs (``power=0.5`` each, their product is
+    the run time) towards the full 8000 images and 30 epochs, still at 14x14; full: 28x28 MNIST-10k. Full mode
+    adds Fashion-MNIST (60000 images, 15 epochs) when installed."""
+    quick = ctx.quick
+    return {"dataset": quick_dataset() if quick else "mnist", "downsample": quick,
+            "n_train": ctx.scaled("n_train", QUICK_TRAIN, 8000, power=0.5),
+            "epochs": ctx.scaled("epochs", QUICK_EPOCHS, 30, power=0.5)}
 
 
 def _run(ctx: RunContext) -> dict:
     seeds = seed_list(ctx.seed, N_SEEDS)
-    if ctx.quick:
-        name = quick_dataset()
-        plans = [(name, dict(n_train=QUICK_TRAIN, n_test=2000, downsample=True), 12)]
-    else:
-        plans = [("mnist", dict(n_train=8000, n_test=2000, downsample=False), 30)]
+    cfg = settings(ctx)
+    plans = [(cfg["dataset"], dict(n_train=cfg["n_train"], n_test=2000, downsample=cfg["downsample"]), cfg["epochs"])]
+    if not ctx.quick:
         try:
             load_images("fashion-mnist", "test")
             plans.append(("fashion-mnist", dict(n_train=60000, n_test=10000, downsample=False), 15))
@@ -254,22 +287,43 @@ def _run(ctx: RunContext) -> dict:
         below,
         f"iCE - CE shifted-test error = {format_interval(shifted)}, paired t-test p = {shifted['p']:.3g} "
         f"(CE {cell(primary['ce']['shifted'])}, iCE {cell(primary['ice']['shifted'])}; chance 0.9)"
-        + ("" if below else f"; does not hold at this scale (see the next claim: iCE does not reach its premise "
-                            f"I(Y; z_n) = 0 here); full run: {cost}"),
+        + ("" if below else "; does not hold at this scale (iCE does not reach its premise I(Y; z_n) = 0 here)"),
+        thesis="the iCE model keeps the digit under the shift", ours=f"{shifted['mean']:+.3f}",
+        limited_by=None if below else "compute", full_cost=None if below else cost,
         difference=shifted["mean"], ci95=[shifted["lo"], shifted["hi"]], p_value=shifted["p"], n_seeds=len(seeds),
     )
     info = primary["ice"]["label_information_nats"]
+    lower = paired_difference([r["ice"]["label_information_nats"] for r in per_seed],
+                              [r["ce"]["label_information_nats"] for r in per_seed])
+    less = lower["hi"] < 0
+    ctx.claim(
+        "iCE leaves less label information in z_n than CE (Theorem 6.16 (i): the nuisance classifier lowers the "
+        "variational bound on I(Y; z_n))",
+        less,
+        f"iCE - CE I(Y; z_n) lower bound = {format_interval(lower, unit='nats')}, paired t-test p = "
+        f"{lower['p']:.3g}, of H(Y) = {entropy:.3f} nats"
+        + ("" if less else "; does not hold at this scale"),
+        thesis="iCE minimizes the lower bound on I(Y; Z_n)", ours=f"{lower['mean']:+.3f} nats",
+        limited_by=None if less else "method",
+        difference_nats=lower["mean"], ci95=[lower["lo"], lower["hi"]], p_value=lower["p"], n_seeds=len(seeds),
+    )
     gone = info["hi"] <= NO_INFORMATION_NATS
     ctx.claim(
-        f"iCE removes the label information from z_n (I(Y; z_n) lower bound <= {NO_INFORMATION_NATS} nats, the "
-        "premise of Theorem 6.18)",
+        f"iCE removes the label information from z_n (a probe's I(Y; z_n) lower bound <= {NO_INFORMATION_NATS} "
+        "nats, the premise of Theorem 6.18)",
         gone,
         f"iCE {cell(info)} nats vs CE {cell(primary['ce']['label_information_nats'])} nats of H(Y) = "
         f"{entropy:.3f} (probe accuracy iCE {cell(primary['ice']['probe'])})"
         + ("" if gone else
-           "; does not hold at this scale because on the training distribution the planted patch and the digit "
-           "are redundant and the alternating game does not drive a freshly fitted probe to chance within "
-           f"{epochs} epochs (the in-game classifier is fooled, a probe fitted afterwards is not); full run: {cost}"),
+           "; more compute does not close it: on a validation split of the training distribution (seed 0, "
+           "1600 / 400 images) longer training moved the probe's bound from 2.28 nats (12 epochs) to 2.27 (24) and "
+           "2.13 (48) while the in-game classifier's cross-entropy rose from 1.12 to 1.82 nats and the shifted "
+           "error grew from 0.65 to 0.78; a 3x nuisance weight (12 epochs) gave 2.16 nats at 27% validation error, a "
+           "5x longer best-response refit 2.20 nats. The "
+           "alternating game with a linear nuisance classifier does not reach the perfect nuisance classifier "
+           "Theorem 6.16 assumes (Remark 6.20: a tight bound is hard to achieve in practice)"),
+        thesis="I(Y; Z_n) = 0 (assumed)", ours=f"{info['mean']:.2f} nats",
+        limited_by=None if gone else "method", full_cost=None if gone else cost,
         nats=info["mean"], ci95=[info["lo"], info["hi"]], entropy_nats=entropy,
     )
     metrics: dict = {"seeds": seeds, "dataset": first, "summary": primary, "per_seed": per_seed,
