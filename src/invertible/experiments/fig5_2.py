@@ -95,14 +95,12 @@ FULL_LR = {"resflow": 1e-3, "coupling": 1e-3}
 
 def settings(ctx: RunContext) -> dict[str, Any]:
     """This run's settings: :data:`QUICK` in quick mode, :data:`FULL` in full mode. A budgeted run
-    (``--budget``) grows the steps with power 1/2, the hidden width (32 -> 128) and the batch (256 -> 512) with
-    power 1/4 each (a step's time grows less than linearly in either at these sizes), and keeps the quick depth,
-    coefficient, learning rates and figure sizes."""
+    (``--budget``) grows the steps with power 3/4 and the batch (256 -> 512) with power 1/4, and keeps the depth,
+    width and coefficient (chosen on validation data at quick scale), the learning rates and the figure sizes."""
     quick = ctx.quick
     base = QUICK if quick else FULL
     return {**base,
-            "steps": ctx.scaled("steps", QUICK["steps"], FULL["steps"], power=0.5),
-            "hidden": (ctx.scaled("hidden", QUICK["hidden"][0], FULL["hidden"][0], power=0.25),) * 2,
+            "steps": ctx.scaled("steps", QUICK["steps"], FULL["steps"], power=0.75),
             "batch": ctx.scaled("batch", QUICK["batch"], FULL["batch"], power=0.25),
             "lr": dict(QUICK_LR if quick else FULL_LR)}
 
