@@ -40,10 +40,21 @@ LABELS = {"forward": "forward KL (maximum likelihood)", "reverse": "reverse KL (
 LIM = 5.0
 
 
-def _settings(quick: bool) -> dict[str, Any]:
-    if quick:
-        return {"seeds": 3, "steps": 200, "batch": 256, "lr": 1e-2, "n_eval": 4000, "grid": 90}
-    return {"seeds": 10, "steps": 1000, "batch": 256, "lr": 5e-3, "n_eval": 20_000, "grid": 200}
+QUICK = {"seeds": 3, "steps": 200, "batch": 256, "lr": 1e-2, "n_eval": 4000, "grid": 90}
+FULL = {"seeds": 10, "steps": 1000, "batch": 256, "lr": 5e-3, "n_eval": 20_000, "grid": 200}
+
+
+def settings(ctx: RunContext) -> dict[str, Any]:
+    """The run's settings: :data:`QUICK` in quick mode, :data:`FULL` in full mode; a budgeted run
+    (``--budget``) grows the workload with ``ctx.scale`` - seeds and steps with power 1/2 each (the run time is
+    seeds x steps), the evaluation sample with power 1/2 (its cost is seeds x n_eval) - and keeps the quick
+    learning rate, batch and figure grid (chosen for the quick step count)."""
+    quick = ctx.quick
+    return {"seeds": ctx.scaled("seeds", QUICK["seeds"], FULL["seeds"], power=0.5),
+            "steps": ctx.scaled("steps", QUICK["steps"], FULL["steps"], power=0.5),
+            "batch": QUICK["batch"], "lr": QUICK["lr"] if quick else FULL["lr"],
+            "n_eval": ctx.scaled("n_eval", QUICK["n_eval"], FULL["n_eval"], power=0.5),
+            "grid": QUICK["grid"] if quick else FULL["grid"]}
 
 
 def small_flow(seed: int):
@@ -97,7 +108,7 @@ def interval(values: list[float], level: float = 0.95) -> tuple[float, float, fl
 
 @register("fig5.1", title="Forward vs reverse KL: mode covering vs mode seeking", thesis=THESIS)
 def run(ctx: RunContext) -> dict[str, Any]:
-    s = _settings(ctx.quick)
+    s = settings(ctx)
     target = fig5_1_mixture()
     seeds = [ctx.seed + i for i in range(s["seeds"])]
     per_seed: dict[str, list[dict[str, Any]]] = {o: [] for o in OBJECTIVES}

@@ -54,6 +54,13 @@ def _example_input(model: torch.nn.Module, n: int, generator: torch.Generator) -
     return torch.randn(n, *shape, generator=generator, dtype=torch.float64)
 
 
+def settings(ctx: RunContext) -> dict[str, int]:
+    """Inputs per instance and Monte Carlo draws of the capability checks (16 / 200 quick, 64 / 1000 full); a
+    budgeted run (``--budget``) grows both with power 1/2 (the checks cost inputs x draws)."""
+    return {"n_inputs": ctx.scaled("n_inputs", 16, 64, power=0.5),
+            "n_draws": ctx.scaled("n_draws", 200, 1000, power=0.5)}
+
+
 @register("table5.2", title="Capabilities of invertible architectures, derived from the code", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
     from invertible.models.table5_2 import NOT_IMPLEMENTED, THESIS_NAMES, table5_2_models
@@ -61,8 +68,9 @@ def run(ctx: RunContext) -> dict:
     torch.manual_seed(ctx.seed)
     models = {name: m.double() for name, m in table5_2_models().items()}
     columns = {name: model_capabilities(m) for name, m in models.items()}
-    checks = {name: verify_capabilities(m, _example_input(m, 16 if ctx.quick else 64, ctx.generator(i)),
-                                        n_draws=200 if ctx.quick else 1000)
+    st = settings(ctx)
+    checks = {name: verify_capabilities(m, _example_input(m, st["n_inputs"], ctx.generator(i)),
+                                        n_draws=st["n_draws"])
               for i, (name, m) in enumerate(models.items())}
     ctx.report("Derived from the code (small instances of each method):\n\n" + capability_table(columns))
     ctx.report("Not in the library, hence no column: "
