@@ -255,3 +255,47 @@ def test_recorded_shape_follows_forward_and_load_state_dict():
     b.load_state_dict(a.state_dict())
     assert sn_b.recorded_shape == (2, 6, 6) == tuple(sn_b.input_shape.tolist())
     torch.testing.assert_close(b(torch.ones(1, 2, 6, 6)), a(torch.ones(1, 2, 6, 6)))
+
+
+def _stall_near_second_direction(sn, A_rows, shape):
+    """Put the power iteration's vectors on the second right singular vector of the dense operator ``A``
+    (plus a 1e-7 component along the top one): the plateau where a change-based stopping rule stops."""
+    _, _, Vh = torch.linalg.svd(A_rows)
+    u = Vh[1] + 1e-7 * Vh[0]
+    u = (u / u.norm()).reshape(1, *shape)
+    v = (A_rows @ u.flatten()).reshape(sn.v.shape)
+    sn.u.copy_(u)
+    sn.v.copy_(v / v.norm())
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_converge_finds_the_norm_from_vectors_stalled_below_it(kind):
+    """Training can leave the vectors near a lower singular direction; converging must still reach ||A||
+    (before the fix it stopped at once at sigma_2: 0.96 against ||W|| = 1.0 for the linear case)."""
+    from invertible.lipschitz import converge_spectral_norms, spectral_norm, spectral_norm_of
+    from invertible.norms import operator_norm
+
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, shape = torch.nn.Linear(2, 32).double(), (2,)
+        U, _ = torch.linalg.qr(torch.randn(32, 2, dtype=torch.float64))
+        V, _ = torch.linalg.qr(torch.randn(2, 2, dtype=torch.float64))
+        with torch.no_grad():
+            layer.weight.copy_(U @ torch.diag(torch.tensor([1.0, 0.96], dtype=torch.float64)) @ V.T)
+    else:
+        layer, shape = torch.nn.Conv2d(1, 2, 3, padding=1).double(), (1, 4, 4)
+        with torch.no_grad():
+            layer.weight.mul_(3.0)  # ||A|| above coeff, so that the normalization acts
+    m = spectral_norm(layer, coeff=0.9)
+    m(torch.randn(3, *shape, dtype=torch.float64))
+    sn = spectral_norm_of(m)
+    weight = m.parametrizations.weight.original.detach()
+    eye = torch.eye(int(torch.tensor(shape).prod()), dtype=torch.float64).reshape(-1, *shape)
+    A = torch.stack([sn._op.apply(weight, e[None]).flatten() for e in eye], 1)  # dense operator, (out, in)
+    _stall_near_second_direction(sn, A, shape)
+    exact = torch.linalg.matrix_norm(A, 2).item()
+    assert exact > 0.95
+    assert sn.estimate(weight).item() < exact * (1 - 1e-3)  # the stall is real
+    converge_spectral_norms(m)
+    assert float(sn.sigma) == pytest.approx(exact, rel=1e-5)
+    assert operator_norm(m, shape) == pytest.approx(0.9, rel=1e-5)  # the normalized operator meets coeff

@@ -385,10 +385,46 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
     max_iter = check_count("max_iter", max_iter, 1)
     count = 0
     for sn, weight in _initialized_spectral_norms(model):
-        sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)
+        if sn._op.is_linear and weight.numel() <= EXACT_SVD_ENTRIES:
+            _exact_singular_vectors(sn, weight)
+        else:
+            _converge_with_restart(sn, weight, rtol, max_iter)
         sn.sigma.copy_(sn.estimate(weight))
         count += 1
     return count
+
+
+EXACT_SVD_ENTRIES = 1 << 22  # a Linear weight up to this size gets its top singular pair from an SVD
+
+
+@torch.no_grad()
+def _exact_singular_vectors(sn: SpectralNorm, weight: torch.Tensor) -> None:
+    """Set ``(u, v)`` to the top singular pair of a Linear weight ``W = U S V^T``: ``sigma = ||W||_2`` exactly.
+
+    A power iteration's stopping rule (the estimate changes by less than ``rtol``) cannot tell convergence from
+    a plateau: vectors left near the second singular direction by training stall there, below ``||W||``."""
+    U, _, Vh = torch.linalg.svd(weight, full_matrices=False)
+    sn.u.copy_(Vh[0].reshape(sn.u.shape))
+    sn.v.copy_(U[:, 0].reshape(sn.v.shape))
+
+
+@torch.no_grad()
+def _converge_with_restart(sn: SpectralNorm, weight: torch.Tensor, rtol: float, max_iter: int) -> None:
+    """Converge from the current vectors and from a fresh (seeded) random start; keep the larger estimate.
+
+    Both are lower bounds on ``||A||``; the restart catches vectors stalled near a lower singular direction
+    (a random start has a component along the top one almost surely)."""
+    sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)
+    kept = (sn.u.clone(), sn.v.clone(), sn.estimate(weight))
+    g = torch.Generator(device=weight.device).manual_seed(0)
+    u = torch.randn(sn.u.shape, generator=g, dtype=sn.u.dtype, device=sn.u.device)
+    v = sn._op.apply(weight, u / u.norm())
+    u, v, _ = sn._power_steps(weight, u / u.norm(), v / v.norm().clamp_min(1e-30), 1, atol=0.0, rtol=rtol,
+                              max_iter=max_iter)
+    if float((v * sn._op.apply(weight, u)).sum()) < float(kept[2]):
+        u, v = kept[0], kept[1]
+    sn.u.copy_(u)
+    sn.v.copy_(v)
 
 
 def _initialized_spectral_norms(model: nn.Module) -> Iterator[tuple[SpectralNorm, torch.Tensor]]:
