@@ -230,7 +230,7 @@ def train_and_analyze(ctx: RunContext, cfg: dict, data, seeds: list[int], *, sav
 
 
 def plot_spectra(first: dict[str, dict], data: str, seed: int):
-    """Left panel of Fig. 3.4: the median non-zero singular values after each ReLU, one curve per layer."""
+    """Left panel of Fig. 3.4: the median non-zero singular values after each conv layer's ReLU, one curve each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,11 +238,11 @@ def plot_spectra(first: dict[str, dict], data: str, seed: int):
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for ax, (name, res) in zip(axes, first.items(), strict=True):
-        relus = [sp for sp in res["spectra"] if sp.kind == "relu"]
+        relus = [sp for sp in res["spectra"] if sp.kind == "relu" and sp.layer <= 6]  # the conv layers
         cmap = plt.get_cmap("viridis")
         for i, sp in enumerate(relus):
-            s = sp.median_singular_values.cpu().numpy()
-            s = s[s > 0]
+            # the median spectrum up to the median count of non-zero values (the rest are rounding noise)
+            s = sp.median_singular_values.cpu().numpy()[: int(round(sp.median_n_nonzero))]
             ax.semilogy(np.arange(1, len(s) + 1), s, color=cmap(i / max(len(relus) - 1, 1)), label=f"layer {sp.layer}")
         ax.set_xlabel("index of singular value")
         ax.set_ylabel("median singular value (non-zero)")
