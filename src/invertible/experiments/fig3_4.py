@@ -335,7 +335,7 @@ def run(ctx: RunContext) -> dict:
     ctx.report("\n".join(lines))
     state_claims(ctx, runs, cfg, desc, n_cols, result["seconds"], n_seeds=N_SEEDS)
     metrics: dict = {"data": desc, "image_size": cfg["image_size"], "window": cfg["window"],
-                     "n_eval": cfg["n_eval"], "seeds": seeds, "seconds": result["seconds"]}
+                     "n_eval": cfg["n_eval"], "seeds": seeds, "step_seconds": result["seconds"]}
     for name, rs in runs.items():
         metrics[name] = {"test_accuracy": [r["accuracy"] for r in rs], "final_train_loss": [r["loss"] for r in rs],
                          "stages": rs[0]["rows"],
