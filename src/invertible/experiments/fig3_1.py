@@ -78,6 +78,13 @@ def _train(x, y, *, steps: int, restarts: int, generator: torch.Generator,
     return net, float(final[r])
 
 
+def settings(ctx: RunContext) -> dict[str, int]:
+    """Workload settings (``ctx.scaled``). The full-batch training costs restarts x steps x points (powers 0.3,
+    0.4, 0.3); the preimage grid is an extra cost quadratic in its side (power 0.25)."""
+    return dict(n=ctx.scaled("n", 600, 2000, power=0.3), steps=ctx.scaled("steps", 400, 1500, power=0.4),
+                restarts=ctx.scaled("restarts", 16, 32, power=0.3), grid=ctx.scaled("grid", 150, 400, power=0.25))
+
+
 @register("fig3.1", title="Preimages and condition of a 2-D ReLU layer (two circles)", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
     import matplotlib
@@ -86,8 +93,7 @@ def run(ctx: RunContext) -> dict:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    cfg = (dict(n=600, steps=400, restarts=16, grid=150) if ctx.quick
-           else dict(n=2000, steps=1500, restarts=32, grid=400))
+    cfg = settings(ctx)
     gen = ctx.generator()
     x, y = two_circles(cfg["n"], factor=0.45, noise=0.06, generator=gen)
     x_test, y_test = two_circles(1000, factor=0.45, noise=0.06, generator=ctx.generator(1))

@@ -44,6 +44,16 @@ def _train(coeff: float | None, x, y, *, steps: int, n_blocks: int, hidden: int,
     return model, float(objective.last_loss)
 
 
+def settings(ctx: RunContext) -> dict[str, int]:
+    """Workload settings (``ctx.scaled``): the full-batch training costs steps x points (powers 0.5, 0.25); the
+    path checks an extra cost in the test paths (pairs: quadratic, power 0.25). The architecture (blocks, width)
+    and the number of seeds keep their quick values in a budgeted run."""
+    fixed = dict(seeds=3, n_blocks=4, hidden=32) if ctx.quick else dict(seeds=5, n_blocks=8, hidden=64)
+    return dict(n_train=ctx.scaled("n_train", 400, 2000, power=0.25),
+                n_paths=ctx.scaled("n_paths", 200, 500, power=0.25),
+                steps=ctx.scaled("steps", 400, 2000, power=0.5), **fixed)
+
+
 @register("fig4.1", title="Dynamics of a ResNet vs an i-ResNet on 2-D data: crossing and collapsing paths",
           thesis=THESIS)
 def run(ctx: RunContext) -> dict:
@@ -52,8 +62,7 @@ def run(ctx: RunContext) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cfg = dict(n_train=400, n_paths=200, steps=400, seeds=3, n_blocks=4, hidden=32) if ctx.quick else \
-        dict(n_train=2000, n_paths=500, steps=2000, seeds=5, n_blocks=8, hidden=64)
+    cfg = settings(ctx)
     results: dict[str, list[dict]] = {name: [] for name in MODELS}
     drawn = {}
     for s in range(cfg["seeds"]):

@@ -57,6 +57,13 @@ def _first_below(grid, errors, target):
     return next((k for k, e in zip(grid, errors, strict=True) if e <= target), None)
 
 
+def settings(ctx: RunContext) -> dict[str, int]:
+    """Workload settings (``ctx.scaled``): training steps (power 0.5) and the test images inverted (an extra cost,
+    power 0.5). The iteration grid and the architecture keep their quick values in a budgeted run."""
+    return dict(steps=ctx.scaled("steps", 60, 1500, power=0.5), n_eval=ctx.scaled("n_eval", 32, 256, power=0.5),
+                max_iter=40 if ctx.quick else 60)
+
+
 @register("fig4.4", title="i-ResNet inversion: error vs fixed-point iterations", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
     import matplotlib
@@ -65,10 +72,9 @@ def run(ctx: RunContext) -> dict:
     import matplotlib.pyplot as plt
 
     (xtr, ytr), (xte, _) = digits_tensors(ctx.seed)
-    steps = 60 if ctx.quick else 1500
-    max_iter = 40 if ctx.quick else 60
+    cfg = settings(ctx)
+    steps, max_iter, n_eval = cfg["steps"], cfg["max_iter"], cfg["n_eval"]
     grid = iteration_grid(max_iter)
-    n_eval = 32 if ctx.quick else 256
     solvers = {
         "fixed_point": lambda k: inv.FixedPoint(atol=1e-30, max_iter=k, on_failure="ignore"),
         "anderson": lambda k: inv.Anderson(atol=1e-30, max_iter=k, memory=5, on_failure="ignore"),
