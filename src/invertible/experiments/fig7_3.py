@@ -79,6 +79,12 @@ def calibration_table(seed: int = 0, n_synthetic: int = 16) -> tuple[str, dict]:
     return "\n".join(lines), {"real": real, "synthetic": s1, "synthetic_no_peptides": s2}
 
 
+def settings(ctx: RunContext) -> dict[str, int]:
+    """Workload, declared with :meth:`RunContext.scaled`: the masses per kDa at which the isotope patterns are
+    counted (quick 10, full 100; the run time is linear in it, power 1)."""
+    return {"masses_per_kda": ctx.scaled("masses_per_kda", 10, 100, power=1.0)}
+
+
 @register("fig7.3", title="Isotope-pattern size vs receptive field; TOF bin width (Fig. 7.3, 7.4)",
           thesis=THESIS)
 def run(ctx: RunContext) -> dict:
@@ -104,7 +110,7 @@ def run(ctx: RunContext) -> dict:
     paths = write_imzml(generate(cfg, seed=ctx.seed), ctx.out / "data", name="adsq_axis")
     data = read_imzml(paths[0])
     mz = data.mz
-    step = 100.0 if ctx.quick else 10.0
+    step = 1000.0 / settings(ctx)["masses_per_kda"]
     masses = np.arange(np.ceil((mz[0] + 10) / step) * step, mz[-1] - 10, step)
     # peak model: the TOF law of a constant peak width in flight time (R grows as sqrt(m), R = 3000 at 800 Da,
     # peaks a constant number of bins wide); the constant-R model is drawn and reported next to it
