@@ -7,9 +7,13 @@ mass range 800..5247 Da (its bin count and mean width are outputs, compared with
 0.163 Da). Without the real spectra the claims on the bin width say so and the ``adsq-like`` preset's axis is
 used. A small synthetic measurement on that axis is written as imzML and read back, and on the axis read back
 we compute (a) the number of bins of averagine isotope patterns (t_iso = 0.005,
-Gaussian peaks of FWHM m/R) over the mass range against the receptive field of IsotopeNet's conv stack
-(Fig. 7.3), (b) the bin width over the mass range with its average and the stride it suggests (Fig. 7.4,
-section 7.3.2). When the real MALDI-TOF spectra (``../shared/data/maldi/fiedler2009_subset.npz``) are present,
+Gaussian peaks) over the mass range against the receptive field of IsotopeNet's conv stack (Fig. 7.3). The
+peaks follow the same TOF physics as the axis: an ion packet's spread in flight time is about constant, so a
+peak's FWHM is ~ sqrt(m) Da (R = 3000 at 800 Da, growing as sqrt(m)) and a constant number of bins wide; the
+constant-R model (FWHM m/R) is reported beside it, since the thesis states neither. (On the real linear-mode
+spectra the FWHM of the strongest peaks grows as m^0.67 over 1-10 kDa, but there unresolved isotope envelopes
+dominate the width, so it does not test the peak law.) Then (b) the bin width over the mass range with its
+average and the stride it suggests (Fig. 7.4, section 7.3.2). When the real MALDI-TOF spectra (``../shared/data/maldi/fiedler2009_subset.npz``) are present,
 the report adds the calibration comparison of the synthetic generator against them.
 """
 
