@@ -13,8 +13,9 @@ peak's FWHM is ~ sqrt(m) Da (R = 3000 at 800 Da, growing as sqrt(m)) and a const
 constant-R model (FWHM m/R) is reported beside it, since the thesis states neither. (On the real linear-mode
 spectra the FWHM of the strongest peaks grows as m^0.67 over 1-10 kDa, but there unresolved isotope envelopes
 dominate the width, so it does not test the peak law.) Then (b) the bin width over the mass range with its
-average and the stride it suggests (Fig. 7.4, section 7.3.2). When the real MALDI-TOF spectra (``../shared/data/maldi/fiedler2009_subset.npz``) are present,
-the report adds the calibration comparison of the synthetic generator against them.
+average and the stride it suggests (Fig. 7.4, section 7.3.2). When the real MALDI-TOF spectra
+(``../shared/data/maldi/fiedler2009_subset.npz``) are present, the report adds the calibration comparison of
+the synthetic generator against them.
 """
 
 from __future__ import annotations
