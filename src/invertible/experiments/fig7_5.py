@@ -28,7 +28,7 @@ How the setting was chosen (validation data sets, generator seeds 101 and 102, n
 * envelope signal, effect 2, no extra abundance variation: ROC/LDA 0.90 (LDA on the M and M+1 bins reads the
   ratio as a line through the origin); with extra log-sd 2: ROC/LDA 0.73, IsotopeNet 10 epochs at Table A.2's
   Adam 5e-4 / L2 0.05 / dropout 0.3: 0.52 (chance), at 3e-3 without dropout or L2: 0.63, 30 epochs 0.67,
-  ResidualNet (2 epochs, batch 16) 0.65-0.72;
+  ResidualNet 2 epochs at batch 16 / 3 at batch 8: 0.65 / 0.72;
 * more data: 768 spectra, IsotopeNet 15 epochs / ResidualNet 1 epoch / ROC/LDA: 0.78 / 0.69 / 0.76 (seed 101),
   0.71 / 0.57 / 0.83 (seed 102);
   1152 spectra, IsotopeNet 30 epochs 0.95 vs ROC/LDA 0.84 (seed 101), 10 epochs 0.79 vs 0.88 (seed 102);

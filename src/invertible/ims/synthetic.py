@@ -18,6 +18,14 @@ that chapter 7 builds on. Per spectrum ``s`` of spot ``(x, y)`` in core ``c`` of
   ``+-effect``); cores (patients) ``u_cj``, TMAs ``v_tj`` (ionisation batch effect) and spots ``e_sj``
   (heterogeneity) add log-normal variation to every peptide. In the ``lp-like`` preset a fraction of the
   spots is non-tumour tissue: these carry a stroma profile and no class signal but keep the core's label.
+* Envelope signal (``signal="envelope"``): instead of their abundance, the class moves the share ``f`` of a
+  modified form of each discriminative peptide, ``modification_shift`` (0.984 Da, deamidation) heavier:
+  ``a_sj -> (1 - f_sj) a_sj`` at ``P_j`` plus ``f_sj a_sj`` at ``P_j`` shifted, with
+  ``logit f_sj = logit(modified_fraction) + gamma_j[y] + w_cj + N(0, spot_sd^2)`` (``gamma_j = +-effect/2``,
+  signs per peptide or all alike with ``same_direction``; patients ``w_cj ~ N(0, core_sd^2)``). The relative
+  intensities inside the isotope envelope carry the class; its total does not. ``signal_abundance_sd`` adds
+  patient-level log-abundance variation to the discriminative peptides (either signal), ``spot_shift_sd`` a
+  per-spot mass error (Da, spectra shifted by interpolation) on top of the TMA's.
 * Baseline ``B_s`` (power-law decay ``p``), TMA/spot intensity scale ``g_s`` (log-normal, TIC variation) and
   the noise law ``sd = c * lambda^q`` are calibrated on the real spectra by :func:`spectrum_statistics`.
 
