@@ -140,9 +140,9 @@ def run(ctx: RunContext) -> dict:
               all(pairs), "; ".join(f"{c}: {p or 'none'}" for c, p in zip(ds.classes, pairs, strict=True))
               + ("" if all(pairs) else
                  "; the top-5 hits on planted peaks spread over " + ", ".join(map(str, hit_peptides))
-                 + " different planted peptides per class: an averaged input gradient ranks single bins, and the "
-                 "largest ones fall on the main isotope of several planted peptides rather than on two isotopes of "
-                 "one (the network needs only one bin per peptide to read its abundance)"),
+                 + " different planted peptides per class, but no two of them are isotopes of one pattern 1.003 "
+                 "Da apart with the same sign: an averaged input gradient ranks single bins, and the network needs "
+                 "only one bin per peptide to read its abundance"),
               limited_by=None if all(pairs) else "method", peptides_hit_in_top5=hit_peptides)
     return {"balanced_accuracy": bacc, "planted_mz": planted.tolist(), "chance": covered, "top1_on_planted": top1,
             "precision_at_5": precision5, "top_peaks": {c: [p.mz for p in ps] for c, ps in zip(ds.classes, smap.peaks,
