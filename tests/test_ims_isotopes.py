@@ -72,3 +72,21 @@ def test_stride_from_mean_bin_width():
     assert s.mean_bin_width == pytest.approx(0.163)
     assert s.bins_per_spacing == pytest.approx(6.135, abs=1e-3)
     assert (s.stride, s.conservative_stride) == (6, 5)
+
+
+def test_tof_peak_model_keeps_the_peak_width_constant_in_bins():
+    """reference_mz: FWHM ~ sqrt(m) (constant flight-time spread), so on a TOF axis (bin ~ sqrt(m)) the part of
+    a pattern's bin count beyond its isotope span stays constant over mass; with a constant R it grows ~ sqrt(m)."""
+    from invertible.ims.isotopes import envelope_span
+    from invertible.ims.synthetic import tof_axis
+
+    mz = tof_axis(800.0, 27371, 0.00161313)
+    masses = np.array([1000.0, 2500.0, 5000.0])
+    width = np.interp(masses, mz[1:], np.diff(mz))
+    span_bins = envelope_span(masses) / width
+    tof = pattern_bins(mz, masses, resolving_power=3000.0, reference_mz=800.0) - span_bins
+    const = pattern_bins(mz, masses, resolving_power=3000.0) - span_bins
+    assert np.ptp(tof) < 2.5, tof
+    assert const[-1] - const[0] > 4, const
+    with pytest.raises(ValueError, match="reference_mz"):
+        pattern_bins(mz, masses, reference_mz=0.0)

@@ -45,6 +45,14 @@ def planted_positions(data, min_abundance: float = 0.1) -> np.ndarray:
     return np.sort(np.concatenate(out))
 
 
+def settings(ctx: RunContext) -> dict[str, int]:
+    """Workload, declared with :meth:`RunContext.scaled`: spectra (data, power 0.5) and IsotopeNet epochs (steps,
+    power 0.5); the bins (power 0) stay at the quick axis in a budgeted run."""
+    return {"n_spectra": ctx.scaled("n_spectra", 384, 1536, power=0.5),
+            "n_bins": ctx.scaled("n_bins", 512, 2048, power=0.0),
+            "epochs": ctx.scaled("epochs", 30, 100, power=0.5)}
+
+
 @register("sec7.5", title="Sensitivity maps of IsotopeNet recover the planted m/z (Section 7.5)", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
     from invertible.ims.evaluate import balanced_accuracy, load_dataset, tma_folds
@@ -55,8 +63,9 @@ def run(ctx: RunContext) -> dict:
     from invertible.ims.synthetic import generate, preset, write_imzml
     from invertible.ims.training import TRAIN_CONFIGS, train_ims
 
-    size = dict(n_spectra=384, n_bins=512, effect=2.0) if ctx.quick else dict(n_spectra=1536, n_bins=2048, effect=1.0)
-    cfg = preset("adsq-like", quick=True, **size)
+    size = settings(ctx)
+    cfg = preset("adsq-like", quick=True, n_spectra=size["n_spectra"], n_bins=size["n_bins"],
+                 effect=2.0 if ctx.quick else 1.0)
     data = generate(cfg, seed=ctx.seed)
     imzml, csv = write_imzml(data, ctx.out / "data", name="sec7_5")
     window = int(20.0 / float(np.mean(np.diff(data.mz)))) | 1  # rolling-minimum baseline of ~20 Da
@@ -65,7 +74,7 @@ def run(ctx: RunContext) -> dict:
     train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
     scaler = StdScaler().fit(ds.X[train_rows])
     X = scaler.transform(ds.X)
-    tc = replace(TRAIN_CONFIGS["adsq", "isotopenet"], epochs=30 if ctx.quick else 100, batch_size=32)
+    tc = replace(TRAIN_CONFIGS["adsq", "isotopenet"], epochs=size["epochs"], batch_size=32)
     torch.manual_seed(ctx.seed)
     net = IsotopeNet(ds.X.shape[1], len(ds.classes), dropout=tc.dropout)
     model_dir = ctx.out / "model"
@@ -125,8 +134,16 @@ def run(ctx: RunContext) -> dict:
               min(precision5) >= max(0.4, 2 * covered),
               "precision of the top 5 per class: " + ", ".join(f"{v:.1f}" for v in precision5)
               + f"; chance {covered:.1%}", precision_at_5=precision5, chance=covered)
+    hit_peptides = [len({int(np.argmin(np.abs(data.peptide_mz[data.discriminative] - q.mz)))
+                         for q in p[:5] if on_planted(q.mz)}) for p in smap.peaks]
     ctx.claim("every class map resolves a planted isotope pattern (two top-5 peaks 1.003 Da apart, same sign)",
-              all(pairs), "; ".join(f"{c}: {p or 'none'}" for c, p in zip(ds.classes, pairs, strict=True)))
+              all(pairs), "; ".join(f"{c}: {p or 'none'}" for c, p in zip(ds.classes, pairs, strict=True))
+              + ("" if all(pairs) else
+                 "; the top-5 hits on planted peaks spread over " + ", ".join(map(str, hit_peptides))
+                 + " different planted peptides per class, but no two of them are isotopes of one pattern 1.003 "
+                 "Da apart with the same sign: an averaged input gradient ranks single bins, and the network needs "
+                 "only one bin per peptide to read its abundance"),
+              limited_by=None if all(pairs) else "method", peptides_hit_in_top5=hit_peptides)
     return {"balanced_accuracy": bacc, "planted_mz": planted.tolist(), "chance": covered, "top1_on_planted": top1,
             "precision_at_5": precision5, "top_peaks": {c: [p.mz for p in ps] for c, ps in zip(ds.classes, smap.peaks,
                                                                                           strict=True)},

@@ -23,6 +23,7 @@ __all__ = [
     "AVERAGINE",
     "averagine_formula",
     "isotope_pattern",
+    "envelope_span",
     "pattern_bins",
     "receptive_field",
     "StrideSuggestion",
@@ -91,11 +92,16 @@ def pattern_bins(
     *,
     t_iso: float = 0.005,
     resolving_power: float = 3000.0,
+    reference_mz: float | None = None,
 ) -> np.ndarray:
     """Number of bins of ``mz_axis`` covered by each averagine isotope pattern (Fig. 7.3, blue).
 
     For each mass the pattern (peaks >= ``t_iso``, singly charged) is broadened by Gaussians of FWHM
-    ``m / resolving_power`` and evaluated on the axis; the count is the width, in bins, of the range where the
+    ``m / R(m)`` and evaluated on the axis. Peak model: ``reference_mz=None`` keeps the resolving power
+    constant, ``R(m) = resolving_power``; a ``reference_mz`` uses the TOF law of a constant peak width in
+    flight time (``t ~ sqrt(m)``, so ``FWHM_m = 2 m dt / t ~ sqrt(m)``): ``R(m) = resolving_power *
+    sqrt(m / reference_mz)``, i.e. ``resolving_power`` at ``reference_mz`` and a peak width constant in bins
+    of a TOF axis (:mod:`invertible.ims.tof`); the count is the width, in bins, of the range where the
     profile exceeds ``t_iso`` times its maximum (first to last such bin). Shapes: ``mz_axis`` (d,) increasing,
     ``masses`` (k,) -> (k,) int.
     """
@@ -104,15 +110,27 @@ def pattern_bins(
         raise ValueError("mz_axis must be a strictly increasing 1-d array")
     if resolving_power <= 0:
         raise ValueError(f"resolving_power must be positive, got {resolving_power}")
+    if reference_mz is not None and not reference_mz > 0:
+        raise ValueError(f"reference_mz must be positive (or None for a constant resolving power), got {reference_mz}")
     out = np.zeros(len(masses), np.int64)
     for i, mass in enumerate(np.asarray(masses, np.float64)):
         peaks, ab = isotope_pattern(mass - _PROTON, t_iso=t_iso)
-        prof = _broadened(mz_axis, peaks, ab, resolving_power)
+        r = resolving_power if reference_mz is None else resolving_power * np.sqrt(mass / reference_mz)
+        prof = _broadened(mz_axis, peaks, ab, r)
         if prof.max() <= 0:
             continue  # pattern outside the axis
         above = np.flatnonzero(prof >= t_iso * prof.max())
         out[i] = above[-1] - above[0] + 1
     return out
+
+
+def envelope_span(masses: Sequence[float] | np.ndarray, *, t_iso: float = 0.005) -> np.ndarray:
+    """Span in Da (last minus first isotope peak >= ``t_iso``) of the averagine pattern of each mass (k,)."""
+    out = []
+    for mass in np.asarray(masses, np.float64):
+        peaks, _ = isotope_pattern(mass - _PROTON, t_iso=t_iso)
+        out.append(peaks[-1] - peaks[0])
+    return np.asarray(out)
 
 
 def receptive_field(convs: Sequence[tuple[int, int]] = ISOTOPENET_CONVS) -> int:

@@ -18,6 +18,14 @@ that chapter 7 builds on. Per spectrum ``s`` of spot ``(x, y)`` in core ``c`` of
   ``+-effect``); cores (patients) ``u_cj``, TMAs ``v_tj`` (ionisation batch effect) and spots ``e_sj``
   (heterogeneity) add log-normal variation to every peptide. In the ``lp-like`` preset a fraction of the
   spots is non-tumour tissue: these carry a stroma profile and no class signal but keep the core's label.
+* Envelope signal (``signal="envelope"``): instead of their abundance, the class moves the share ``f`` of a
+  modified form of each discriminative peptide, ``modification_shift`` (0.984 Da, deamidation) heavier:
+  ``a_sj -> (1 - f_sj) a_sj`` at ``P_j`` plus ``f_sj a_sj`` at ``P_j`` shifted, with
+  ``logit f_sj = logit(modified_fraction) + gamma_j[y] + w_cj + N(0, spot_sd^2)`` (``gamma_j = +-effect/2``,
+  signs per peptide or all alike with ``same_direction``; patients ``w_cj ~ N(0, core_sd^2)``). The relative
+  intensities inside the isotope envelope carry the class; its total does not. ``signal_abundance_sd`` adds
+  patient-level log-abundance variation to the discriminative peptides (either signal), ``spot_shift_sd`` a
+  per-spot mass error (Da, spectra shifted by interpolation) on top of the TMA's.
 * Baseline ``B_s`` (power-law decay ``p``), TMA/spot intensity scale ``g_s`` (log-normal, TIC variation) and
   the noise law ``sd = c * lambda^q`` are calibrated on the real spectra by :func:`spectrum_statistics`.
 
@@ -71,12 +79,18 @@ class SyntheticConfig:
     n_discriminative: int = 8
     effect: float = 0.6  # log fold change of a discriminative peptide between classes
     discriminative_scale: float = 1.0  # abundance factor of the discriminative peptides (< 1: near the noise floor)
+    signal: str = "abundance"  # "abundance": class shifts peptide abundance; "envelope": it shifts a modified share
+    modification_shift: float = 0.984  # envelope signal: mass shift of the modified form (deamidation, Da)
+    modified_fraction: float = 0.3  # envelope signal: share of the modified form midway between the classes
+    same_direction: bool = False  # envelope signal: the modified share of every discriminative peptide rises together
+    signal_abundance_sd: float = 0.0  # extra patient-level log-abundance variation of the discriminative peptides
     core_sd: float = 0.35  # patient-to-patient log-abundance variation
     tma_sd: float = 0.25  # per-TMA ionisation batch effect (log abundance)
     spot_sd: float = 0.3  # spot heterogeneity (log abundance)
     tma_scale_sd: float = 0.15  # per-TMA intensity scale (log)
     spot_scale_sd: float = 0.2  # per-spot intensity scale (log): TIC variation
     mass_shift_sd: float = 0.05  # per-TMA mass calibration error, Da
+    spot_shift_sd: float = 0.0  # per-spot mass error (sample topography), Da, on top of the TMA's
     non_tumour_fraction: float = 0.0  # lp-like: spots of non-tumour tissue inside a core
     resolving_power: float = 3000.0
     t_iso: float = 0.005
@@ -92,6 +106,11 @@ class SyntheticConfig:
             raise ValueError("need n_tmas >= 1, cores_per_tma >= n_classes and at least one spectrum per core")
         if not self.discriminative_scale > 0:
             raise ValueError(f"discriminative_scale must be > 0, got {self.discriminative_scale}")
+        if self.signal not in ("abundance", "envelope"):
+            raise ValueError(f"signal must be 'abundance' or 'envelope', got {self.signal!r}")
+        if not 0 < self.modified_fraction < 1 or self.signal_abundance_sd < 0:
+            raise ValueError(f"need 0 < modified_fraction < 1 and signal_abundance_sd >= 0, got "
+                             f"{self.modified_fraction}, {self.signal_abundance_sd}")
         if not 0 <= self.non_tumour_fraction < 1:
             raise ValueError(f"non_tumour_fraction must lie in [0, 1), got {self.non_tumour_fraction}")
 
@@ -143,6 +162,8 @@ class SyntheticTMA:
     _core_eff: np.ndarray  # (n_cores, k)
     _tma_eff: np.ndarray  # (n_tmas, k)
     _tma_scale: np.ndarray  # (n_tmas,)
+    _logit_beta: np.ndarray  # (n_classes, n_discriminative): envelope signal, class shift of logit(modified share)
+    _core_logit: np.ndarray  # (n_cores, n_discriminative): patient variation of logit(modified share)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -163,7 +184,19 @@ class SyntheticTMA:
             tum = self.tumour[r][:, None]
             logs = logs + np.where(tum, self._beta[self.label[r]], self._stroma[None])
             ab = np.exp(logs) * cfg.peak_height
+            if cfg.signal == "envelope":  # split each discriminative peptide into native and modified form
+                d = self.discriminative
+                logit = (np.log(cfg.modified_fraction / (1 - cfg.modified_fraction)) + self._core_logit[self.core[r]]
+                         + cfg.spot_sd * rng.standard_normal((len(r), len(d))))
+                logit = logit + np.where(tum, self._logit_beta[self.label[r]], 0.0)
+                share = 1.0 / (1.0 + np.exp(-logit))
+                modified = ab[:, d] * share
+                ab[:, d] *= 1.0 - share
+                ab = np.concatenate([ab, modified], axis=1)
             peaks = (self._patterns[t].T @ ab.T).T  # (m, d)
+            if cfg.spot_shift_sd > 0:  # the spot's peaks sit delta_s Da off the TMA's calibration
+                delta = cfg.spot_shift_sd * rng.standard_normal(len(r))
+                peaks = np.stack([np.interp(self.mz - dl, self.mz, row) for dl, row in zip(delta, peaks, strict=True)])
             base = cfg.baseline_level * np.exp(cfg.baseline_sd * rng.standard_normal((len(r), 1))) * rel[None]
             gain = self._tma_scale[t] * np.exp(cfg.spot_scale_sd * rng.standard_normal((len(r), 1)))
             lam = gain * (base + peaks)
@@ -173,7 +206,7 @@ class SyntheticTMA:
 
     def peak_bins(self, tma: int = 0) -> np.ndarray:
         """Bin of the most abundant isotope of every peptide (k,) on the axis of TMA ``tma``."""
-        return np.asarray(self._patterns[tma].argmax(axis=1)).ravel()
+        return np.asarray(self._patterns[tma][:len(self.peptide_mz)].argmax(axis=1)).ravel()
 
     def iter_batches(self, batch: int = 256):
         """Yield ``(rows, spectra)`` over the whole data set in order."""
@@ -251,15 +284,31 @@ def generate(config: SyntheticConfig, *, seed: int = 0) -> SyntheticTMA:
         labels.append(np.full(sizes[c], labels_core[c]))
         tumour.append(rng.random(sizes[c]) >= cfg.non_tumour_fraction)
     shifts = rng.normal(0.0, cfg.mass_shift_sd, cfg.n_tmas)
-    patterns = [_pattern_matrix(mz, peptide_mz, s, cfg) for s in shifts]
+    core_eff = cfg.core_sd * rng.standard_normal((n_cores, k))
+    tma_eff = cfg.tma_sd * rng.standard_normal((cfg.n_tmas, k))
+    tma_scale = np.exp(cfg.tma_scale_sd * rng.standard_normal(cfg.n_tmas))
+    disc = np.sort(disc)
+    logit_beta = np.zeros((cfg.n_classes, len(disc)))
+    core_logit = np.zeros((n_cores, len(disc)))
+    if cfg.signal_abundance_sd > 0:  # patients differ strongly in how much of these peptides they express
+        core_eff[:, disc] += cfg.signal_abundance_sd * rng.standard_normal((n_cores, len(disc)))
+    species = peptide_mz
+    if cfg.signal == "envelope":  # the class moves the modified share, not the peptide's total abundance
+        beta[:, disc] = 0.0
+        signs = np.ones(len(disc)) if cfg.same_direction else rng.choice([-1.0, 1.0], size=len(disc))
+        if cfg.n_classes == 2:
+            logit_beta[0], logit_beta[1] = 0.5 * cfg.effect * signs, -0.5 * cfg.effect * signs
+        else:
+            logit_beta = 0.5 * cfg.effect * rng.standard_normal((cfg.n_classes, len(disc)))
+        core_logit = cfg.core_sd * rng.standard_normal((n_cores, len(disc)))
+        species = np.concatenate([peptide_mz, peptide_mz[disc] + cfg.modification_shift])
+    patterns = [_pattern_matrix(mz, species, s, cfg) for s in shifts]
     return SyntheticTMA(
         config=cfg, mz=mz, x=np.concatenate(xs), y=np.concatenate(ys), tma=np.concatenate(tmas),
         core=np.concatenate(cores), label=np.concatenate(labels), tumour=np.concatenate(tumour),
-        peptide_mz=peptide_mz, discriminative=np.sort(disc), _rng=rng, _patterns=patterns,
-        _log_abundance=log_ab, _beta=beta, _stroma=stroma,
-        _core_eff=cfg.core_sd * rng.standard_normal((n_cores, k)),
-        _tma_eff=cfg.tma_sd * rng.standard_normal((cfg.n_tmas, k)),
-        _tma_scale=np.exp(cfg.tma_scale_sd * rng.standard_normal(cfg.n_tmas)),
+        peptide_mz=peptide_mz, discriminative=disc, _rng=rng, _patterns=patterns,
+        _log_abundance=log_ab, _beta=beta, _stroma=stroma, _core_eff=core_eff, _tma_eff=tma_eff,
+        _tma_scale=tma_scale, _logit_beta=logit_beta, _core_logit=core_logit,
     )
 
 
