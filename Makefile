@@ -25,7 +25,7 @@ $(BIN)/invertible: pyproject.toml
 demo: $(BIN)/invertible
 	$(BIN)/invertible reproduce --all --quick --jobs 2 --out runs/demo
 
-# docs/results.md: every reproduction fitted to a one-hour budget (about 10 h on 2 cores; BUDGET=6m took about an hour).
+# docs/results.md: every reproduction fitted to BUDGET each (measured with JOBS=2: 6m took 19.5 min, 15m 34.5 min).
 BUDGET ?= 1h
 JOBS ?= 2
 results: $(BIN)/invertible
