@@ -80,6 +80,18 @@ def test_sample_count_must_be_a_non_negative_integer(n):
         m.sample(n)
 
 
+@pytest.mark.parametrize("n", [0, 2.5, True, "3"])
+@pytest.mark.parametrize("sampler, name", [("toy", "8gaussians"), ("conditional", "rotated-8gaussians")])
+def test_data_sample_count_must_be_a_positive_integer(sampler, name, n):
+    """Before: ``int(n)`` turned 2.5 into 2 samples and True into 1, silently."""
+    from invertible.data.conditional2d import sample_conditional
+    from invertible.data.toy2d import sample_toy
+
+    sample = sample_toy if sampler == "toy" else sample_conditional
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+        sample(name, n)
+
+
 def test_sample_count_accepts_integer_likes():
     m = _model("vector_resflow", dim=2)
     assert m.sample(np.int64(3)).shape == (3, 2)

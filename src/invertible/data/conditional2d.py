@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from invertible.checks import check_count
 from invertible.data.toy2d import sample_toy, toy_log_prob
 
 __all__ = [
@@ -65,9 +66,7 @@ def sample_conditional(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` pairs ``(x (n, 2), c (n, 2))`` of the data set ``name`` (module docstring)."""
     _check_name(name)
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = check_count("n", n, 1)
     g, dt = generator, torch.float64
     if name == "rotated-8gaussians":
         angle = torch.rand(n, generator=g, dtype=dt) * 2 * math.pi

@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from invertible.checks import check_count
+
 __all__ = ["TOY_DATASETS", "sample_toy", "toy_log_prob", "has_toy_log_prob", "best_possible_nll"]
 
 TOY_DATASETS: tuple[str, ...] = (
@@ -85,9 +87,7 @@ def sample_toy(
     * ``pinwheel``: 5 arms of a Gaussian bent by ``exp`` (radial std 0.3, tangential 0.1, rate 0.25) times 2.
     """
     _check_name(name)
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    n = check_count("n", n, 1)
     g, dt = generator, torch.float64
     if name == "8gaussians":
         idx = torch.randint(0, 8, (n,), generator=g)
