@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from invertible.commands._options import add_device, add_out, add_progress, add_seed, out_file, positive_int
@@ -46,7 +45,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from invertible.experiments import experiments, run_experiment
+    from invertible.experiments import experiments
+    from invertible.experiments.runner import run_many
     from invertible.experiments.summary import write_index
 
     registry = experiments()
@@ -67,29 +67,22 @@ def run(args: argparse.Namespace) -> int:
     reports, failures = [], []
     kwargs = dict(quick=args.quick, seed=args.seed, device=args.device, show_progress=not args.no_progress,
                   budget=args.budget)
-    if len(ids) == 1:  # one experiment: its error is the command's error (one line, exit code 2)
-        print(f"[1/1] {ids[0]}: {registry[ids[0]].title}", flush=True)
-        start = time.perf_counter()
-        report = run_experiment(ids[0], args.out, **kwargs)
-        print(f"      done in {time.perf_counter() - start:.1f} s -> {report}", flush=True)
-        reports.append((ids[0], report))
+    jobs = min(args.jobs, len(ids))
+    if jobs == 1:
+        print(f"[1/{len(ids)}] {ids[0]}: {registry[ids[0]].title}", flush=True)
     else:
-        from invertible.experiments.runner import run_many
-
-        if args.jobs == 1:
-            print(f"[1/{len(ids)}] {ids[0]}: {registry[ids[0]].title}", flush=True)
+        print(f"{len(ids)} experiments in {jobs} worker processes", flush=True)
+    # One experiment's missing data or failure must not cost the others their results; a single experiment's
+    # error is the command's error (one line, exit code 2).
+    for i, outcome in enumerate(run_many(ids, args.out, jobs=jobs, catch=len(ids) > 1, **kwargs), 1):
+        if outcome.error is not None:
+            print(f"      {outcome.id} FAILED after {outcome.seconds:.1f} s: {outcome.error}", flush=True)
+            failures.append((outcome.id, outcome.error))
         else:
-            print(f"{len(ids)} experiments in {args.jobs} worker processes", flush=True)
-        # One experiment's missing data or failure must not cost the others their results.
-        for i, outcome in enumerate(run_many(ids, args.out, jobs=args.jobs, **kwargs), 1):
-            if outcome.error is not None:
-                print(f"      {outcome.id} FAILED after {outcome.seconds:.1f} s: {outcome.error}", flush=True)
-                failures.append((outcome.id, outcome.error))
-            else:
-                print(f"      {outcome.id} done in {outcome.seconds:.1f} s -> {outcome.report}", flush=True)
-                reports.append((outcome.id, outcome.report))
-            if args.jobs == 1 and i < len(ids):
-                print(f"[{i + 1}/{len(ids)}] {ids[i]}: {registry[ids[i]].title}", flush=True)
+            print(f"      {outcome.id} done in {outcome.seconds:.1f} s -> {outcome.report}", flush=True)
+            reports.append((outcome.id, outcome.report))
+        if jobs == 1 and i < len(ids):
+            print(f"[{i + 1}/{len(ids)}] {ids[i]}: {registry[ids[i]].title}", flush=True)
     order = {eid: k for k, eid in enumerate(ids)}
     reports.sort(key=lambda r: order[r[0]])
     index = write_index(args.out, reports, failures, titles={e: x.title for e, x in registry.items()},

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Budget", "Setting", "choose_scale", "format_budget", "parse_duration", "scaled_value"]
+__all__ = ["Budget", "Setting", "choose_scale", "format_budget", "parse_duration", "scaled_value", "settings_table"]
 
 SAFETY = 0.8  # the share of the remaining budget a scaled run plans to use (run times vary on a shared machine)
 
@@ -129,3 +130,18 @@ class Budget:
     def as_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "pilot_seconds": round(self.pilot_seconds, 2), "scale": self.scale,
                 "max_scale": self.max_scale}
+
+
+def _number(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def settings_table(settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown rows ``| setting | quick | this run | full |`` for settings in :meth:`Setting.as_dict` form
+    (``[]`` when there are none), as the report and the results page show them."""
+    if not settings:
+        return []
+    rows = ["| setting | quick | this run | full |", "|---|---|---|---|"]
+    rows += [f"| {name} | {_number(s.get('quick'))} | {_number(s.get('value'))} | {_number(s.get('full'))} |"
+             for name, s in settings.items()]
+    return rows + [""]

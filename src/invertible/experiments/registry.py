@@ -22,7 +22,14 @@ from typing import Any
 
 import torch
 
-from invertible.experiments.budget import Budget, Setting, choose_scale, format_budget, scaled_value
+from invertible.experiments.budget import (
+    Budget,
+    Setting,
+    choose_scale,
+    format_budget,
+    scaled_value,
+    settings_table,
+)
 from invertible.experiments.costs import FullCost, machine
 from invertible.io import RunFolder, jsonable
 from invertible.threads import intraop_threads
@@ -209,56 +216,51 @@ def run_experiment(
     exp = registry[id]
     _check_device(device)
     folder = Path(out) / id
+    opts = dict(quick=quick, seed=seed, device=device, show_progress=show_progress)
     if budget is None:
-        return _run_once(exp, folder, quick=quick, seed=seed, device=device, show_progress=show_progress)
+        return _finish(exp, _execute(exp, folder, **opts), budget=None)
     if not (budget > 0):
         raise ValueError(f"the budget must be a positive number of seconds, got {budget!r}")
+    opts["quick"] = True  # a budgeted run grows the quick settings
     pilot_folder = Path(out) / f".{id}.pilot"
     start = time.perf_counter()
     try:
-        pilot = _run_once(exp, pilot_folder, quick=True, seed=seed, device=device, show_progress=show_progress,
-                          keep_context=True)
+        pilot = _execute(exp, pilot_folder, **opts)
     except BaseException:
         shutil.rmtree(pilot_folder, ignore_errors=True)
         raise
     pilot_s = time.perf_counter() - start
     scale = choose_scale(budget, pilot_s, pilot.max_scale)
     plan = Budget(seconds=float(budget), pilot_seconds=pilot_s, scale=scale, max_scale=pilot.max_scale)
-    if scale <= 1.0:
-        _replace_folder(pilot_folder, folder)
-        return _finish(exp, folder, pilot, budget=plan)
+    if scale <= 1.0:  # the pilot is the run: it moves into place
+        if folder.exists():
+            shutil.rmtree(folder)
+        pilot_folder.rename(folder)
+        pilot.out = folder
+        return _finish(exp, pilot, budget=plan)
     shutil.rmtree(pilot_folder, ignore_errors=True)
-    return _run_once(exp, folder, quick=True, seed=seed, device=device, show_progress=show_progress, budget=plan)
+    return _finish(exp, _execute(exp, folder, **opts, scale=scale), budget=plan)
 
 
-def _replace_folder(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    src.rename(dst)
-
-
-def _run_once(exp: Experiment, folder: Path, *, quick: bool, seed: int, device: str, show_progress: bool,
-              budget: Budget | None = None, keep_context: bool = False):
+def _execute(exp: Experiment, folder: Path, *, quick: bool, seed: int, device: str, show_progress: bool,
+             scale: float = 1.0) -> RunContext:
+    """Run ``exp`` into a fresh run folder at ``folder``; the context holds its metrics and wall seconds."""
     run = RunFolder(folder).make()
     run.reset_metrics()
-    ctx = RunContext(out=folder, quick=quick, seed=seed, device=device, show_progress=show_progress,
-                     scale=budget.scale if budget is not None else 1.0)
+    ctx = RunContext(out=folder, quick=quick, seed=seed, device=device, show_progress=show_progress, scale=scale)
     torch.manual_seed(seed)
     start = time.perf_counter()
     # Quick (and budgeted) runs use small models, for which one thread is as fast as two and immune to
     # oversubscription; a budgeted run keeps the pilot's setting so that its measured time stays valid.
     with intraop_threads(1) if quick else nullcontext():
-        metrics = exp.run(ctx)
+        ctx.metrics = exp.run(ctx)
     ctx.seconds = time.perf_counter() - start
-    ctx.metrics = metrics
-    if keep_context:
-        return ctx
-    return _finish(exp, folder, ctx, budget=budget)
+    return ctx
 
 
-def _finish(exp: Experiment, folder: Path, ctx: RunContext, *, budget: Budget | None) -> Path:
+def _finish(exp: Experiment, ctx: RunContext, *, budget: Budget | None) -> Path:
     """Write config.json, metrics.json and report.md of a finished run (``ctx.metrics``, ``ctx.seconds``)."""
-    run = RunFolder(folder)
+    run = RunFolder(ctx.out)
     seconds = ctx.seconds
     mode = "full" if not ctx.quick else ("quick" if budget is None else f"budget {format_budget(budget.seconds)}")
     config = {
@@ -272,8 +274,9 @@ def _finish(exp: Experiment, folder: Path, ctx: RunContext, *, budget: Budget | 
     }
     if budget is not None:
         config["budget"] = budget.as_dict()
-    if ctx.settings:
-        config["settings"] = {name: st.as_dict() for name, st in ctx.settings.items()}
+    settings = {name: st.as_dict() for name, st in ctx.settings.items()}
+    if settings:
+        config["settings"] = settings
     run.write_config(config)
     metrics = {**jsonable(ctx.metrics), "seconds": round(seconds, 2), "mode": mode}
     if budget is not None:
@@ -292,10 +295,8 @@ def _finish(exp: Experiment, folder: Path, ctx: RunContext, *, budget: Budget | 
     ]
     if budget is not None:
         lines += [f"This run: {budget.text}.", ""]
-    if ctx.settings and ctx.quick:
-        lines += ["| setting | quick | this run | full |", "|---|---|---|---|"]
-        lines += [f"| {name} | {_num(st.quick)} | {_num(st.value)} | {_num(st.full)} |"
-                  for name, st in ctx.settings.items()] + [""]
+    if ctx.quick:
+        lines += settings_table(settings)
     lines += [
         "## What the thesis reports",
         "",
@@ -317,10 +318,6 @@ def _finish(exp: Experiment, folder: Path, ctx: RunContext, *, budget: Budget | 
     if ctx.figures:
         lines += ["## Figures", ""] + [f"![{f}](figures/{f})" for f in ctx.figures] + [""]
     return run.write_report("\n".join(lines))
-
-
-def _num(x: float) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def _check_device(device: str) -> None:

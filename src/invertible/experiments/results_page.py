@@ -16,28 +16,20 @@ Claims that need data we cannot ship or a GPU say so through their ``limited_by`
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
+from invertible.experiments.budget import settings_table
 from invertible.experiments.costs import format_duration, machine
-from invertible.experiments.summary import CLAIMS_HEADER, claim_row, read_claims
+from invertible.experiments.summary import CLAIMS_HEADER, claim_row, read_claims, read_json
 from invertible.io import atomic_write_text
 from invertible.threads import intraop_threads
 
 __all__ = ["MAX_WIDTH", "write_results_page"]
 
 MAX_WIDTH = 800  # pixels: the committed PNGs stay small
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _copy_figure(src: Path, dst: Path) -> None:
@@ -56,15 +48,6 @@ def _copy_figure(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
-def _settings_table(config: dict[str, Any]) -> list[str]:
-    settings = config.get("settings") or {}
-    if not settings:
-        return []
-    rows = ["| setting | quick | this run | full |", "|---|---|---|---|"]
-    rows += [f"| {name} | {s.get('quick')} | {s.get('value')} | {s.get('full')} |" for name, s in settings.items()]
-    return rows + [""]
-
-
 def write_results_page(page: Path, done: Sequence[tuple[str, Path]], failed: Sequence[tuple[str, str]], *,
                        titles: dict[str, str], theses: dict[str, str], mode: str, command: str,
                        device: str = "cpu") -> Path:
@@ -79,7 +62,7 @@ def write_results_page(page: Path, done: Sequence[tuple[str, Path]], failed: Seq
     total_s, n_claims, n_hold = 0.0, 0, 0
     for eid, report in done:
         folder = Path(report).parent
-        metrics, config = read_claims(folder), _read_json(folder / "config.json")
+        metrics, config = read_claims(folder), read_json(folder / "config.json")
         seconds = float(metrics.get("seconds") or 0.0)
         total_s += seconds
         claims = metrics.get("claims") or {}
@@ -97,7 +80,7 @@ def write_results_page(page: Path, done: Sequence[tuple[str, Path]], failed: Seq
             scale, top = float(budget.get("scale", 1.0)), float(budget.get("max_scale", 1.0))
             sec += [f"Budget: pilot at quick settings {budget.get('pilot_seconds')} s, workload scaled by "
                     f"{scale:.3g}x (the full settings are {top:.3g}x the quick ones).", ""]
-        sec += _settings_table(config)
+        sec += settings_table(config.get("settings") or {})
         sec += ["**What the thesis reports.**", "", theses.get(eid, "").strip(), ""]
         if claims:
             sec += [CLAIMS_HEADER, *[claim_row(eid, name, c) for name, c in claims.items()], ""]

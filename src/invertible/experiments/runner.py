@@ -32,28 +32,32 @@ class Outcome:
     error: str | None = None
 
 
-def _run_one(module: str, eid: str, out: Path, kwargs: dict) -> Outcome:
+def _run_one(module: str, eid: str, out: Path, kwargs: dict, catch: bool = True) -> Outcome:
     importlib.import_module(module)  # a spawned worker registers the experiment by importing its module
     start = time.perf_counter()
     try:
         report = run_experiment(eid, out, **kwargs)
     except USER_ERRORS as exc:
+        if not catch:
+            raise
         return Outcome(eid, time.perf_counter() - start, error=str(exc))
     return Outcome(eid, time.perf_counter() - start, report=report)
 
 
 def run_many(ids: Sequence[str], out: Path, *, quick: bool, seed: int = 0, device: str = "cpu",
-             show_progress: bool = True, budget: float | None = None, jobs: int = 1) -> Iterator[Outcome]:
+             show_progress: bool = True, budget: float | None = None, jobs: int = 1,
+             catch: bool = True) -> Iterator[Outcome]:
     """Run the experiments ``ids`` into ``out/<id>``, yielding each :class:`Outcome` as it finishes (in order
     when ``jobs == 1``). With ``jobs > 1`` they run in that many worker processes (forked on POSIX; spawned
-    where the device is CUDA, which cannot be forked), without progress bars."""
+    where the device is CUDA, which cannot be forked), without progress bars. ``catch=False`` lets a user
+    error propagate instead of becoming an outcome (in one process: one experiment's error is the caller's)."""
     if int(jobs) != jobs or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     registry = experiments()
     kwargs = dict(quick=quick, seed=seed, device=device, show_progress=show_progress, budget=budget)
     if jobs == 1 or len(ids) == 1:
         for eid in ids:
-            yield _run_one(registry[eid].run.__module__, eid, out, kwargs)
+            yield _run_one(registry[eid].run.__module__, eid, out, kwargs, catch)
         return
     kwargs["show_progress"] = False
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() and not device.startswith("cuda") \

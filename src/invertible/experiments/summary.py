@@ -19,19 +19,24 @@ from typing import Any
 
 from invertible.io import atomic_write_text
 
-__all__ = ["claim_row", "read_claims", "write_index"]
+__all__ = ["claim_row", "read_claims", "read_json", "write_index"]
 
 
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def read_claims(folder: Path) -> dict[str, Any]:
-    """``metrics.json`` of one reproduction's folder (``{}`` when it is missing or unreadable)."""
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a run folder (``{}`` when it is missing or unreadable)."""
     try:
-        return json.loads((Path(folder) / "metrics.json").read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_claims(folder: Path) -> dict[str, Any]:
+    """``metrics.json`` of one reproduction's folder (``{}`` when it is missing or unreadable)."""
+    return read_json(Path(folder) / "metrics.json")
 
 
 def _verdict(claim: dict[str, Any]) -> str:
