@@ -38,7 +38,7 @@ from invertible.experiments.shiftmnist import ce_config, ice_config, make_model,
 from invertible.experiments.stats import mean_ci, paired_ci
 from invertible.invariance.metameric import logit_deviation, nuisance_interpolation
 from invertible.invariance.training import evaluate_error, train_ice
-from invertible.threads import single_intraop_thread
+from invertible.threads import single_thread
 
 THESIS = """\
 Fig. 6.5 (qualitative): "When training with cross-entropy, virtually any image can be turned into any class without
@@ -63,11 +63,7 @@ def _pairs(y: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.T
 
 @register("fig6.5", title="Metameric interpolations: CE vs iCE fi-RevNet", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-    # one torch thread and one BLAS thread: scikit-learn's small fits (the oracle) ran much slower with
-    # two BLAS threads on a shared 2-core machine (measured: a 2000 x 186 logistic regression 4.2 s vs 0.14 s)
-    with single_intraop_thread(), threadpool_limits(1):
+    with single_thread():  # small scikit-learn fits beside small torch models (threads.single_thread)
         return _run(ctx)
 
 

@@ -54,7 +54,7 @@ from invertible.experiments.registry import RunContext, register
 from invertible.experiments.seeds import format_interval, full_cost, paired_difference, seed_list, t_interval
 from invertible.invariance.training import ICEConfig, evaluate_error, train_ice
 from invertible.models.firevnet import FullyInvertibleClassifier, fi_revnet
-from invertible.threads import single_intraop_thread
+from invertible.threads import single_thread
 
 N_SEEDS = 3
 QUICK_TRAIN = 2000  # training images in quick mode (see ice_config)
@@ -197,11 +197,7 @@ def _summaries(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, d
 
 @register("shiftmnist", title="shiftMNIST: CE vs independence cross-entropy under a planted shortcut", thesis=THESIS)
 def run(ctx: RunContext) -> dict:
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-    # one torch thread and one BLAS thread: scikit-learn's small probe fits ran 30x slower with
-    # two BLAS threads on a shared 2-core machine (measured: a 2000 x 186 logistic regression 4.2 s vs 0.14 s)
-    with single_intraop_thread(), threadpool_limits(1):
+    with single_thread():  # small scikit-learn fits beside small torch models (threads.single_thread)
         return _run(ctx)
 
 
