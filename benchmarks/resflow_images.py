@@ -79,14 +79,16 @@ class ScheduledRoulette(inv.RussianRouletteLogDet):
 
 # -- models ---------------------------------------------------------------------------------------------------
 def ours(draws: Draws, neumann: bool = True, n_blocks: int = 2, hidden: int = 64, activation: str = "lipswish",
-         a2: bool = False, recompute: bool = False) -> torch.nn.Module:
+         a2: bool = False, recompute: bool = False, chunk: int | None = None) -> torch.nn.Module:
     model = image_residual_flow(SHAPE, n_scales=3, n_blocks=n_blocks, hidden=hidden, activation=activation,
                                 n_exact=3)
     for block in residual_blocks(model):
         if a2:  # A.2: the 10-term power series
-            block.logdet = inv.PowerSeriesLogDet(n_terms=10, neumann_gradient=neumann, recompute=recompute)
+            block.logdet = inv.PowerSeriesLogDet(n_terms=10, neumann_gradient=neumann, recompute=recompute,
+                                                 recompute_chunk=chunk)
         else:
-            block.logdet = ScheduledRoulette(draws, neumann_gradient=neumann, recompute=recompute)
+            block.logdet = ScheduledRoulette(draws, neumann_gradient=neumann, recompute=recompute,
+                                             recompute_chunk=chunk)
     return model
 
 
@@ -158,18 +160,20 @@ def make_step(model, kind: str, bf16: bool = False):
     return step
 
 
-ESTIMATORS = {"ours": ("neumann", "recompute", "backprop"), "peer": ("neumann", "backprop")}
+ESTIMATORS = {"ours": ("neumann", "recompute", "recompute16", "backprop"), "peer": ("neumann", "backprop")}
 
 
 def build(kind: str, draws: Draws, estimator: str, device: torch.device, first: torch.Tensor, a2: bool = False,
           compile_g: bool = False, bf16: bool = False):
     """``estimator``: ``"neumann"`` (Neumann gradient; normflows: its backward-in-forward ``reduce_memory``),
-    ``"recompute"`` (ours: Neumann gradient without a stored graph), ``"backprop"`` (through every term)."""
+    ``"recompute"`` (ours: Neumann gradient without a stored graph), ``"recomputeC"`` (the same in chunks of C
+    samples, ``recompute_chunk=C``), ``"backprop"`` (through every term)."""
     torch.manual_seed(0)
-    neumann, recompute = estimator != "backprop", estimator == "recompute"
+    neumann, recompute = estimator != "backprop", estimator.startswith("recompute")
+    chunk = int(estimator[len("recompute"):]) if recompute and estimator != "recompute" else None
     if kind == "ours":
         shape = {"n_blocks": 32, "hidden": 32, "activation": "elu", "a2": True} if a2 else {}
-        model = ours(draws, neumann, recompute=recompute, **shape)
+        model = ours(draws, neumann, recompute=recompute, chunk=chunk, **shape)
         model = model.to(device)
         model.initialize(first)
         if compile_g:
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-normflows", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--estimators", default="neumann,recompute",
+    ap.add_argument("--estimators", default="neumann,recompute,recompute16",
                     help="our estimators in the timed steps, comma-separated (normflows: its Neumann "
                          "backward-in-forward)")
     ap.add_argument("--bf16", action="store_true", help="ours under bf16 autocast (CUDA; log-det in float32)")
@@ -325,7 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
             for est in ESTIMATORS[kind]:
                 result["memory"][f"{kind}:{est}"] = measure_memory(args, kind, est)
     if args.a2:
-        result["a2_peak_bytes"] = {est: measure_memory(args, "ours", est, a2=True) for est in ("neumann", "recompute")}
+        result["a2_peak_bytes"] = {est: measure_memory(args, "ours", est, a2=True)
+                                   for est in ("neumann", "recompute", "recompute16")}
 
     print(f"\n1x28x28 residual flow, 3 scales x 2 blocks, width 64, batch {args.batch}, {args.device}; "
           f"params ours {counts['ours']}" + (f", normflows {counts['peer']}" if "peer" in counts else ""))
@@ -338,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         mem = result["memory"]
         rows = []
         for est in ESTIMATORS["ours"]:
-            o, p = mem.get(f"ours:{est}"), mem.get(f"peer:{'neumann' if est == 'recompute' else est}")
+            o, p = mem.get(f"ours:{est}"), mem.get(f"peer:{'neumann' if est.startswith('recompute') else est}")
             ratio = o / p if o and p else "-"
             rows.append([est, "-" if o is None else o / 2**20, "-" if p is None else p / 2**20, ratio])
         print()

@@ -104,6 +104,9 @@ class _SeriesEstimator(AbstractLogDet):
     scalable = True  # one vector-Jacobian product per term and probe
     #: Neumann gradient only: keep no graph between forward and backward (:mod:`invertible.logdet_recompute`).
     recompute: bool = False
+    #: With ``recompute``: samples per chunk of the forward series and of the recomputed backward (None: the
+    #: whole batch at once). Values and gradients do not depend on it; peak memory falls about in proportion.
+    recompute_chunk: int | None = None
 
     def __init__(self, n_probes: int, probe: str, generator: torch.Generator | None):
         n_probes = check_count("n_probes", n_probes, 1)
@@ -113,6 +116,14 @@ class _SeriesEstimator(AbstractLogDet):
 
     def _n_terms_and_weights(self, x: torch.Tensor) -> tuple[int, list[float]]:
         raise NotImplementedError
+
+    def _check_chunk(self, chunk: int | None) -> int | None:
+        if chunk is None:
+            return None
+        chunk = check_count("recompute_chunk", chunk, 1)
+        if not self.recompute:
+            raise ValueError("recompute_chunk needs recompute=True (it chunks the recomputed Neumann gradient)")
+        return int(chunk)
 
     def __call__(self, g: Function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_estimator_input(g, x, f"{type(self).__name__}: x")
@@ -131,7 +142,7 @@ class _SeriesEstimator(AbstractLogDet):
         if self._neumann and outer_grad and self.recompute and isinstance(g, nn.Module):
             from invertible.logdet_recompute import neumann_recompute
 
-            return neumann_recompute(self, g, x, n, weights, gen)
+            return neumann_recompute(self, g, x, n, weights, gen, self.recompute_chunk)
         with torch.enable_grad():
             xin = _prepare(x)
             gx = g(xin)
@@ -187,24 +198,27 @@ class _SeriesEstimator(AbstractLogDet):
         return value, surrogate
 
     def _series_without_graph(
-        self, gx: torch.Tensor, xin: torch.Tensor, n: int, weights: list[float], gen: torch.Generator | None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """The estimate of :meth:`_series` (same probes, same terms) without any graph, with the probes ``v`` and
-        Neumann vectors ``sum_{k<n} (-1)^k c_{k+1} v^T J^k`` it used (for :mod:`invertible.logdet_recompute`)."""
+        self, gx: torch.Tensor, xin: torch.Tensor, n: int, weights: list[float], probes: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The estimate of :meth:`_series` (same terms) without any graph, for the given probes ``v`` (drawn by
+        the caller, so that a chunked batch sees the draws of the whole batch), with the Neumann vectors
+        ``sum_{k<n} (-1)^k c_{k+1} v^T J^k`` it used (for :mod:`invertible.logdet_recompute`)."""
         acc = torch.promote_types(gx.dtype, torch.float32)
         value = torch.zeros(gx.shape[0], dtype=acc, device=gx.device)
-        probes, vectors = [], []
-        for _ in range(self.n_probes):
-            v = _probe(gx, self.probe, gen)
+        vectors = []
+        for v in probes:
             w, neumann = v, v * weights[0]
             for k in range(1, n + 1):
                 (w,) = torch.autograd.grad(gx, xin, w, retain_graph=True)
                 value = value + (w * v).flatten(1).sum(1, dtype=acc) * ((-1) ** (k + 1) / k) * weights[k - 1]
                 if k < n:
                     neumann = neumann + ((-1) ** k * weights[k]) * w
-            probes.append(v)
             vectors.append(neumann)
-        return value / self.n_probes, probes, vectors
+        return value / len(probes), vectors
+
+    def _draw_probes(self, like: torch.Tensor, gen: torch.Generator | None) -> list[torch.Tensor]:
+        """``n_probes`` probes shaped like ``like``, in the order :meth:`_series` draws them."""
+        return [_probe(like, self.probe, gen) for _ in range(self.n_probes)]
 
 
 class PowerSeriesLogDet(_SeriesEstimator):
@@ -217,6 +231,9 @@ class PowerSeriesLogDet(_SeriesEstimator):
         probe: ``"gaussian"`` or ``"rademacher"``. generator: torch RNG for the probes.
         recompute: with the Neumann gradient, keep no graph from forward to backward (the backward recomputes
             ``g``; :mod:`invertible.logdet_recompute`): the same values and gradients in far less memory.
+        recompute_chunk: with ``recompute``, run the series and the recomputed backward on chunks of this many
+            samples (None: the whole batch); the same values and gradients, peak memory about
+            ``recompute_chunk / batch`` of the whole-batch recompute's.
     """
 
     kind = "biased"
@@ -229,10 +246,12 @@ class PowerSeriesLogDet(_SeriesEstimator):
         generator: torch.Generator | None = None,
         neumann_gradient: bool = False,
         recompute: bool = False,
+        recompute_chunk: int | None = None,
     ):
         super().__init__(n_probes, probe, generator)
         self.n_terms = check_count("n_terms", n_terms, 1)
         self.neumann_gradient, self.recompute = bool(neumann_gradient), bool(recompute)
+        self.recompute_chunk = self._check_chunk(recompute_chunk)
 
     @property
     def _neumann(self) -> bool:
@@ -283,6 +302,9 @@ class RussianRouletteLogDet(_SeriesEstimator):
             ``(1-p)^(max_terms-n_exact)``).
         recompute: with the Neumann gradient, keep no graph from forward to backward (the backward recomputes
             ``g``; :mod:`invertible.logdet_recompute`): the same values and gradients in far less memory.
+        recompute_chunk: with ``recompute``, run the series and the recomputed backward on chunks of this many
+            samples (None: the whole batch); the same values and gradients, peak memory about
+            ``recompute_chunk / batch`` of the whole-batch recompute's.
     """
 
     kind = "unbiased"
@@ -299,9 +321,11 @@ class RussianRouletteLogDet(_SeriesEstimator):
         max_terms: int = 100,
         generator: torch.Generator | None = None,
         recompute: bool = False,
+        recompute_chunk: int | None = None,
     ):
         super().__init__(n_probes, probe, generator)
         self.recompute = bool(recompute)
+        self.recompute_chunk = self._check_chunk(recompute_chunk)
         n_exact = check_count("n_exact", n_exact, 0)
         if dist not in ("geometric", "poisson"):
             raise ValueError(f"dist must be 'geometric' or 'poisson', got {dist!r}")

@@ -18,10 +18,16 @@ the probes are those of the ordinary path, draw for draw.
 
 Memory: the peak of a training step is one block's double-backward graph plus ``(2 n_probes + 1)`` input-sized
 tensors per block, instead of every block's graph at once (Chen et al. 2019 compute the gradient inside the
-forward for the same reason).
+forward for the same reason). With ``recompute_chunk = c`` the series of the forward and the recomputed backward
+run ``c`` samples at a time (the probes are drawn for the whole batch first, in the ordinary order; the first
+chunk runs the power iteration, the others use the operator it left), so that graph is ``c / batch`` of its
+size: every term of the estimate is per sample (``g`` has no batch statistics), so the values are the same and
+the parameter gradient is the sum of the chunks' gradients.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -33,16 +39,34 @@ from invertible.lipschitz import frozen_spectral_norm
 __all__ = ["neumann_recompute"]
 
 
+def _slices(batch: int, chunk: int | None) -> list[slice]:
+    step = batch if chunk is None else max(1, min(chunk, batch))
+    return [slice(i, min(i + step, batch)) for i in range(0, max(batch, 1), step)]
+
+
 class _RecomputedNeumann(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, est, g, n, weights, gen, n_params, x, *params):
-        with torch.enable_grad():
-            xin = x.detach().requires_grad_(True)
-            gx = g(xin)
-            value, probes, vectors = est._series_without_graph(gx, xin, n, weights, gen)
-        ctx.g, ctx.n_params, ctx.n_probes = g, n_params, len(probes)
+    def forward(ctx, est, g, n, weights, gen, n_params, chunk, x, *params):
+        outputs, values, probes, vectors = [], [], None, [[] for _ in range(est.n_probes)]
+        slices = _slices(x.shape[0], chunk)
+        for i, sl in enumerate(slices):
+            # the first chunk runs the power iteration (if any); the others use the operator it left
+            with torch.enable_grad(), frozen_spectral_norm() if i else contextlib.nullcontext():
+                xin = x[sl].detach().requires_grad_(True)
+                gx = g(xin)
+                if probes is None:  # the whole batch's probes, drawn as the stored-graph path draws them
+                    probes = est._draw_probes(gx.new_empty((x.shape[0], *gx.shape[1:])), gen)
+                value, vecs = est._series_without_graph(gx, xin, n, weights, [v[sl] for v in probes])
+            outputs.append(gx.detach())
+            values.append(value)
+            for store, a in zip(vectors, vecs, strict=True):
+                store.append(a)
+        vectors = [torch.cat(v) if len(v) > 1 else v[0] for v in vectors]
+        ctx.g, ctx.n_params, ctx.n_probes, ctx.slices = g, n_params, len(probes), slices
         ctx.save_for_backward(x, *params, *probes, *vectors)
-        return gx.detach(), value
+        if len(slices) == 1:
+            return outputs[0], values[0]
+        return torch.cat(outputs), torch.cat(values)
 
     @staticmethod
     @once_differentiable
@@ -50,23 +74,30 @@ class _RecomputedNeumann(torch.autograd.Function):
         x, *rest = ctx.saved_tensors
         params, tensors = rest[: ctx.n_params], rest[ctx.n_params:]
         probes, vectors = tensors[: ctx.n_probes], tensors[ctx.n_probes:]
-        with torch.enable_grad(), frozen_spectral_norm(), lean_activations():
-            xin = x.detach().requires_grad_(True)
-            gx = ctx.g(xin)
-            total = (gx * grad_gx).sum()
-            surrogate = torch.zeros_like(grad_ld)
-            for v, a in zip(probes, vectors, strict=True):
-                (jv,) = torch.autograd.grad(gx, xin, a, retain_graph=True, create_graph=True)
-                surrogate = surrogate + (jv * v).flatten(1).sum(1, dtype=surrogate.dtype)
-            total = total + (surrogate * grad_ld).sum() / ctx.n_probes
-            grads = torch.autograd.grad(total, [xin, *params], allow_unused=True)
-        return (None, None, None, None, None, None, *grads)
+        grad_x, grad_params = [], [None] * len(params)
+        for sl in ctx.slices:
+            with torch.enable_grad(), frozen_spectral_norm(), lean_activations():
+                xin = x[sl].detach().requires_grad_(True)
+                gx = ctx.g(xin)
+                total = (gx * grad_gx[sl]).sum()
+                surrogate = torch.zeros_like(grad_ld[sl])
+                for v, a in zip(probes, vectors, strict=True):
+                    (jv,) = torch.autograd.grad(gx, xin, a[sl], retain_graph=True, create_graph=True)
+                    surrogate = surrogate + (jv * v[sl]).flatten(1).sum(1, dtype=surrogate.dtype)
+                total = total + (surrogate * grad_ld[sl]).sum() / ctx.n_probes
+                gx_in, *gp = torch.autograd.grad(total, [xin, *params], allow_unused=True)
+            grad_x.append(gx_in)
+            grad_params = [q if p is None else (p if q is None else p + q)
+                           for p, q in zip(grad_params, gp, strict=True)]
+        grad_x = grad_x[0] if len(grad_x) == 1 else torch.cat(grad_x)
+        return (None, None, None, None, None, None, None, grad_x, *grad_params)
 
 
 def neumann_recompute(est, g: nn.Module, x: torch.Tensor, n: int, weights: list[float],
-                      gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                      gen: torch.Generator | None, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g(x), log-det estimate)`` of the series estimator ``est`` (Neumann gradient) with ``n`` terms and
     Russian-roulette ``weights``, differentiable as in the module docstring; ``g`` must be an ``nn.Module`` whose
-    output depends on ``x`` and its parameters only."""
+    output depends on ``x`` and its parameters only, sample by sample (no batch statistics), so that ``chunk``
+    samples at a time (None: the whole batch) give the same values and gradients."""
     params = [p for p in g.parameters() if p.requires_grad]
-    return _RecomputedNeumann.apply(est, g, n, weights, gen, len(params), x, *params)
+    return _RecomputedNeumann.apply(est, g, n, weights, gen, len(params), chunk, x, *params)
