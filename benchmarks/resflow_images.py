@@ -30,6 +30,11 @@ Neumann gradient, 0.98 / 1.06 with ``recompute``; step peak memory 397 MiB (stor
 359 MiB), 186 MiB (recompute, 0.52x), backprop through the series 697 vs 1074 MiB (0.65x). A.2 MNIST model,
 batch 64, 10-term series with the Neumann gradient: 2.09 GiB per step with the stored graph, 0.11 GiB with
 ``recompute``. Before this benchmark's changes the time ratio was about 1.0 (fused LipSwish: 0.69x step time).
+
+Measured again 2026-12-01 (load from other jobs), ``--steps 8 --threads 1 --a2``, with ``recompute16``
+(``recompute_chunk=16``): time ratio ours / normflows 1.01 (stored graph), 0.94 (recompute), 0.83 (recompute16:
+the chunks' activations stay in cache); step peak memory 397 / 187 / 63 MiB against normflows' 359 MiB (1.11x,
+0.52x, 0.18x); A.2 MNIST model 2.09 / 0.111 / 0.074 GiB.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from invertible.logdet import (
     override_estimators,
     power_series_truncation_bound,
     set_estimators,
+    set_recompute,
 )
 from invertible.nn import (
     ActNorm,
@@ -117,6 +118,7 @@ __all__ = [
     "override_estimators",
     "power_series_truncation_bound",
     "set_estimators",
+    "set_recompute",
     "spectral_norm",
     "standard_normal",
 ]

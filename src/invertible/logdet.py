@@ -52,6 +52,7 @@ __all__ = [
     "estimator_sites",
     "override_estimators",
     "set_estimators",
+    "set_recompute",
 ]
 
 Function = Callable[[torch.Tensor], torch.Tensor]
@@ -448,6 +449,23 @@ def set_estimators(module: nn.Module, estimator: AbstractLogDet) -> int:
     sites = estimator_sites(module)
     for m in sites:
         m.logdet = estimator
+    return len(sites)
+
+
+def set_recompute(module: nn.Module, chunk: int | None = None) -> int:
+    """Train ``module`` with the recomputing Neumann gradient (:mod:`invertible.logdet_recompute`): every series
+    estimator with the Neumann gradient keeps no graph from forward to backward and, with ``chunk``, works on
+    ``chunk`` samples at a time. Values and gradients stay the same; returns the number of estimator sites
+    (blocks) that now recompute (blocks may share one estimator).
+    Raises ``ValueError`` when ``module`` has none (e.g. an exact or backprop-through-the-series model)."""
+    if chunk is not None:
+        chunk = check_count("chunk", chunk, 1)
+    sites = [m for m in estimator_sites(module) if isinstance(m.logdet, _SeriesEstimator) and m.logdet._neumann]
+    if not sites:
+        raise ValueError("set_recompute: the module has no series estimator with the Neumann gradient "
+                         "(mode 'resflow', or neumann_gradient=True); nothing to recompute")
+    for m in sites:
+        m.logdet.recompute, m.logdet.recompute_chunk = True, chunk
     return len(sites)
 
 
