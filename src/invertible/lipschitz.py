@@ -38,6 +38,7 @@ from invertible.norms import (
     norm_method,
     operator_norm,
     operator_norm_upper_bound,
+    top_singular_triplet,
 )
 
 __all__ = [
@@ -410,21 +411,25 @@ def _exact_singular_vectors(sn: SpectralNorm, weight: torch.Tensor) -> None:
 
 @torch.no_grad()
 def _converge_with_restart(sn: SpectralNorm, weight: torch.Tensor, rtol: float, max_iter: int) -> None:
-    """Converge from the current vectors and from a fresh (seeded) random start; keep the larger estimate.
+    """Converge from the current vectors, and take the top singular pair by Lanczos (ARPACK, from a seeded
+    start, :func:`~invertible.norms.top_singular_triplet`); keep whichever gives the larger ``<v, A u>``.
 
-    Both are lower bounds on ``||A||``; the restart catches vectors stalled near a lower singular direction
-    (a random start has a component along the top one almost surely)."""
+    Both are lower bounds on ``||A||``. Power iteration alone cannot tell convergence from a plateau: vectors
+    that training left near a lower singular direction, or top singular values closer than ``rtol`` per step,
+    stall it below ``||A||`` (trained convolutions stayed up to 0.2 % short). Lanczos converges in far fewer
+    operator applications when the top singular values are close."""
     sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)
-    kept = (sn.u.clone(), sn.v.clone(), sn.estimate(weight))
-    g = torch.Generator(device=weight.device).manual_seed(0)
-    u = torch.randn(sn.u.shape, generator=g, dtype=sn.u.dtype, device=sn.u.device)
-    v = sn._op.apply(weight, u / u.norm())
-    u, v, _ = sn._power_steps(weight, u / u.norm(), v / v.norm().clamp_min(1e-30), 1, atol=0.0, rtol=rtol,
-                              max_iter=max_iter)
-    if float((v * sn._op.apply(weight, u)).sum()) < float(kept[2]):
-        u, v = kept[0], kept[1]
-    sn.u.copy_(u)
-    sn.v.copy_(v)
+    kept = sn.estimate(weight)
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    try:
+        _, u, v = top_singular_triplet(sn._op, weight, sn.recorded_shape, rtol=min(rtol, 1e-8), max_iter=max_iter)
+    except ArpackNoConvergence:  # keep the power iteration's vectors
+        return
+    u, v = u.to(sn.u.dtype), v.to(sn.v.dtype)
+    if float((v * sn._op.apply(weight, u)).sum()) > float(kept):
+        sn.u.copy_(u.reshape(sn.u.shape))
+        sn.v.copy_(v.reshape(sn.v.shape))
 
 
 def _initialized_spectral_norms(model: nn.Module) -> Iterator[tuple[SpectralNorm, torch.Tensor]]:

@@ -31,6 +31,7 @@ __all__ = [
     "norm_method",
     "operator_norm",
     "operator_norm_upper_bound",
+    "top_singular_triplet",
 ]
 
 LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -177,26 +178,46 @@ def norm_method(module: nn.Module, input_shape: Sequence[int]) -> str:
 def _lanczos_norm(op: LinearOperator, weight: torch.Tensor, shape: Sequence[int], rtol: float, max_iter: int) -> float:
     """Largest singular value by ARPACK's implicitly restarted Lanczos (scipy ``svds``) on the matrix-free
     operator: converges far faster than plain power iteration when the top singular values are close."""
-    import numpy as np
-    from scipy.sparse.linalg import LinearOperator, svds
+    return top_singular_triplet(op, weight, shape, rtol=rtol, max_iter=max_iter, vectors=False)[0]
 
+
+def top_singular_triplet(
+    op: LinearOperator, weight: torch.Tensor, shape: Sequence[int], *, rtol: float = 1e-6, max_iter: int = 5000,
+    vectors: bool = True,
+) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+    """``(sigma_1, u, v)`` of the operator ``A`` of ``op`` with ``weight`` on per-sample inputs of ``shape``:
+    ``A u = sigma_1 v``, ``u`` of shape ``(1, *shape)`` (input space), ``v`` of A's output shape, both of unit
+    norm, by ARPACK's implicitly restarted Lanczos (scipy ``svds``, to relative tolerance ``rtol``; in float64,
+    vectors returned in ``weight``'s dtype). ``vectors=False`` returns ``(sigma_1, None, None)``."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator as ScipyOperator
+    from scipy.sparse.linalg import svds
+
+    w64 = weight.detach().double()
     n = math.prod(shape)
     with torch.no_grad():
-        m = op.apply(weight, torch.zeros((1, *shape), dtype=weight.dtype, device=weight.device)).numel()
+        out_shape = op.apply(w64, torch.zeros((1, *shape), dtype=w64.dtype, device=w64.device)).shape
+    m = math.prod(out_shape)
 
-    def matvec(v):
-        t = torch.as_tensor(np.asarray(v).reshape(1, *shape), dtype=weight.dtype, device=weight.device)
-        return op.apply(weight, t).reshape(-1).cpu().numpy()
+    def matvec(x):
+        t = torch.as_tensor(np.asarray(x).reshape(1, *shape), dtype=w64.dtype, device=w64.device)
+        with torch.no_grad():
+            return op.apply(w64, t).reshape(-1).cpu().numpy()
 
-    def rmatvec(w):
-        t = torch.as_tensor(np.asarray(w).reshape(-1), dtype=weight.dtype, device=weight.device)
-        out_shape = op.apply(weight, torch.zeros((1, *shape), dtype=weight.dtype, device=weight.device)).shape
-        return op.adjoint(weight, t.reshape(out_shape), shape).reshape(-1).cpu().numpy()
+    def rmatvec(y):
+        t = torch.as_tensor(np.asarray(y).reshape(out_shape), dtype=w64.dtype, device=w64.device)
+        with torch.no_grad():
+            return op.adjoint(w64, t, shape).reshape(-1).cpu().numpy()
 
-    linop = LinearOperator((m, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
-    v0 = np.random.default_rng(0).standard_normal(min(m, n) if m < n else n)
-    sigma = svds(linop, k=1, tol=rtol, maxiter=max_iter, return_singular_vectors=False, v0=v0 if m >= n else None)
-    return float(sigma[0])
+    linop = ScipyOperator((m, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(min(m, n))  # seeded: ARPACK's own start is not reproducible
+    if not vectors:
+        sigma = svds(linop, k=1, tol=rtol, maxiter=max_iter, return_singular_vectors=False, v0=v0)
+        return float(sigma[0]), None, None
+    left, sigma, right_t = svds(linop, k=1, tol=rtol, maxiter=max_iter, v0=v0)
+    u = torch.as_tensor(right_t[0].reshape(1, *shape), dtype=weight.dtype, device=weight.device)
+    v = torch.as_tensor(left[:, 0].reshape(out_shape), dtype=weight.dtype, device=weight.device)
+    return float(sigma[0]), u, v
 
 
 def _circular_fft_norm(weight: torch.Tensor, spatial: Sequence[int], dilation: Sequence[int]) -> float:
