@@ -77,6 +77,11 @@ def test_claim_validates_what_it_lacks_and_verdict_says_why(tmp_path):
     assert verdict("c", c) == ("c: does not hold at this scale because 0.9 > 0.5 [limited by compute]; the full run: "
                                "about 3 days")
     assert verdict("d", {"holds": True, "evidence": "p=0.01"}) == "d: holds (p=0.01)"
+    # a failure that names no lack is not blamed on the scale
+    assert verdict("e", {"holds": False, "evidence": "0.5006 > 0.5005"}).startswith("e: does not hold, unexplained")
+    from invertible.experiments.summary import claim_row
+
+    assert "unexplained" in claim_row("x", "e", {"holds": False, "evidence": "0.5006 > 0.5005"})
 
 
 @pytest.fixture

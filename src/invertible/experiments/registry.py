@@ -194,9 +194,10 @@ def verdict(name: str, claim: dict[str, Any]) -> str:
     with what it lacks and, where given, what the full run costs."""
     if claim["holds"]:
         return f"{name}: holds ({claim['evidence']})"
+    if not claim.get("limited_by"):  # no stated lack: not a matter of scale
+        return f"{name}: does not hold, unexplained (neither data, compute nor method named): {claim['evidence']}"
     text = f"{name}: does not hold at this scale because {claim['evidence']}"
-    if claim.get("limited_by"):
-        text += f" [limited by {claim['limited_by']}]"
+    text += f" [limited by {claim['limited_by']}]"
     if claim.get("full_cost"):
         text += f"; the full run: {claim['full_cost']}"
     return text

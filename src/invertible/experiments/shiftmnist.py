@@ -56,7 +56,7 @@ from invertible.invariance.training import ICEConfig, evaluate_error, train_ice
 from invertible.models.firevnet import FullyInvertibleClassifier, fi_revnet
 from invertible.threads import single_thread
 
-N_SEEDS = 3
+N_SEEDS = 5
 QUICK_TRAIN = 2000  # training images in quick mode (see ice_config)
 QUICK_EPOCHS = 12
 

@@ -43,7 +43,8 @@ def _verdict(claim: dict[str, Any]) -> str:
     if claim.get("holds"):
         return "holds"
     lacks = claim.get("limited_by")
-    return f"**does not hold** at this scale ({lacks})" if lacks else "**does not hold** at this scale"
+    # without a stated lack the failure is not explained by scale: say so rather than imply it
+    return f"**does not hold** at this scale ({lacks})" if lacks else "**does not hold** (unexplained: a defect to fix)"
 
 
 CLAIMS_HEADER = ("| experiment | claim | verdict | thesis | this run | evidence (uncertainty) / why not |\n"
