@@ -90,3 +90,36 @@ def test_tof_peak_model_keeps_the_peak_width_constant_in_bins():
     assert const[-1] - const[0] > 4, const
     with pytest.raises(ValueError, match="reference_mz"):
         pattern_bins(mz, masses, reference_mz=0.0)
+
+
+def test_carbon_pattern_is_the_13c_binomial_and_narrower_than_all_elements():
+    """The thesis's model: P(k) = C(n_C, k) p^k (1 - p)^(n_C - k), p = 0.0107, peaks 1.003355 Da apart; BRAIN's
+    fine structure of all elements (N, O, S, H isotopes too) has at least as many isotopes above t_iso."""
+    from math import comb
+
+    from invertible.ims.isotopes import C13_ABUNDANCE, C13_SHIFT, averagine_formula, carbon_isotope_pattern
+
+    for mass in (900.0, 2500.0, 5000.0):
+        mz, ab = carbon_isotope_pattern(mass, t_iso=0.0)
+        n_c = averagine_formula(mass)["C"]
+        p = [comb(n_c, k) * C13_ABUNDANCE**k * (1 - C13_ABUNDANCE) ** (n_c - k) for k in range(4)]
+        np.testing.assert_allclose(ab[:4], p, rtol=1e-9)
+        np.testing.assert_allclose(np.diff(mz[:4]), C13_SHIFT, rtol=1e-12)
+        assert len(carbon_isotope_pattern(mass)[0]) <= len(isotope_pattern(mass)[0])
+    with pytest.raises(ValueError, match="t_iso"):
+        carbon_isotope_pattern(1000.0, t_iso=1.5)
+
+
+def test_fixed_gaussian_filter_widens_patterns_by_its_width_in_bins():
+    """At t_iso = 0.3 a 900 Da peptide keeps only its monoisotopic carbon peak (P(0) = 0.65, P(1) = 0.28), so
+    its pattern is one Gaussian of the fixed FWHM w, above t_iso of its maximum over 2 w sqrt(ln(1/t) / (4 ln 2))
+    Da: on an axis of 0.01 Da that many bins (+-2), whatever the mass's resolving power would say."""
+    axis = np.arange(500.0, 3000.0, 0.01)
+    t = 0.3
+    for w in (0.1, 0.3, 0.6):
+        got = pattern_bins(axis, [900.0], peak_fwhm=w, isotopes="carbon", t_iso=t, resolving_power=50.0)[0]
+        assert abs(got - 2 * w * np.sqrt(np.log(1 / t) / (4 * np.log(2))) / 0.01) <= 2
+    with pytest.raises(ValueError, match="peak_fwhm"):
+        pattern_bins(axis, [1500.0], peak_fwhm=0.0)
+    with pytest.raises(ValueError, match="isotopes"):
+        pattern_bins(axis, [1500.0], isotopes="nitrogen")

@@ -23,6 +23,7 @@ __all__ = [
     "AVERAGINE",
     "averagine_formula",
     "isotope_pattern",
+    "carbon_isotope_pattern",
     "envelope_span",
     "pattern_bins",
     "receptive_field",
@@ -75,8 +76,30 @@ def isotope_pattern(mass: float, *, t_iso: float = 0.005, charge: int = 1) -> tu
     return mz[keep], ab[keep] / ab[keep].sum()
 
 
-def _broadened(mz_axis: np.ndarray, peaks: np.ndarray, ab: np.ndarray, resolving_power: float) -> np.ndarray:
-    fwhm = peaks / resolving_power
+#: 13C - 12C mass difference (Da) and the natural abundance of 13C
+C13_SHIFT, C13_ABUNDANCE = 1.003355, 0.0107
+
+
+def carbon_isotope_pattern(mass: float, *, t_iso: float = 0.005, charge: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The thesis's own isotope model (section 7.3.2): a binomial ("Bernoulli") distribution of 13C over the
+    averagine peptide's ``n_C`` carbon atoms, ``P(k) = C(n_C, k) 0.0107^k 0.9893^(n_C - k)``, peaks ``1.003355``
+    Da apart from the monoisotopic peak; isotopes below ``t_iso`` are dropped. Returns m/z (k,) and abundances
+    (k,) summing to 1. Unlike :func:`isotope_pattern` it ignores H, N, O and S isotopes (a narrower envelope)."""
+    from scipy.stats import binom
+
+    if not 0 <= t_iso < 1:
+        raise ValueError(f"t_iso must lie in [0, 1), got {t_iso}")
+    n_c = averagine_formula(mass)["C"]
+    mono = isotope_pattern(mass, t_iso=0.0, charge=charge)[0][0]
+    k = np.arange(n_c + 1)
+    ab = binom.pmf(k, n_c, C13_ABUNDANCE)
+    keep = ab >= t_iso
+    return mono + C13_SHIFT * k[keep] / charge, ab[keep] / ab[keep].sum()
+
+
+def _broadened(mz_axis: np.ndarray, peaks: np.ndarray, ab: np.ndarray, resolving_power: float,
+               fixed_fwhm: float | None = None) -> np.ndarray:
+    fwhm = peaks / resolving_power if fixed_fwhm is None else np.full(len(peaks), fixed_fwhm)
     sigma = fwhm / (2 * np.sqrt(2 * np.log(2)))
     lo, hi = np.searchsorted(mz_axis, [peaks[0] - 6 * sigma[0], peaks[-1] + 6 * sigma[-1]])
     window = mz_axis[lo:hi]
@@ -93,6 +116,8 @@ def pattern_bins(
     t_iso: float = 0.005,
     resolving_power: float = 3000.0,
     reference_mz: float | None = None,
+    peak_fwhm: float | None = None,
+    isotopes: str = "averagine",
 ) -> np.ndarray:
     """Number of bins of ``mz_axis`` covered by each averagine isotope pattern (Fig. 7.3, blue).
 
@@ -101,7 +126,10 @@ def pattern_bins(
     constant, ``R(m) = resolving_power``; a ``reference_mz`` uses the TOF law of a constant peak width in
     flight time (``t ~ sqrt(m)``, so ``FWHM_m = 2 m dt / t ~ sqrt(m)``): ``R(m) = resolving_power *
     sqrt(m / reference_mz)``, i.e. ``resolving_power`` at ``reference_mz`` and a peak width constant in bins
-    of a TOF axis (:mod:`invertible.ims.tof`); the count is the width, in bins, of the range where the
+    of a TOF axis (:mod:`invertible.ims.tof`); ``peak_fwhm`` (Da) instead convolves every peak with one fixed
+    Gaussian filter, as the thesis words it. ``isotopes``: ``"averagine"`` (BRAIN's fine structure of all
+    elements, :func:`isotope_pattern`) or ``"carbon"`` (the thesis's 13C binomial, :func:`carbon_isotope_pattern`).
+    The count is the width, in bins, of the range where the
     profile exceeds ``t_iso`` times its maximum (first to last such bin). Shapes: ``mz_axis`` (d,) increasing,
     ``masses`` (k,) -> (k,) int.
     """
@@ -112,11 +140,16 @@ def pattern_bins(
         raise ValueError(f"resolving_power must be positive, got {resolving_power}")
     if reference_mz is not None and not reference_mz > 0:
         raise ValueError(f"reference_mz must be positive (or None for a constant resolving power), got {reference_mz}")
+    if peak_fwhm is not None and not peak_fwhm > 0:
+        raise ValueError(f"peak_fwhm must be positive (Da) or None, got {peak_fwhm}")
+    patterns = {"averagine": isotope_pattern, "carbon": carbon_isotope_pattern}
+    if isotopes not in patterns:
+        raise ValueError(f"isotopes must be 'averagine' or 'carbon', got {isotopes!r}")
     out = np.zeros(len(masses), np.int64)
     for i, mass in enumerate(np.asarray(masses, np.float64)):
-        peaks, ab = isotope_pattern(mass - _PROTON, t_iso=t_iso)
+        peaks, ab = patterns[isotopes](mass - _PROTON, t_iso=t_iso)
         r = resolving_power if reference_mz is None else resolving_power * np.sqrt(mass / reference_mz)
-        prof = _broadened(mz_axis, peaks, ab, r)
+        prof = _broadened(mz_axis, peaks, ab, r, peak_fwhm)
         if prof.max() <= 0:
             continue  # pattern outside the axis
         above = np.flatnonzero(prof >= t_iso * prof.max())
