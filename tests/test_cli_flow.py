@@ -94,3 +94,18 @@ def test_sample_refuses_non_finite_weights(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "not finite" in captured.err and "Traceback" not in captured.err
     assert not (tmp_path / "s.npy").exists()
+
+
+def test_recompute_chunk_trains_an_image_flow_and_is_refused_without_a_neumann_gradient(tmp_path, capsys):
+    """--recompute-chunk: the chunked recomputing Neumann gradient trains the digits image flow (the numbers are
+    those of the stored graph, tests/test_logdet_recompute.py); a 2-D flow with the exact log-det has no Neumann
+    gradient to recompute, which is one clear line, not a traceback."""
+    argv = ["train-flow", "--data", "digits", "--mode", "resflow", "--blocks", "1", "--hidden", "8", "--scales", "1",
+            "--steps", "2", "--batch-size", "32", "--subset", "64", "--n-test", "32", "--eval-samples", "32",
+            "--no-progress", "--threads", "1", "--recompute-chunk", "16"]
+    assert main([*argv, "--out", str(tmp_path / "img")]) == 0
+    assert json.loads((tmp_path / "img" / "metrics.json").read_text())["steps"] == 2
+    capsys.readouterr()
+    exact = [*TRAIN, "--mode", "exact", "--steps", "2", "--recompute-chunk", "8"]
+    assert main([*exact, "--out", str(tmp_path / "t")]) == 2
+    assert "no series estimator with the Neumann gradient" in capsys.readouterr().err

@@ -70,6 +70,9 @@ def add_parser(sub) -> None:
     p.add_argument("--scales", type=positive_int, default=3, help="scale-blocks of the image flow")
     p.add_argument("--factor-out", action="store_true", help="factor out half the channels between scales")
     p.add_argument("--n-terms", type=positive_int, default=10, help="power-series terms (iresnet mode)")
+    p.add_argument("--recompute-chunk", type=positive_int, default=None, metavar="N",
+                   help="resflow mode: keep no graph between forward and backward and run the Neumann gradient on N "
+                        "samples at a time (same numbers, a fraction of the memory; logdet.set_recompute)")
     p.add_argument("--n-test", type=at_least_two, default=10_000, help="test points (>= 2, for a standard error)")
     p.add_argument("--subset", type=positive_int, default=None, help="use only this many training images")
     p.add_argument("--eval-every", type=positive_int, default=None, help="validate every N steps (default: each epoch)")
@@ -151,6 +154,10 @@ def train_flow(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     dtype = getattr(torch, args.dtype)
     model = _build(args, data).to(device=args.device, dtype=dtype)
+    if args.recompute_chunk is not None:
+        from invertible.logdet import set_recompute
+
+        set_recompute(model, args.recompute_chunk)  # ValueError (one line) for a model without a Neumann gradient
     batch = args.batch_size or (256 if data.kind == "toy" else 64)
     src = data.source(batch, args.seed, dtype)
     if args.steps is not None:
