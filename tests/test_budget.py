@@ -28,6 +28,7 @@ def timed_experiment():
 
         steps = ctx.scaled("steps", 10, 400)
         width = ctx.scaled("width", 8, 8, power=0.0)  # a setting that does not grow
+        print(f"table of the timed toy: {steps} steps")
         time.sleep(steps * STEP_S)
         fig, ax = plt.subplots(figsize=(16, 4), dpi=100)  # 1600 px wide: the results page downsizes it
         ax.plot([0, steps], [0, 1])
@@ -154,5 +155,8 @@ def test_jobs_run_experiments_in_worker_processes(tmp_path, capsys, timed_experi
     assert code == 1 and "2 experiments in 2 worker processes" in out
     assert "test.broken FAILED" in out and "no such data: /nowhere.npz" in out
     assert json.loads((tmp_path / timed_experiment / "metrics.json").read_text())["steps"] == 10
+    # a worker's printed tables go to its folder, not into the interleaved console
+    assert "table of the timed toy" not in out
+    assert "table of the timed toy: 10 steps" in (tmp_path / timed_experiment / "console.log").read_text()
     index = (tmp_path / "report.md").read_text()
     assert "more steps help" in index and "test.broken: no such data" in index

@@ -4,12 +4,15 @@ Quick and budgeted reproductions run their small models on one intra-op thread (
 on a machine with ``n`` cores ``jobs = n`` processes fill it. A budgeted run times its pilot under the same load
 as its scaled run, so the budget still holds. Each outcome is an :class:`Outcome`: the report's path, or the
 user-facing error (``ValueError``, ``FileNotFoundError``, ``RuntimeError``) that stopped that one experiment;
-any other exception propagates.
+any other exception propagates. With several workers, what an experiment prints (its tables) would interleave with
+the others' lines, so each worker's printed output goes to ``out/<id>/console.log`` instead of the console.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
@@ -32,15 +35,21 @@ class Outcome:
     error: str | None = None
 
 
-def _run_one(module: str, eid: str, out: Path, kwargs: dict, catch: bool = True) -> Outcome:
+def _run_one(module: str, eid: str, out: Path, kwargs: dict, catch: bool = True, capture: bool = False) -> Outcome:
     importlib.import_module(module)  # a spawned worker registers the experiment by importing its module
     start = time.perf_counter()
+    console = io.StringIO()
+    redirect = contextlib.redirect_stdout(console) if capture else contextlib.nullcontext()
     try:
-        report = run_experiment(eid, out, **kwargs)
+        with redirect:
+            report = run_experiment(eid, out, **kwargs)
     except USER_ERRORS as exc:
         if not catch:
             raise
         return Outcome(eid, time.perf_counter() - start, error=str(exc))
+    finally:
+        if capture and console.getvalue() and (Path(out) / eid).is_dir():
+            (Path(out) / eid / "console.log").write_text(console.getvalue())
     return Outcome(eid, time.perf_counter() - start, report=report)
 
 
@@ -49,7 +58,8 @@ def run_many(ids: Sequence[str], out: Path, *, quick: bool, seed: int = 0, devic
              catch: bool = True) -> Iterator[Outcome]:
     """Run the experiments ``ids`` into ``out/<id>``, yielding each :class:`Outcome` as it finishes (in order
     when ``jobs == 1``). With ``jobs > 1`` they run in that many worker processes (forked on POSIX; spawned
-    where the device is CUDA, which cannot be forked), without progress bars. ``catch=False`` lets a user
+    where the device is CUDA, which cannot be forked), without progress bars, each experiment's printed output
+    in ``out/<id>/console.log``. ``catch=False`` lets a user
     error propagate instead of becoming an outcome (in one process: one experiment's error is the caller's)."""
     if int(jobs) != jobs or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
@@ -63,7 +73,7 @@ def run_many(ids: Sequence[str], out: Path, *, quick: bool, seed: int = 0, devic
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() and not device.startswith("cuda") \
         else "spawn"
     with ProcessPoolExecutor(max_workers=min(jobs, len(ids)), mp_context=multiprocessing.get_context(method)) as pool:
-        pending = {pool.submit(_run_one, registry[eid].run.__module__, eid, out, kwargs) for eid in ids}
+        pending = {pool.submit(_run_one, registry[eid].run.__module__, eid, out, kwargs, True, True) for eid in ids}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
