@@ -35,6 +35,12 @@ def test_budgeted_fig6_5_stays_on_the_digits_and_full_mode_uses_mnist(tmp_path):
     assert big["dataset"] == "digits" and big["n_train"] == 1437 and big["seeds"] >= 3
     assert full["dataset"] == "mnist" and full["ice_epochs"] == full["ce_epochs"] == 30
     assert big["ce_epochs"] <= big["ice_epochs"]  # CE keeps its matched, shorter training
+    assert big["ice_epochs"] == 30 and big["ce_epochs"] == 16  # the validated 11 / 20 ratio, not 30 / 30
+    from invertible.experiments import fig6_5 as module
+
+    ctx = RunContext(out=tmp_path, quick=True, scale=1.2)
+    mid = module.settings(ctx)
+    assert (mid["ice_epochs"], mid["ce_epochs"]) == (24, 13) and ctx.settings["ce_epochs"].value == 13
 
 
 def test_held_out_probe_bound_finds_no_information_in_random_labels_and_reads_a_planted_one():
