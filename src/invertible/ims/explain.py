@@ -15,6 +15,11 @@ the largest local extrema of ``|S_c|`` (:func:`pick_peaks`); each is marked with
 that a singly charged peptide at that m/z would have (:func:`isotope_marks`, Section 7.3.2), and scored by how
 many of those isotope positions carry a sensitivity extremum of the same sign (``isotope_support``).
 
+On TIC-normalised spectra these gradient maps also point at the background (the normalisation makes every
+other bin anti-correlated with a class that raises a few peptides); :mod:`invertible.ims.attribution` gives the
+attribution to the measured intensities and the ensemble average, which :func:`explain` uses with ``tic=`` and
+a sequence of models.
+
 Shapes: ``X`` (n, d) as the model sees it, ``y`` (n,) int, maps (K, d).
 
 References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), "Deep learning for tumor
@@ -33,7 +38,7 @@ from torch import nn
 from invertible.ims.isotopes import isotope_pattern
 
 __all__ = ["ISOTOPE_SPACING", "Peak", "SensitivityMap", "TARGETS", "explain", "input_gradients", "isotope_marks",
-           "peak_sensitivity", "pick_peaks", "sensitivity_maps"]
+           "map_peaks", "peak_sensitivity", "pick_peaks", "sensitivity_maps"]
 
 TARGETS = ("logit", "log_prob")
 _PROTON = 1.007276
@@ -168,6 +173,8 @@ class SensitivityMap:
     peaks: list[list[Peak]] = field(default_factory=list)
     raw: np.ndarray | None = None  # (K, d) the plain averaged gradients when ``maps`` are peak sensitivities
     resolving_power: float | None = None
+    method: str = "gradient"  # "gradient": input gradients; "measured": attribution to the measured intensities
+    members: int = 1  # networks averaged (an ensemble when > 1)
 
     def table(self) -> str:
         """Markdown: the peaks of every class, largest first."""
@@ -199,33 +206,64 @@ def _support(mz: np.ndarray, s: np.ndarray, value: float, isotopes: np.ndarray, 
     return n
 
 
-def explain(model: nn.Module, X, y, mz: np.ndarray, classes: Sequence[str] | None = None, *, top: int = 10,
-            score: str = "logit", resolving_power: float | None = 3000.0, min_separation: float = 0.5,
-            isotope_tol: float = 0.15, batch_size: int = 256) -> SensitivityMap:
+def explain(model: nn.Module | Sequence[nn.Module], X, y, mz: np.ndarray, classes: Sequence[str] | None = None, *,
+            top: int = 10, score: str = "logit", resolving_power: float | None = 3000.0, min_separation: float = 0.5,
+            isotope_tol: float = 0.15, batch_size: int = 256, tic: np.ndarray | None = None,
+            scale: np.ndarray | None = None) -> SensitivityMap:
     """Sensitivity maps per class (:func:`sensitivity_maps`), as peak sensitivities (:func:`peak_sensitivity`)
     unless ``resolving_power`` is None, their ``top`` peaks (:func:`pick_peaks`) and the isotope marks of each
     (:func:`isotope_marks`; an isotope is supported by a same-sign extremum of >= 1/4 the peak's size within
-    ``isotope_tol`` Da)."""
+    ``isotope_tol`` Da).
+
+    ``model`` may be a sequence of networks (an ensemble): their maps are averaged, each scaled to unit RMS
+    (:func:`~invertible.ims.attribution.ensemble_map`). With ``tic`` (n,) the maps are the attributions to the
+    measured intensities (:func:`~invertible.ims.attribution.measured_attributions`, centred logit): ``X`` is
+    then the TIC-normalised spectra *before* the scaler and ``scale`` (d,) the scaler's ``sd``; without it ``X``
+    is what the model sees and the maps are input gradients."""
+    from invertible.ims.attribution import ensemble_attributions, ensemble_map
+
     _check(X, y)
     mz = np.asarray(mz, np.float64)
     if X.shape[1] != len(mz):
         raise ValueError(f"the spectra have {X.shape[1]} bins but the m/z axis {len(mz)}")
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    if not models:
+        raise ValueError("need at least one model")
     y = np.asarray(y, np.int64)
     n_classes = len(classes) if classes else int(y.max()) + 1
     classes = list(classes) if classes else [str(c) for c in range(n_classes)]
-    raw, counts = sensitivity_maps(model, X, y, n_classes, score=score, batch_size=batch_size)
+    if tic is not None:
+        if score != "logit":
+            raise ValueError("the measured-intensity attribution differentiates the centred logit (score='logit')")
+        if scale is None:
+            raise ValueError("the measured-intensity attribution needs the scaler's sd (scale=...) with tic")
+        A, _ = ensemble_attributions(models, X, tic, y, n_classes, scale=scale, batch_size=batch_size)
+        raw = np.stack([A[y == c].mean(0) if np.any(y == c) else np.zeros(X.shape[1]) for c in range(n_classes)])
+        counts = np.bincount(y, minlength=n_classes)
+        method = "measured"
+    else:
+        members = [sensitivity_maps(m, X, y, n_classes, score=score, batch_size=batch_size) for m in models]
+        counts = members[0][1]
+        raw = members[0][0] if len(models) == 1 else ensemble_map(np.stack([m[0] for m in members]))
+        method = "gradient"
     maps = raw if resolving_power is None else peak_sensitivity(mz, raw, resolving_power)
     result = SensitivityMap(mz=mz, maps=maps, counts=counts, classes=classes, score=score, raw=raw,
-                            resolving_power=resolving_power)
+                            resolving_power=resolving_power, method=method, members=len(models))
     for c in range(n_classes):
-        peaks = []
-        for b in pick_peaks(mz, maps[c], top=top, min_separation=min_separation):
-            iso, _ = isotope_marks(mz[b])
-            value = float(maps[c, b])
-            spacing = float(iso[1] - iso[0]) if len(iso) > 1 else ISOTOPE_SPACING
-            neighbours = np.array([mz[b] - spacing, mz[b] + spacing])
-            peaks.append(Peak(int(b), float(mz[b]), value, tuple(float(m) for m in iso),
-                              _support(mz, maps[c], value, iso, isotope_tol),
-                              _support(mz, maps[c], value, neighbours, isotope_tol)))
-        result.peaks.append(peaks)
+        result.peaks.append(map_peaks(mz, maps[c], top=top, min_separation=min_separation, isotope_tol=isotope_tol))
     return result
+
+
+def map_peaks(mz: np.ndarray, saliency: np.ndarray, *, top: int = 10, min_separation: float = 0.5,
+              isotope_tol: float = 0.15) -> list[Peak]:
+    """The ``top`` peaks of one map (d,) (:func:`pick_peaks`) with their isotope marks and support."""
+    peaks = []
+    for b in pick_peaks(mz, saliency, top=top, min_separation=min_separation):
+        iso, _ = isotope_marks(mz[b])
+        value = float(saliency[b])
+        spacing = float(iso[1] - iso[0]) if len(iso) > 1 else ISOTOPE_SPACING
+        neighbours = np.array([mz[b] - spacing, mz[b] + spacing])
+        peaks.append(Peak(int(b), float(mz[b]), value, tuple(float(m) for m in iso),
+                          _support(mz, saliency, value, iso, isotope_tol),
+                          _support(mz, saliency, value, neighbours, isotope_tol)))
+    return peaks
