@@ -237,7 +237,10 @@ def run(ctx: RunContext) -> dict:
                   f"{c} {g:+.2f} (95% core-bootstrap interval {_interval(b)})"
                   for c, g, b in zip(classes, gain, boot_gain.T, strict=True))
               + " (0: one spike per peptide; a map that follows the averagine pattern exactly: "
-              f"{1 - 1 / _weight_sum(float(np.median(monoisotopic)), cfg.t_iso):.2f})",
+              f"{1 - 1 / _weight_sum(float(np.median(monoisotopic)), cfg.t_iso):.2f})" + ("" if ok_gain else
+                 "; an interval reaching 0 means the networks read some planted peptides at one isotope only: every "
+                 "isotope of a peptide carries the same class signal, one of them suffices, and an attribution "
+                 "shows what the networks use, not the whole pattern"),
               limited_by=None if ok_gain else (limit or "method"), isotope_gain=gain.tolist(),
               isotope_gain_interval=[np.quantile(b, [0.025, 0.975]).tolist() for b in boot_gain.T])
     return {"balanced_accuracy": bacc, "member_balanced_accuracy": member_bacc, "planted_mz": planted.tolist(),
