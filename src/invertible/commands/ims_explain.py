@@ -34,6 +34,8 @@ def add_parser(ims) -> None:
     e.add_argument("--attribution", choices=("gradient", "measured"), default="gradient",
                    help="gradient: input gradients of the scaled spectra (default); measured: gradient x (r - mean r) "
                         "in the measured intensities r, through TIC and scaler (removes the TIC artefact)")
+    e.add_argument("--steps", type=positive_int, default=8,
+                   help="integrated-gradient steps of --attribution measured (default 8; 1: gradient x input)")
     add_threads(e)
     add_device(e)
     add_out(e, help="folder for the maps (figures/sensitivity.png, metrics.json, report.md)")
@@ -95,7 +97,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
         tic = spectrum_tic(args.imzml, args.annotations, mz_range=mz_range, baseline_window=window)
         smap = explain(model, ds.X, ds.y, ds.mz, ds.classes, top=args.top, score=args.score, tic=tic,
-                       scale=scaler.scale_, resolving_power=resolving_power)
+                       scale=scaler.scale_, resolving_power=resolving_power, steps=args.steps)
     else:
         smap = explain(model, X, ds.y, ds.mz, ds.classes, top=args.top, score=args.score,
                        resolving_power=resolving_power)

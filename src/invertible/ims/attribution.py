@@ -49,11 +49,16 @@ __all__ = ["bootstrap_class_maps", "class_maps", "ensemble_attributions", "ensem
 
 
 def measured_attributions(model: nn.Module, X, tic, target, *, scale, reference: np.ndarray | None = None,
-                          batch_size: int = 256) -> np.ndarray:
+                          steps: int = 1, batch_size: int = 256) -> np.ndarray:
     """``a_sj = dF/dr_j (r_s) (r_sj - reference_j)`` (module docstring) for the measured spectra
     ``r_s = X_s * tic_s``, ``F(r) = z_t - mean_k z_k`` of ``model((r / mean_j r) / scale)``; ``reference``
     (d,) defaults to the mean of ``r``. ``X`` (n, d) TIC-normalised, ``tic`` (n,) > 0, ``target`` (n,) the class
-    of each row, ``scale`` (d,) the scaler's ``sd`` (ones for none). Eval mode. Returns (n, d) float64."""
+    of each row, ``scale`` (d,) the scaler's ``sd`` (ones for none). Eval mode. Returns (n, d) float64.
+
+    ``steps > 1``: integrated gradients (Sundararajan et al. 2017) along the straight path from the reference,
+    ``dF/dr`` averaged at ``ref + (k - 1/2)/steps (r - ref)``, k = 1..steps (midpoint rule), so that the
+    attributions of a spectrum sum to ``F(r) - F(ref)`` up to the quadrature error (completeness) and a
+    saturated network (a confident class whose gradient at ``r`` has vanished) still credits its evidence."""
     X = np.asarray(X)
     tic = np.asarray(tic, np.float64)
     target = np.asarray(target, np.int64)
@@ -68,28 +73,36 @@ def measured_attributions(model: nn.Module, X, tic, target, *, scale, reference:
     ref = R.mean(0) if reference is None else np.asarray(reference, np.float64)
     if ref.shape != (X.shape[1],):
         raise ValueError(f"reference must have one entry per bin ({X.shape[1]}), got shape {ref.shape}")
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     was = model.training
     model.eval()
     p = next(model.parameters())
     inv_scale = torch.as_tensor(1.0 / scale, device=p.device, dtype=p.dtype)
     out = np.empty(R.shape, np.float64)
     try:
+        ref_t = torch.as_tensor(ref, device=p.device, dtype=p.dtype)
         for s in range(0, len(R), batch_size):
-            rb = torch.as_tensor(R[s:s + batch_size], device=p.device, dtype=p.dtype).requires_grad_(True)
+            r_end = torch.as_tensor(R[s:s + batch_size], device=p.device, dtype=p.dtype)
             t = torch.as_tensor(target[s:s + batch_size], device=p.device)
-            with torch.enable_grad():
-                z = model(rb / rb.mean(1, keepdim=True) * inv_scale)
-                if not 0 <= int(t.min()) <= int(t.max()) < z.shape[1]:
-                    raise ValueError(f"target classes must lie in [0, {z.shape[1]}), got {sorted(set(target))}")
-                (grad,) = torch.autograd.grad((z - z.mean(1, keepdim=True)).gather(1, t[:, None]).sum(), rb)
-            out[s:s + len(t)] = grad.detach().double().cpu().numpy() * (R[s:s + len(t)] - ref)
+            total = torch.zeros_like(r_end)
+            for k in range(int(steps)):
+                alpha = 1.0 if steps == 1 else (k + 0.5) / steps
+                rb = (ref_t + alpha * (r_end - ref_t)).requires_grad_(True)
+                with torch.enable_grad():
+                    z = model(rb / rb.mean(1, keepdim=True) * inv_scale)
+                    if not 0 <= int(t.min()) <= int(t.max()) < z.shape[1]:
+                        raise ValueError(f"target classes must lie in [0, {z.shape[1]}), got {sorted(set(target))}")
+                    (grad,) = torch.autograd.grad((z - z.mean(1, keepdim=True)).gather(1, t[:, None]).sum(), rb)
+                total += grad.detach()
+            out[s:s + len(t)] = (total / steps).double().cpu().numpy() * (R[s:s + len(t)] - ref)
     finally:
         model.train(was)
     return out
 
 
 def ensemble_attributions(models: nn.Module | Sequence[nn.Module], X, tic, y, n_classes: int, *, scale,
-                          reference: np.ndarray | None = None,
+                          reference: np.ndarray | None = None, steps: int = 1,
                           batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """``(A, member_maps)``: the per-spectrum attributions of an ensemble, ``A = (1/M) sum_m a^(m) / rms_m``
     (n, d), where ``a^(m)`` is :func:`measured_attributions` of member ``m`` (targets ``y``) and ``rms_m`` the RMS
@@ -100,7 +113,8 @@ def ensemble_attributions(models: nn.Module | Sequence[nn.Module], X, tic, y, n_
     A = np.zeros(np.shape(X))
     members = []
     for model in models:
-        a = measured_attributions(model, X, tic, y, scale=scale, reference=reference, batch_size=batch_size)
+        a = measured_attributions(model, X, tic, y, scale=scale, reference=reference, steps=steps,
+                                  batch_size=batch_size)
         m = class_maps(a, y, n_classes)
         rms = float(np.sqrt(np.mean(m ** 2)))
         if rms == 0:
