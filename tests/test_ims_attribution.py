@@ -161,3 +161,27 @@ def test_explain_with_tic_is_the_ensemble_measured_attribution():
         explain(models, X, y, mz, tic=tic)
     with pytest.raises(ValueError, match="centred logit"):
         explain(models, X, y, mz, tic=tic, scale=np.ones(200), score="log_prob")
+
+
+def test_integrated_gradients_are_complete_through_tic():
+    """steps > 1: sum_j a_sj = F(r_s) - F(r_ref) up to the midpoint rule's error (Sundararajan et al. 2017)."""
+    torch.manual_seed(0)
+    d = 12
+    model = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    rng = np.random.default_rng(4)
+    R = rng.uniform(0.5, 2.0, (6, d))
+    y = np.arange(6) % 2
+    tic, X, sd = R.mean(1), R / R.mean(1, keepdims=True), rng.uniform(0.5, 2.0, d)
+    ref = R.mean(0)
+
+    def F(r):
+        with torch.no_grad():
+            z = model(torch.as_tensor(r / r.mean(1, keepdims=True) / sd)).numpy()
+        return (z - z.mean(1, keepdims=True))[np.arange(len(r)), y]
+
+    a = measured_attributions(model, X, tic, y, scale=sd, reference=ref, steps=64)
+    np.testing.assert_allclose(a.sum(1), F(R) - F(np.tile(ref, (6, 1))), rtol=1e-3, atol=1e-5)
+    one = measured_attributions(model, X, tic, y, scale=sd, reference=ref, steps=1)
+    assert np.abs(one.sum(1) - (F(R) - F(np.tile(ref, (6, 1))))).max() > 1e-3  # gradient x input is not complete
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        measured_attributions(model, X, tic, y, scale=sd, steps=0)
