@@ -110,7 +110,12 @@ def _interval(values: np.ndarray) -> str:
 def run(ctx: RunContext) -> dict:
     from scipy.stats import binom
 
-    from invertible.ims.attribution import bootstrap_class_maps, ensemble_attributions, spectrum_tic
+    from invertible.ims.attribution import (
+        bootstrap_class_maps,
+        contrast_references,
+        ensemble_attributions,
+        spectrum_tic,
+    )
     from invertible.ims.evaluate import balanced_accuracy, load_dataset, tma_folds
     from invertible.ims.explain import explain, map_peaks, peak_sensitivity
     from invertible.ims.isotopes import isotope_pattern
@@ -166,8 +171,11 @@ def run(ctx: RunContext) -> dict:
     grad_map = explain(nets[0], X, ds.y, ds.mz, ds.classes, top=10)
     grad_top1, grad_prec = recovery(ds.mz, grad_map.maps, planted, tol)
     # ... and the attribution to the measured intensities, averaged over the ensemble
+    measured = ds.X * tic[:, None]
+    # "why class c and not another": from the mean measured spectrum of the other classes (training TMAs)
+    reference = contrast_references(measured[train_rows], ds.y[train_rows], len(ds.classes))
     A, _ = ensemble_attributions(nets, ds.X, tic, ds.y, len(ds.classes), scale=scaler.scale_,
-                                 steps=IG_STEPS)
+                                 reference=reference, steps=IG_STEPS)
     raw = np.stack([A[ds.y == c].mean(0) for c in range(len(ds.classes))])
     maps = peak_sensitivity(ds.mz, raw, cfg.resolving_power)
     peaks = [map_peaks(ds.mz, maps[c], top=10) for c in range(len(ds.classes))]

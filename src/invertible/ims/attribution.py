@@ -44,8 +44,8 @@ from torch import nn
 
 from invertible.ims.explain import ISOTOPE_SPACING, isotope_marks
 
-__all__ = ["bootstrap_class_maps", "class_maps", "ensemble_attributions", "ensemble_map", "measured_attributions",
-           "pattern_scores", "spectrum_tic"]
+__all__ = ["bootstrap_class_maps", "class_maps", "contrast_references", "ensemble_attributions", "ensemble_map",
+           "measured_attributions", "pattern_scores", "spectrum_tic"]
 
 
 def measured_attributions(model: nn.Module, X, tic, target, *, scale, reference: np.ndarray | None = None,
@@ -71,8 +71,15 @@ def measured_attributions(model: nn.Module, X, tic, target, *, scale, reference:
         raise ValueError(f"scale must have one entry per bin ({X.shape[1]}), got shape {scale.shape}")
     R = np.asarray(X, np.float64) * tic[:, None]
     ref = R.mean(0) if reference is None else np.asarray(reference, np.float64)
-    if ref.shape != (X.shape[1],):
+    if ref.ndim == 2:  # one reference per class: row t for the spectra of target t
+        if ref.shape[1] != X.shape[1] or not 0 <= target.min() <= target.max() < len(ref):
+            raise ValueError(f"a per-class reference must be (K, {X.shape[1]}) with a row for every target, got "
+                             f"shape {ref.shape} for targets up to {target.max()}")
+        ref = ref[target]
+    elif ref.shape != (X.shape[1],):
         raise ValueError(f"reference must have one entry per bin ({X.shape[1]}), got shape {ref.shape}")
+    else:
+        ref = np.broadcast_to(ref, R.shape)
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     was = model.training
@@ -81,9 +88,9 @@ def measured_attributions(model: nn.Module, X, tic, target, *, scale, reference:
     inv_scale = torch.as_tensor(1.0 / scale, device=p.device, dtype=p.dtype)
     out = np.empty(R.shape, np.float64)
     try:
-        ref_t = torch.as_tensor(ref, device=p.device, dtype=p.dtype)
         for s in range(0, len(R), batch_size):
             r_end = torch.as_tensor(R[s:s + batch_size], device=p.device, dtype=p.dtype)
+            ref_t = torch.as_tensor(np.ascontiguousarray(ref[s:s + batch_size]), device=p.device, dtype=p.dtype)
             t = torch.as_tensor(target[s:s + batch_size], device=p.device)
             total = torch.zeros_like(r_end)
             for k in range(int(steps)):
@@ -95,7 +102,7 @@ def measured_attributions(model: nn.Module, X, tic, target, *, scale, reference:
                         raise ValueError(f"target classes must lie in [0, {z.shape[1]}), got {sorted(set(target))}")
                     (grad,) = torch.autograd.grad((z - z.mean(1, keepdim=True)).gather(1, t[:, None]).sum(), rb)
                 total += grad.detach()
-            out[s:s + len(t)] = (total / steps).double().cpu().numpy() * (R[s:s + len(t)] - ref)
+            out[s:s + len(t)] = (total / steps).double().cpu().numpy() * (R[s:s + len(t)] - ref[s:s + len(t)])
     finally:
         model.train(was)
     return out
@@ -122,6 +129,19 @@ def ensemble_attributions(models: nn.Module | Sequence[nn.Module], X, tic, y, n_
         A += a / rms / len(models)
         members.append(m)
     return A, np.stack(members)
+
+
+def contrast_references(R: np.ndarray, y, n_classes: int) -> np.ndarray:
+    """(K, d): row ``c`` the mean of the spectra ``R`` (n, d) *not* of class ``c``, the reference of "why is this
+    spectrum of class c and not of another": with it the attributions of a class-c spectrum sum (integrated
+    gradients) to the whole score difference to the other classes' average spectrum."""
+    R, y = np.asarray(R, np.float64), np.asarray(y, np.int64)
+    out = np.empty((n_classes, R.shape[1]))
+    for c in range(n_classes):
+        if not np.any(y != c):
+            raise ValueError(f"class {c} is the only class present: no other spectra to contrast it with")
+        out[c] = R[y != c].mean(0)
+    return out
 
 
 def class_maps(A: np.ndarray, y, n_classes: int) -> np.ndarray:
