@@ -13,6 +13,7 @@ from invertible.experiments.sec7_5 import isotope_gain, recovery
 from invertible.ims.attribution import (
     bootstrap_class_maps,
     class_maps,
+    contrast_references,
     ensemble_attributions,
     ensemble_map,
     measured_attributions,
@@ -154,8 +155,18 @@ def test_explain_with_tic_is_the_ensemble_measured_attribution():
     models = [_linear(rng.normal(size=(2, 200))) for _ in range(2)]
     tic, X = R.mean(1), R / R.mean(1, keepdims=True)
     smap = explain(models, X, y, mz, ["a", "b"], tic=tic, scale=np.ones(200), resolving_power=None, top=3)
-    A, members = ensemble_attributions(models, X, tic, y, 2, scale=np.ones(200))
+    others = contrast_references(R, y, 2)  # explain's default reference: the other class's mean spectrum
+    np.testing.assert_allclose(others[0], R[y == 1].mean(0))
+    A, members = ensemble_attributions(models, X, tic, y, 2, scale=np.ones(200), reference=others)
     np.testing.assert_allclose(smap.maps, ensemble_map(members), atol=1e-12)
+    # a per-class reference is used row by row: the same as attributing each class against its own row
+    a1 = measured_attributions(models[0], X, tic, y, scale=np.ones(200), reference=others)
+    for c in range(2):
+        ac = measured_attributions(models[0], X[y == c], tic[y == c], y[y == c], scale=np.ones(200),
+                                   reference=others[c])
+        np.testing.assert_allclose(a1[y == c], ac, atol=1e-12)
+    with pytest.raises(ValueError, match="only class present"):
+        contrast_references(R, np.zeros(10, int), 1)
     assert smap.method == "measured" and smap.members == 2 and len(smap.peaks[0]) == 3
     with pytest.raises(ValueError, match="needs the scaler's sd"):
         explain(models, X, y, mz, tic=tic)

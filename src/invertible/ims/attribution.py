@@ -10,14 +10,20 @@ difference of background bins reaches Cohen's ``d`` ~ 3, that of the planted pea
 
 The attribution here asks the question in the units the instrument measured. With ``F(r) = score_c(f(T-normalised
 r / sd))`` (the whole pipeline: TIC, the m/z scaler, the network; ``score_c`` the centred logit) it is the
-first-order (gradient x input) decomposition of the class score against the mean measured spectrum ``r_ref``,
+integrated gradient (Sundararajan et al. 2017) of the class score along the straight path from a reference
+measured spectrum ``r_ref`` to ``r_s``,
 
-    a_sj = dF/dr_j (r_s) * (r_sj - r_ref_j),          A_c(m_j) = (1/|I_c|) sum_{s in I_c} a_sj,
+    a_sj = (r_sj - r_ref_j) int_0^1 dF/dr_j (r_ref + alpha (r_s - r_ref)) d alpha,
+    A_c(m_j) = (1/|I_c|) sum_{s in I_c} a_sj,
 
-which is invariant to a rescaling of the bins (the scaler) and credits bin ``j`` only where the class's measured
-intensity differs from the reference: the background's raw counts do not depend on the class, so its
-attribution averages out, while its TIC-induced shift in ``x`` is charged to the peptides that caused it. For a
-linear ``f`` on unnormalised spectra (``T = 1``) ``A_c = (W_c - mean_k W_k) * (mean_{I_c} r - r_ref)``.
+(``steps = 1``: gradient x input at ``r_s``). It is invariant to a rescaling of the bins (the scaler), sums to
+``F(r_s) - F(r_ref)`` (completeness), and credits bin ``j`` only where the measured intensity differs from the
+reference: the background's raw counts do not depend on the class, so its attribution averages out, while its
+TIC-induced shift in ``x`` is charged to the peptides that caused it. The reference of class ``c`` is the mean
+measured spectrum of the *other* classes (:func:`contrast_references`): "why this class and not the others".
+From the overall mean the path of a confidently classified class runs where the network is already saturated,
+and that class's map is weak (measured: sec7.5 seeds 101 and 102). For a linear ``f`` on unnormalised spectra
+(``T = 1``) ``A_c = (W_c - mean_k W_k) * (mean_{I_c} r - r_ref)``.
 
 Single networks differ in which of the correlated bins they read (isotopes of one peptide, the background), so
 the maps of an ensemble of independently trained networks are averaged, each scaled to unit RMS first so that

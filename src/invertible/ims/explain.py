@@ -209,7 +209,7 @@ def _support(mz: np.ndarray, s: np.ndarray, value: float, isotopes: np.ndarray, 
 def explain(model: nn.Module | Sequence[nn.Module], X, y, mz: np.ndarray, classes: Sequence[str] | None = None, *,
             top: int = 10, score: str = "logit", resolving_power: float | None = 3000.0, min_separation: float = 0.5,
             isotope_tol: float = 0.15, batch_size: int = 256, tic: np.ndarray | None = None,
-            scale: np.ndarray | None = None, steps: int = 1) -> SensitivityMap:
+            scale: np.ndarray | None = None, steps: int = 1, reference: np.ndarray | None = None) -> SensitivityMap:
     """Sensitivity maps per class (:func:`sensitivity_maps`), as peak sensitivities (:func:`peak_sensitivity`)
     unless ``resolving_power`` is None, their ``top`` peaks (:func:`pick_peaks`) and the isotope marks of each
     (:func:`isotope_marks`; an isotope is supported by a same-sign extremum of >= 1/4 the peak's size within
@@ -220,8 +220,9 @@ def explain(model: nn.Module | Sequence[nn.Module], X, y, mz: np.ndarray, classe
     measured intensities (:func:`~invertible.ims.attribution.measured_attributions`, centred logit): ``X`` is
     then the TIC-normalised spectra *before* the scaler and ``scale`` (d,) the scaler's ``sd``; without it ``X``
     is what the model sees and the maps are input gradients. ``steps`` > 1: integrated gradients of the
-    measured-intensity attribution."""
-    from invertible.ims.attribution import ensemble_attributions, ensemble_map
+    measured-intensity attribution; ``reference`` (d,) or (K, d) its reference spectrum, by default per class the
+    mean measured spectrum of the other classes (:func:`~invertible.ims.attribution.contrast_references`)."""
+    from invertible.ims.attribution import contrast_references, ensemble_attributions, ensemble_map
 
     _check(X, y)
     mz = np.asarray(mz, np.float64)
@@ -238,7 +239,10 @@ def explain(model: nn.Module | Sequence[nn.Module], X, y, mz: np.ndarray, classe
             raise ValueError("the measured-intensity attribution differentiates the centred logit (score='logit')")
         if scale is None:
             raise ValueError("the measured-intensity attribution needs the scaler's sd (scale=...) with tic")
-        A, _ = ensemble_attributions(models, X, tic, y, n_classes, scale=scale, steps=steps, batch_size=batch_size)
+        if reference is None:
+            reference = contrast_references(np.asarray(X, np.float64) * np.asarray(tic)[:, None], y, n_classes)
+        A, _ = ensemble_attributions(models, X, tic, y, n_classes, scale=scale, reference=reference, steps=steps,
+                                     batch_size=batch_size)
         raw = np.stack([A[y == c].mean(0) if np.any(y == c) else np.zeros(X.shape[1]) for c in range(n_classes)])
         counts = np.bincount(y, minlength=n_classes)
         method = "measured"
