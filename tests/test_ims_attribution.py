@@ -16,6 +16,7 @@ from invertible.ims.attribution import (
     contrast_references,
     ensemble_attributions,
     ensemble_map,
+    explain_measured,
     measured_attributions,
     pattern_scores,
 )
@@ -147,14 +148,15 @@ def test_recovery_counts_hits_on_planted_peaks():
     assert top1.tolist() == [True, False] and prec.tolist() == [0.4, 0.4]
 
 
-def test_explain_with_tic_is_the_ensemble_measured_attribution():
+def test_explain_measured_is_the_ensemble_measured_attribution():
     rng = np.random.default_rng(3)
     mz = np.linspace(800, 820, 200)
     R = rng.uniform(0.5, 2.0, (10, 200))
     y = np.arange(10) % 2
     models = [_linear(rng.normal(size=(2, 200))) for _ in range(2)]
     tic, X = R.mean(1), R / R.mean(1, keepdims=True)
-    smap = explain(models, X, y, mz, ["a", "b"], tic=tic, scale=np.ones(200), resolving_power=None, top=3)
+    smap = explain_measured(models, X, tic, y, mz, ["a", "b"], scale=np.ones(200), resolving_power=None, top=3,
+                            steps=1)
     others = contrast_references(R, y, 2)  # explain's default reference: the other class's mean spectrum
     np.testing.assert_allclose(others[0], R[y == 1].mean(0))
     A, members = ensemble_attributions(models, X, tic, y, 2, scale=np.ones(200), reference=others)
@@ -168,10 +170,11 @@ def test_explain_with_tic_is_the_ensemble_measured_attribution():
     with pytest.raises(ValueError, match="only class present"):
         contrast_references(R, np.zeros(10, int), 1)
     assert smap.method == "measured" and smap.members == 2 and len(smap.peaks[0]) == 3
-    with pytest.raises(ValueError, match="needs the scaler's sd"):
-        explain(models, X, y, mz, tic=tic)
-    with pytest.raises(ValueError, match="centred logit"):
-        explain(models, X, y, mz, tic=tic, scale=np.ones(200), score="log_prob")
+    with pytest.raises(ValueError, match="on the m/z axis"):
+        explain_measured(models, X, tic, y, mz[:-1], scale=np.ones(200))
+    # explain() averages an ensemble of gradient maps the same way
+    grads = np.stack([sensitivity_maps(m, X, y, 2)[0] for m in models])
+    np.testing.assert_allclose(explain(models, X, y, mz, resolving_power=None).maps, ensemble_map(grads))
 
 
 def test_integrated_gradients_are_complete_through_tic():

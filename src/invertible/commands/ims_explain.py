@@ -93,11 +93,13 @@ def run_explain(args: argparse.Namespace) -> int:
                          f"({', '.join(ds.classes)})")
     resolving_power = None if args.raw_gradient else args.resolving_power
     if args.attribution == "measured":
-        from invertible.ims.attribution import spectrum_tic
+        from invertible.ims.attribution import explain_measured, spectrum_tic
 
+        if args.score != "logit":
+            raise ValueError("--attribution measured differentiates the centred logit; drop --score log_prob")
         tic = spectrum_tic(args.imzml, args.annotations, mz_range=mz_range, baseline_window=window)
-        smap = explain(model, ds.X, ds.y, ds.mz, ds.classes, top=args.top, score=args.score, tic=tic,
-                       scale=scaler.scale_, resolving_power=resolving_power, steps=args.steps)
+        smap = explain_measured(model, ds.X, tic, ds.y, ds.mz, ds.classes, scale=scaler.scale_, steps=args.steps,
+                                top=args.top, resolving_power=resolving_power)
     else:
         smap = explain(model, X, ds.y, ds.mz, ds.classes, top=args.top, score=args.score,
                        resolving_power=resolving_power)

@@ -157,12 +157,13 @@ def run(ctx: RunContext) -> dict:
 
     from invertible.ims.attribution import (
         bootstrap_class_maps,
+        class_maps,
         contrast_references,
         ensemble_attributions,
         spectrum_tic,
     )
     from invertible.ims.evaluate import balanced_accuracy, load_dataset, tma_folds
-    from invertible.ims.explain import explain, map_peaks, peak_sensitivity
+    from invertible.ims.explain import build_map, explain, peak_sensitivity
     from invertible.ims.isotopes import isotope_pattern
     from invertible.ims.models import IsotopeNet, predict_proba
     from invertible.ims.plots import sensitivity_figure
@@ -221,10 +222,9 @@ def run(ctx: RunContext) -> dict:
     reference = contrast_references(measured[train_rows], ds.y[train_rows], len(ds.classes))
     A, _ = ensemble_attributions(nets, ds.X, tic, ds.y, len(ds.classes), scale=scaler.scale_,
                                  reference=reference, steps=IG_STEPS)
-    raw = np.stack([A[ds.y == c].mean(0) for c in range(len(ds.classes))])
-    maps = peak_sensitivity(ds.mz, raw, cfg.resolving_power)
-    peaks = [map_peaks(ds.mz, maps[c], top=10) for c in range(len(ds.classes))]
-    smap = replace(grad_map, maps=maps, raw=raw, peaks=peaks, method="measured", members=len(nets))
+    smap = build_map(ds.mz, class_maps(A, ds.y, len(ds.classes)), grad_map.counts, ds.classes, score="logit",
+                     resolving_power=cfg.resolving_power, method="measured", members=len(nets))
+    maps, peaks = smap.maps, smap.peaks
     top1, precision5 = recovery(ds.mz, maps, planted, tol)
     gain = isotope_gain(ds.mz, maps, monoisotopic)
     boot = peak_sensitivity(ds.mz, bootstrap_class_maps(A, ds.y, ds.core, len(ds.classes), rng=rng).reshape(

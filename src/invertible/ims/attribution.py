@@ -48,10 +48,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from invertible.ims.explain import ISOTOPE_SPACING, isotope_marks
+from invertible.ims.explain import ISOTOPE_SPACING, SensitivityMap, build_map, ensemble_map, isotope_marks
 
 __all__ = ["bootstrap_class_maps", "class_maps", "contrast_references", "ensemble_attributions", "ensemble_map",
-           "measured_attributions", "pattern_scores", "spectrum_tic"]
+           "explain_measured", "measured_attributions", "pattern_scores", "spectrum_tic"]
 
 
 def measured_attributions(model: nn.Module, X, tic, target, *, scale, reference: np.ndarray | None = None,
@@ -160,19 +160,6 @@ def class_maps(A: np.ndarray, y, n_classes: int) -> np.ndarray:
     return out
 
 
-def ensemble_map(member_maps: np.ndarray) -> np.ndarray:
-    """``(1/M) sum_m S_m / rms(S_m)`` of member maps (M, K, d): each member scaled to unit RMS over all its
-    classes and bins (one vote per network), then averaged -> (K, d). A member that is zero everywhere is a
-    ValueError (it cannot vote)."""
-    S = np.asarray(member_maps, np.float64)
-    if S.ndim != 3 or len(S) == 0:
-        raise ValueError(f"member maps must be (M, K, d) with M >= 1, got shape {S.shape}")
-    rms = np.sqrt(np.mean(S ** 2, axis=(1, 2)))
-    if np.any(rms == 0):
-        raise ValueError(f"member {int(np.flatnonzero(rms == 0)[0])} has an all-zero map")
-    return np.mean(S / rms[:, None, None], 0)
-
-
 def bootstrap_class_maps(A: np.ndarray, y, groups, n_classes: int, *, n_boot: int = 200,
                          rng: np.random.Generator | None = None) -> np.ndarray:
     """Class maps of ``n_boot`` resamples: within every class, its groups (cores, i.e. patients) are drawn with
@@ -246,3 +233,31 @@ def spectrum_tic(imzml, annotations, *, mz_range: tuple[float, float] | None = N
             chunk = remove_baseline(chunk, baseline_window)
         out[s:s + 1024] = np.asarray(chunk, np.float64).mean(1)
     return out
+
+
+def explain_measured(models: nn.Module | Sequence[nn.Module], X, tic, y, mz: np.ndarray,
+                     classes: Sequence[str] | None = None, *, scale, reference: np.ndarray | None = None,
+                     steps: int = 8, top: int = 10, resolving_power: float | None = 3000.0,
+                     min_separation: float = 0.5, isotope_tol: float = 0.15,
+                     batch_size: int = 256) -> SensitivityMap:
+    """:func:`~invertible.ims.explain.explain` with the attribution to the measured intensities: the class maps
+    of :func:`ensemble_attributions` (integrated gradients with ``steps``, the centred logit), as peak
+    sensitivities, with their peaks. ``X`` (n, d) TIC-normalised spectra *before* the scaler, ``tic`` (n,),
+    ``scale`` (d,) the scaler's ``sd``; ``reference`` (d,) or (K, d), by default :func:`contrast_references` of
+    these spectra."""
+    X = np.asarray(X)
+    mz = np.asarray(mz, np.float64)
+    if X.ndim != 2 or X.shape[1] != len(mz):
+        raise ValueError(f"the spectra must be (n, {len(mz)}) on the m/z axis, got shape {X.shape}")
+    y = np.asarray(y, np.int64)
+    n_classes = len(classes) if classes else int(y.max()) + 1
+    classes = list(classes) if classes else [str(c) for c in range(n_classes)]
+    models = [models] if isinstance(models, nn.Module) else list(models)
+    if reference is None:
+        reference = contrast_references(np.asarray(X, np.float64) * np.asarray(tic, np.float64)[:, None], y,
+                                        n_classes)
+    A, _ = ensemble_attributions(models, X, tic, y, n_classes, scale=scale, reference=reference, steps=steps,
+                                 batch_size=batch_size)
+    return build_map(mz, class_maps(A, y, n_classes), np.bincount(y, minlength=n_classes), classes, score="logit",
+                     resolving_power=resolving_power, top=top, min_separation=min_separation,
+                     isotope_tol=isotope_tol, method="measured", members=len(models))

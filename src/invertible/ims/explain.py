@@ -17,8 +17,8 @@ many of those isotope positions carry a sensitivity extremum of the same sign (`
 
 On TIC-normalised spectra these gradient maps also point at the background (the normalisation makes every
 other bin anti-correlated with a class that raises a few peptides); :mod:`invertible.ims.attribution` gives the
-attribution to the measured intensities and the ensemble average, which :func:`explain` uses with ``tic=`` and
-a sequence of models.
+attribution to the measured intensities (:func:`~invertible.ims.attribution.explain_measured`); :func:`explain`
+averages an ensemble when given a sequence of models.
 
 Shapes: ``X`` (n, d) as the model sees it, ``y`` (n,) int, maps (K, d).
 
@@ -37,8 +37,8 @@ from torch import nn
 
 from invertible.ims.isotopes import isotope_pattern
 
-__all__ = ["ISOTOPE_SPACING", "Peak", "SensitivityMap", "TARGETS", "explain", "input_gradients", "isotope_marks",
-           "map_peaks", "peak_sensitivity", "pick_peaks", "sensitivity_maps"]
+__all__ = ["ISOTOPE_SPACING", "Peak", "SensitivityMap", "TARGETS", "build_map", "ensemble_map", "explain",
+           "input_gradients", "isotope_marks", "map_peaks", "peak_sensitivity", "pick_peaks", "sensitivity_maps"]
 
 TARGETS = ("logit", "log_prob")
 _PROTON = 1.007276
@@ -94,6 +94,19 @@ def sensitivity_maps(model: nn.Module, X, y, n_classes: int, *, score: str = "lo
         if counts[c]:
             maps[c] = grads[y == c].mean(0)
     return maps, counts
+
+
+def ensemble_map(member_maps: np.ndarray) -> np.ndarray:
+    """``(1/M) sum_m S_m / rms(S_m)`` of member maps (M, K, d): each member scaled to unit RMS over all its
+    classes and bins (one vote per network), then averaged -> (K, d). A member that is zero everywhere is a
+    ValueError (it cannot vote)."""
+    S = np.asarray(member_maps, np.float64)
+    if S.ndim != 3 or len(S) == 0:
+        raise ValueError(f"member maps must be (M, K, d) with M >= 1, got shape {S.shape}")
+    rms = np.sqrt(np.mean(S ** 2, axis=(1, 2)))
+    if np.any(rms == 0):
+        raise ValueError(f"member {int(np.flatnonzero(rms == 0)[0])} has an all-zero map")
+    return np.mean(S / rms[:, None, None], 0)
 
 
 def peak_sensitivity(mz: np.ndarray, maps: np.ndarray, resolving_power: float) -> np.ndarray:
@@ -208,22 +221,13 @@ def _support(mz: np.ndarray, s: np.ndarray, value: float, isotopes: np.ndarray, 
 
 def explain(model: nn.Module | Sequence[nn.Module], X, y, mz: np.ndarray, classes: Sequence[str] | None = None, *,
             top: int = 10, score: str = "logit", resolving_power: float | None = 3000.0, min_separation: float = 0.5,
-            isotope_tol: float = 0.15, batch_size: int = 256, tic: np.ndarray | None = None,
-            scale: np.ndarray | None = None, steps: int = 1, reference: np.ndarray | None = None) -> SensitivityMap:
+            isotope_tol: float = 0.15, batch_size: int = 256) -> SensitivityMap:
     """Sensitivity maps per class (:func:`sensitivity_maps`), as peak sensitivities (:func:`peak_sensitivity`)
     unless ``resolving_power`` is None, their ``top`` peaks (:func:`pick_peaks`) and the isotope marks of each
     (:func:`isotope_marks`; an isotope is supported by a same-sign extremum of >= 1/4 the peak's size within
-    ``isotope_tol`` Da).
-
-    ``model`` may be a sequence of networks (an ensemble): their maps are averaged, each scaled to unit RMS
-    (:func:`~invertible.ims.attribution.ensemble_map`). With ``tic`` (n,) the maps are the attributions to the
-    measured intensities (:func:`~invertible.ims.attribution.measured_attributions`, centred logit): ``X`` is
-    then the TIC-normalised spectra *before* the scaler and ``scale`` (d,) the scaler's ``sd``; without it ``X``
-    is what the model sees and the maps are input gradients. ``steps`` > 1: integrated gradients of the
-    measured-intensity attribution; ``reference`` (d,) or (K, d) its reference spectrum, by default per class the
-    mean measured spectrum of the other classes (:func:`~invertible.ims.attribution.contrast_references`)."""
-    from invertible.ims.attribution import contrast_references, ensemble_attributions, ensemble_map
-
+    ``isotope_tol`` Da). ``model`` may be a sequence of networks (an ensemble): their maps are averaged, each
+    scaled to unit RMS (:func:`ensemble_map`). The attribution to the measured intensities is
+    :func:`invertible.ims.attribution.explain_measured`."""
     _check(X, y)
     mz = np.asarray(mz, np.float64)
     if X.shape[1] != len(mz):
@@ -234,27 +238,21 @@ def explain(model: nn.Module | Sequence[nn.Module], X, y, mz: np.ndarray, classe
     y = np.asarray(y, np.int64)
     n_classes = len(classes) if classes else int(y.max()) + 1
     classes = list(classes) if classes else [str(c) for c in range(n_classes)]
-    if tic is not None:
-        if score != "logit":
-            raise ValueError("the measured-intensity attribution differentiates the centred logit (score='logit')")
-        if scale is None:
-            raise ValueError("the measured-intensity attribution needs the scaler's sd (scale=...) with tic")
-        if reference is None:
-            reference = contrast_references(np.asarray(X, np.float64) * np.asarray(tic)[:, None], y, n_classes)
-        A, _ = ensemble_attributions(models, X, tic, y, n_classes, scale=scale, reference=reference, steps=steps,
-                                     batch_size=batch_size)
-        raw = np.stack([A[y == c].mean(0) if np.any(y == c) else np.zeros(X.shape[1]) for c in range(n_classes)])
-        counts = np.bincount(y, minlength=n_classes)
-        method = "measured"
-    else:
-        members = [sensitivity_maps(m, X, y, n_classes, score=score, batch_size=batch_size) for m in models]
-        counts = members[0][1]
-        raw = members[0][0] if len(models) == 1 else ensemble_map(np.stack([m[0] for m in members]))
-        method = "gradient"
+    members = [sensitivity_maps(m, X, y, n_classes, score=score, batch_size=batch_size) for m in models]
+    raw = members[0][0] if len(models) == 1 else ensemble_map(np.stack([m[0] for m in members]))
+    return build_map(mz, raw, members[0][1], classes, score=score, resolving_power=resolving_power, top=top,
+                     min_separation=min_separation, isotope_tol=isotope_tol, method="gradient", members=len(models))
+
+
+def build_map(mz: np.ndarray, raw: np.ndarray, counts: np.ndarray, classes: Sequence[str], *, score: str,
+              resolving_power: float | None, top: int = 10, min_separation: float = 0.5, isotope_tol: float = 0.15,
+              method: str = "gradient", members: int = 1) -> SensitivityMap:
+    """A :class:`SensitivityMap` from averaged class maps ``raw`` (K, d): as peak sensitivities unless
+    ``resolving_power`` is None, with the ``top`` peaks of every class (:func:`map_peaks`)."""
     maps = raw if resolving_power is None else peak_sensitivity(mz, raw, resolving_power)
-    result = SensitivityMap(mz=mz, maps=maps, counts=counts, classes=classes, score=score, raw=raw,
-                            resolving_power=resolving_power, method=method, members=len(models))
-    for c in range(n_classes):
+    result = SensitivityMap(mz=mz, maps=maps, counts=counts, classes=list(classes), score=score, raw=raw,
+                            resolving_power=resolving_power, method=method, members=members)
+    for c in range(len(classes)):
         result.peaks.append(map_peaks(mz, maps[c], top=top, min_separation=min_separation, isotope_tol=isotope_tol))
     return result
 
