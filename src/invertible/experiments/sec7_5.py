@@ -258,9 +258,11 @@ def run(ctx: RunContext) -> dict:
         "points at the background: a class that raises the planted peptides raises the TIC, so every other "
         "normalised intensity of that class falls and the network may read any of them.\n\n"
         f"**Attribution to the measured intensities** (`ims.attribution`; figure `sec7_5_sensitivity`): "
-        "dF/dr (r - r_ref) through TIC, scaler and network, r the baseline-corrected measured spectrum, r_ref the "
-        f"mean one, averaged over the class and over the {len(nets)} networks (each scaled to unit RMS), as a peak "
-        "sensitivity. Uncertainty: 200 resamples of the cores (patients) within each class.\n\n" + smap.table()
+        f"integrated gradients ({IG_STEPS} steps) of the centred class logit through TIC, scaler and network, in "
+        "the baseline-corrected measured spectrum r, from the reference r_ref of the class (the mean measured "
+        "spectrum of the other classes on the training TMAs: why this class and not the others), averaged over "
+        f"the class and over the {len(nets)} networks (each scaled to unit RMS), as a peak sensitivity. "
+        "Uncertainty: 200 resamples of the cores (patients) within each class.\n\n" + smap.table()
         + f"\n\nRerun the analysis from the command line: `invertible ims explain {model_dir.name} --imzml "
         f"data/{imzml.name} --annotations data/{csv.name} --attribution measured` (in this folder; the saved model "
         "is member 0)."
