@@ -199,3 +199,17 @@ def test_integrated_gradients_are_complete_through_tic():
     assert np.abs(one.sum(1) - (F(R) - F(np.tile(ref, (6, 1))))).max() > 1e-3  # gradient x input is not complete
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         measured_attributions(model, X, tic, y, scale=sd, steps=0)
+
+
+def test_isotope_pair_needs_two_same_sign_planted_peaks_one_spacing_apart():
+    from invertible.experiments.sec7_5 import isotope_pair
+    from invertible.ims.explain import Peak
+
+    planted = np.array([810.0, 811.003, 815.0])
+
+    def peaks(*mv):
+        return [Peak(0, m, v, (m,), 1) for m, v in mv]
+
+    assert isotope_pair(peaks((810.0, 2.0), (811.0, 1.0)), planted, 0.2) == "810.00 / 811.00"
+    assert isotope_pair(peaks((810.0, 2.0), (811.0, -1.0)), planted, 0.2) is None  # opposite signs
+    assert isotope_pair(peaks((810.0, 2.0), (815.0, 1.0)), planted, 0.2) is None  # not one spacing apart

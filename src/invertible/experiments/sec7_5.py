@@ -146,6 +146,19 @@ def isotope_gain(mz: np.ndarray, maps: np.ndarray, monoisotopic: np.ndarray) -> 
     return out.reshape(maps.shape[:-1])
 
 
+def isotope_pair(peaks, planted: np.ndarray, tol: float) -> str | None:
+    """Two of the top 5 peaks (:class:`~invertible.ims.explain.Peak`), same sign, on planted peaks one isotope
+    spacing apart (+-0.15 Da): the single-bin test of an isotope pattern (reported, not claimed)."""
+    from invertible.ims.explain import ISOTOPE_SPACING
+
+    top5 = [p for p in peaks[:5] if on_planted(p.mz, planted, tol)]
+    for a in top5:
+        for b in top5:
+            if a.mz < b.mz and abs(b.mz - a.mz - ISOTOPE_SPACING) <= 0.15 and np.sign(a.value) == np.sign(b.value):
+                return f"{a.mz:.2f} / {b.mz:.2f}"
+    return None
+
+
 def _interval(values: np.ndarray) -> str:
     lo, hi = np.quantile(values, [0.025, 0.975])
     return f"[{lo:.2f}, {hi:.2f}]"
@@ -262,7 +275,10 @@ def run(ctx: RunContext) -> dict:
         "the baseline-corrected measured spectrum r, from the reference r_ref of the class (the mean measured "
         "spectrum of the other classes on the training TMAs: why this class and not the others), averaged over "
         f"the class and over the {len(nets)} networks (each scaled to unit RMS), as a peak sensitivity. "
-        "Uncertainty: 200 resamples of the cores (patients) within each class.\n\n" + smap.table()
+        "Uncertainty: 200 resamples of the cores (patients) within each class. Two top-5 peaks one isotope apart "
+        "with the same sign (a single-bin test of a pattern, not a claim): " + ", ".join(
+            f"{c} {isotope_pair(p, planted, tol) or 'none'}" for c, p in zip(classes, peaks, strict=True))
+        + ".\n\n" + smap.table()
         + f"\n\nRerun the analysis from the command line: `invertible ims explain {model_dir.name} --imzml "
         f"data/{imzml.name} --annotations data/{csv.name} --attribution measured` (in this folder; the saved model "
         "is member 0)."
@@ -306,6 +322,7 @@ def run(ctx: RunContext) -> dict:
     return {"balanced_accuracy": bacc, "member_balanced_accuracy": member_bacc, "planted_mz": planted.tolist(),
             "chance": covered, "top1_on_planted": top1.tolist(), "precision_at_5": precision5.tolist(),
             "isotope_gain": gain.tolist(), "gradient_top1_on_planted": grad_top1.tolist(),
+            "isotope_pairs_top5": [isotope_pair(p, planted, tol) for p in peaks],
             "gradient_precision_at_5": grad_prec.tolist(),
             "top_peaks": {c: [p.mz for p in ps] for c, ps in zip(classes, peaks, strict=True)},
             "n_spectra": len(ds.y), "n_bins": int(ds.X.shape[1]), "epochs": tc.epochs, "members": len(nets)}
