@@ -132,6 +132,15 @@ def test_cli_explain_end_to_end(tmp_path, capsys):
     assert set(summary["peaks"]) == {"class0", "class1"} and all(len(v) == 2 for v in summary["peaks"].values())
     assert json.loads((out / "config.json").read_text())["baseline_window"] == 31  # from the scaler file
     assert (out / "figures" / "sensitivity.png").is_file() and "Peaks per class" in (out / "report.md").read_text()
+    # the attribution to the measured intensities needs the pre-TIC spectra, which it reads back itself
+    from invertible.ims.attribution import spectrum_tic
+
+    tic = spectrum_tic(imzml, csv, baseline_window=31)
+    assert tic.shape == (len(ds.y),) and np.all(tic > 0)
+    assert main(["ims", "explain", str(tmp_path / "model"), "--imzml", str(imzml), "--annotations", str(csv),
+                 "--attribution", "measured", "--top", "2", "--out", str(tmp_path / "m"), "--no-progress"]) == 0
+    assert "| class0 | 1 |" in capsys.readouterr().out
+    assert "measured attribution" in (tmp_path / "m" / "report.md").read_text()
     assert main(["ims", "explain", str(tmp_path / "model"), "--imzml", str(imzml), "--annotations", str(csv),
                  "--mz-max", "820", "--no-progress"]) == 2
     assert "the model's scaler has 300 m/z bins" in capsys.readouterr().err

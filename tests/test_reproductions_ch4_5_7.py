@@ -12,9 +12,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.cpu_only]
 @pytest.mark.parametrize("eid, figure, must_hold", [
     ("fig4.1", "fig4_1_dynamics.png", None),  # every claim
     ("table5.2", None, None),
-    # sec7.5: the network must learn the planted signal; whether its maps recover the planted m/z is the finding
-    # the run reports (it held for seed 0 and failed for seeds 1 and 2 at quick scale), not required here
-    ("sec7.5", "sec7_5_sensitivity.png", 1),
+    # sec7.5: every claim held at quick scale on seeds 0-4 and 101-105 with the measured-intensity attribution
+    ("sec7.5", "sec7_5_sensitivity.png", None),
 ])
 def test_quick_reproduction(tmp_path, eid, figure, must_hold):
     report = run_experiment(eid, tmp_path, quick=True, show_progress=False)

@@ -4,7 +4,8 @@
 
 Reads the measurement like ``ims cv`` (annotated spots, baseline removal, TIC), scales it with the model's
 scaler (``scaler.safetensors`` beside the checkpoint; without one the scaler is fitted on these spectra and a
-note says so), and writes the per-class sensitivity maps, their peaks and isotope marks.
+note says so), and writes the per-class sensitivity maps, their peaks and isotope marks. ``--attribution
+measured`` attributes to the measured (pre-TIC) intensities instead (:mod:`invertible.ims.attribution`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def add_parser(ims) -> None:
     e.add_argument("--resolving-power", type=positive_float, default=3000.0,
                    help="peak width m / R of the peak sensitivity (default 3000)")
     e.add_argument("--raw-gradient", action="store_true", help="plain averaged gradients, no peak sensitivity")
+    e.add_argument("--attribution", choices=("gradient", "measured"), default="gradient",
+                   help="gradient: input gradients of the scaled spectra (default); measured: gradient x (r - mean r) "
+                        "in the measured intensities r, through TIC and scaler (removes the TIC artefact)")
+    e.add_argument("--steps", type=positive_int, default=8,
+                   help="integrated-gradient steps of --attribution measured (default 8; 1: gradient x input)")
     add_threads(e)
     add_device(e)
     add_out(e, help="folder for the maps (figures/sensitivity.png, metrics.json, report.md)")
@@ -85,8 +91,18 @@ def run_explain(args: argparse.Namespace) -> int:
     if n_out != len(ds.classes):
         raise ValueError(f"the model has {n_out} outputs but the annotations name {len(ds.classes)} classes "
                          f"({', '.join(ds.classes)})")
-    smap = explain(model, X, ds.y, ds.mz, ds.classes, top=args.top, score=args.score,
-                   resolving_power=None if args.raw_gradient else args.resolving_power)
+    resolving_power = None if args.raw_gradient else args.resolving_power
+    if args.attribution == "measured":
+        from invertible.ims.attribution import explain_measured, spectrum_tic
+
+        if args.score != "logit":
+            raise ValueError("--attribution measured differentiates the centred logit; drop --score log_prob")
+        tic = spectrum_tic(args.imzml, args.annotations, mz_range=mz_range, baseline_window=window)
+        smap = explain_measured(model, ds.X, tic, ds.y, ds.mz, ds.classes, scale=scaler.scale_, steps=args.steps,
+                                top=args.top, resolving_power=resolving_power)
+    else:
+        smap = explain(model, X, ds.y, ds.mz, ds.classes, top=args.top, score=args.score,
+                       resolving_power=resolving_power)
     table = smap.table()
     print(f"{len(ds.y)} spectra x {ds.X.shape[1]} bins ({ds.mz[0]:.1f}-{ds.mz[-1]:.1f} Da), classes "
           f"{', '.join(ds.classes)}; model {ck.kind}")
@@ -114,7 +130,7 @@ def _write(args: argparse.Namespace, ds, smap, table: str, kind: str | None, win
     run.save_figure(sensitivity_figure(smap), "sensitivity")
     run.report("ims explain: sensitivity maps", {
         "Setting": [f"model {args.run} ({kind})", f"{len(ds.y)} spectra x {ds.X.shape[1]} bins from {args.imzml}",
-                    f"score {smap.score}, " + ("raw gradients" if smap.resolving_power is None
+                    f"score {smap.score}, {smap.method} attribution, " + ("raw maps" if smap.resolving_power is None
                                                else f"peak sensitivity at R = {smap.resolving_power:.0f}")],
         "Peaks per class": table})
     print(f"wrote {run.path}/ (config.json, metrics.jsonl, metrics.json, figures/sensitivity.png, report.md)")

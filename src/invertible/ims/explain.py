@@ -15,6 +15,11 @@ the largest local extrema of ``|S_c|`` (:func:`pick_peaks`); each is marked with
 that a singly charged peptide at that m/z would have (:func:`isotope_marks`, Section 7.3.2), and scored by how
 many of those isotope positions carry a sensitivity extremum of the same sign (``isotope_support``).
 
+On TIC-normalised spectra these gradient maps also point at the background (the normalisation makes every
+other bin anti-correlated with a class that raises a few peptides); :mod:`invertible.ims.attribution` gives the
+attribution to the measured intensities (:func:`~invertible.ims.attribution.explain_measured`); :func:`explain`
+averages an ensemble when given a sequence of models.
+
 Shapes: ``X`` (n, d) as the model sees it, ``y`` (n,) int, maps (K, d).
 
 References: Behrmann, Etmann, Boskamp, Casadonte, Kriegsmann, Maass (2018), "Deep learning for tumor
@@ -32,8 +37,8 @@ from torch import nn
 
 from invertible.ims.isotopes import isotope_pattern
 
-__all__ = ["ISOTOPE_SPACING", "Peak", "SensitivityMap", "TARGETS", "explain", "input_gradients", "isotope_marks",
-           "peak_sensitivity", "pick_peaks", "sensitivity_maps"]
+__all__ = ["ISOTOPE_SPACING", "Peak", "SensitivityMap", "TARGETS", "build_map", "ensemble_map", "explain",
+           "input_gradients", "isotope_marks", "map_peaks", "peak_sensitivity", "pick_peaks", "sensitivity_maps"]
 
 TARGETS = ("logit", "log_prob")
 _PROTON = 1.007276
@@ -89,6 +94,19 @@ def sensitivity_maps(model: nn.Module, X, y, n_classes: int, *, score: str = "lo
         if counts[c]:
             maps[c] = grads[y == c].mean(0)
     return maps, counts
+
+
+def ensemble_map(member_maps: np.ndarray) -> np.ndarray:
+    """``(1/M) sum_m S_m / rms(S_m)`` of member maps (M, K, d): each member scaled to unit RMS over all its
+    classes and bins (one vote per network), then averaged -> (K, d). A member that is zero everywhere is a
+    ValueError (it cannot vote)."""
+    S = np.asarray(member_maps, np.float64)
+    if S.ndim != 3 or len(S) == 0:
+        raise ValueError(f"member maps must be (M, K, d) with M >= 1, got shape {S.shape}")
+    rms = np.sqrt(np.mean(S ** 2, axis=(1, 2)))
+    if np.any(rms == 0):
+        raise ValueError(f"member {int(np.flatnonzero(rms == 0)[0])} has an all-zero map")
+    return np.mean(S / rms[:, None, None], 0)
 
 
 def peak_sensitivity(mz: np.ndarray, maps: np.ndarray, resolving_power: float) -> np.ndarray:
@@ -168,6 +186,8 @@ class SensitivityMap:
     peaks: list[list[Peak]] = field(default_factory=list)
     raw: np.ndarray | None = None  # (K, d) the plain averaged gradients when ``maps`` are peak sensitivities
     resolving_power: float | None = None
+    method: str = "gradient"  # "gradient": input gradients; "measured": attribution to the measured intensities
+    members: int = 1  # networks averaged (an ensemble when > 1)
 
     def table(self) -> str:
         """Markdown: the peaks of every class, largest first."""
@@ -199,33 +219,54 @@ def _support(mz: np.ndarray, s: np.ndarray, value: float, isotopes: np.ndarray, 
     return n
 
 
-def explain(model: nn.Module, X, y, mz: np.ndarray, classes: Sequence[str] | None = None, *, top: int = 10,
-            score: str = "logit", resolving_power: float | None = 3000.0, min_separation: float = 0.5,
+def explain(model: nn.Module | Sequence[nn.Module], X, y, mz: np.ndarray, classes: Sequence[str] | None = None, *,
+            top: int = 10, score: str = "logit", resolving_power: float | None = 3000.0, min_separation: float = 0.5,
             isotope_tol: float = 0.15, batch_size: int = 256) -> SensitivityMap:
     """Sensitivity maps per class (:func:`sensitivity_maps`), as peak sensitivities (:func:`peak_sensitivity`)
     unless ``resolving_power`` is None, their ``top`` peaks (:func:`pick_peaks`) and the isotope marks of each
     (:func:`isotope_marks`; an isotope is supported by a same-sign extremum of >= 1/4 the peak's size within
-    ``isotope_tol`` Da)."""
+    ``isotope_tol`` Da). ``model`` may be a sequence of networks (an ensemble): their maps are averaged, each
+    scaled to unit RMS (:func:`ensemble_map`). The attribution to the measured intensities is
+    :func:`invertible.ims.attribution.explain_measured`."""
     _check(X, y)
     mz = np.asarray(mz, np.float64)
     if X.shape[1] != len(mz):
         raise ValueError(f"the spectra have {X.shape[1]} bins but the m/z axis {len(mz)}")
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    if not models:
+        raise ValueError("need at least one model")
     y = np.asarray(y, np.int64)
     n_classes = len(classes) if classes else int(y.max()) + 1
     classes = list(classes) if classes else [str(c) for c in range(n_classes)]
-    raw, counts = sensitivity_maps(model, X, y, n_classes, score=score, batch_size=batch_size)
+    members = [sensitivity_maps(m, X, y, n_classes, score=score, batch_size=batch_size) for m in models]
+    raw = members[0][0] if len(models) == 1 else ensemble_map(np.stack([m[0] for m in members]))
+    return build_map(mz, raw, members[0][1], classes, score=score, resolving_power=resolving_power, top=top,
+                     min_separation=min_separation, isotope_tol=isotope_tol, method="gradient", members=len(models))
+
+
+def build_map(mz: np.ndarray, raw: np.ndarray, counts: np.ndarray, classes: Sequence[str], *, score: str,
+              resolving_power: float | None, top: int = 10, min_separation: float = 0.5, isotope_tol: float = 0.15,
+              method: str = "gradient", members: int = 1) -> SensitivityMap:
+    """A :class:`SensitivityMap` from averaged class maps ``raw`` (K, d): as peak sensitivities unless
+    ``resolving_power`` is None, with the ``top`` peaks of every class (:func:`map_peaks`)."""
     maps = raw if resolving_power is None else peak_sensitivity(mz, raw, resolving_power)
-    result = SensitivityMap(mz=mz, maps=maps, counts=counts, classes=classes, score=score, raw=raw,
-                            resolving_power=resolving_power)
-    for c in range(n_classes):
-        peaks = []
-        for b in pick_peaks(mz, maps[c], top=top, min_separation=min_separation):
-            iso, _ = isotope_marks(mz[b])
-            value = float(maps[c, b])
-            spacing = float(iso[1] - iso[0]) if len(iso) > 1 else ISOTOPE_SPACING
-            neighbours = np.array([mz[b] - spacing, mz[b] + spacing])
-            peaks.append(Peak(int(b), float(mz[b]), value, tuple(float(m) for m in iso),
-                              _support(mz, maps[c], value, iso, isotope_tol),
-                              _support(mz, maps[c], value, neighbours, isotope_tol)))
-        result.peaks.append(peaks)
+    result = SensitivityMap(mz=mz, maps=maps, counts=counts, classes=list(classes), score=score, raw=raw,
+                            resolving_power=resolving_power, method=method, members=members)
+    for c in range(len(classes)):
+        result.peaks.append(map_peaks(mz, maps[c], top=top, min_separation=min_separation, isotope_tol=isotope_tol))
     return result
+
+
+def map_peaks(mz: np.ndarray, saliency: np.ndarray, *, top: int = 10, min_separation: float = 0.5,
+              isotope_tol: float = 0.15) -> list[Peak]:
+    """The ``top`` peaks of one map (d,) (:func:`pick_peaks`) with their isotope marks and support."""
+    peaks = []
+    for b in pick_peaks(mz, saliency, top=top, min_separation=min_separation):
+        iso, _ = isotope_marks(mz[b])
+        value = float(saliency[b])
+        spacing = float(iso[1] - iso[0]) if len(iso) > 1 else ISOTOPE_SPACING
+        neighbours = np.array([mz[b] - spacing, mz[b] + spacing])
+        peaks.append(Peak(int(b), float(mz[b]), value, tuple(float(m) for m in iso),
+                          _support(mz, saliency, value, iso, isotope_tol),
+                          _support(mz, saliency, value, neighbours, isotope_tol)))
+    return peaks

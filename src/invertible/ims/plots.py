@@ -64,7 +64,11 @@ def sensitivity_figure(smap, planted: dict[str, np.ndarray] | None = None, title
             ax.plot(p.isotopes, [-1.1 * lim] * len(p.isotopes), "|", color="tab:blue", ms=6)
         ax.set_ylim(-1.25 * lim, 1.25 * lim)
         ax.set_ylabel(f"S({smap.classes[c]})")
-        ax.set_title(f"class {smap.classes[c]} ({int(smap.counts[c])} spectra): d {smap.score} / d x, "
+        what = (f"d {smap.score} / d x" if getattr(smap, "method", "gradient") == "gradient"
+                else "attribution to the measured intensities")
+        if getattr(smap, "members", 1) > 1:
+            what += f", mean of {smap.members} networks"
+        ax.set_title(f"class {smap.classes[c]} ({int(smap.counts[c])} spectra): {what}, "
                      "peaks numbered, isotope patterns as ticks", fontsize=9)
         if planted:
             ax.legend(fontsize=7, loc="upper right")
