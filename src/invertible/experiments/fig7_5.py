@@ -47,7 +47,7 @@ accuracy; scripts: a harness that generates in memory and calls the same preproc
   regression on all 1024 bins reaches 0.78 / 0.89 / 0.70 (seeds 101-103), one on the four true log ratios
   M+1 / M 1.00 / 0.99 / 0.97;
 * step size (chosen here): Adam 1e-2 instead of 3e-3 lets IsotopeNet find the signal before it memorises the
-  patients: 15 epochs 0.68 / 0.64 / 0.55 / 0.63, 25 epochs 0.74 / 0.65 / 0.55 / 0.62 (3 runs each); 3e-2 and
+  patients: 15 epochs 0.68 / 0.64 / 0.55 / 0.63, 25 epochs 0.74 / 0.65 / 0.55 / 0.64 (3 runs each); 3e-2 and
   1e-1 (15 epochs, one run) were not better (0.71 / 0.59 / 0.57 and 0.66 / 0.50 / 0.60 on seeds 102 / 103 /
   101). Only on seed 101 does IsotopeNet pass ROC/LDA; ResidualNet at 1 epoch stays at chance (0.49-0.54), with
   Adam 3e-3 too;
@@ -249,7 +249,7 @@ def _claims(ctx: RunContext, task: str, results: dict, timing: dict) -> None:
     why = (f"the networks train {size['isotopenet_epochs']} / {size['residualnet_epochs']} epochs on "
            f"{size['n_spectra'] * 3 // 4} spectra per fold (the thesis: 300 / 100 on ~3500) "
            "and at this size overfit the 48 training patients before they find the envelope signal (validation "
-           "seeds 101-104 at this setting: IsotopeNet 0.74 / 0.65 / 0.55 / 0.62 against ROC/LDA 0.73 / 0.82 / 0.70 "
+           "seeds 101-104 at this setting: IsotopeNet 0.74 / 0.65 / 0.55 / 0.64 against ROC/LDA 0.73 / 0.82 / 0.70 "
            "/ 0.65, ResidualNet at chance after 1 epoch); on validation data sets IsotopeNet overtook ROC/LDA only "
            "with 2-3x the quick spectra (768 spectra, 15 epochs at Adam 3e-3: 0.78 vs 0.76; 1152 spectra, 30 "
            "epochs: 0.95 vs 0.84) and not on every seed (0.71 vs 0.83; 0.79 vs 0.88); a 15-minute budget run "
