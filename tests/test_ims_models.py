@@ -99,23 +99,3 @@ def test_training_learns_a_separable_task():
     assert acc > 0.95
     with pytest.raises(ValueError, match="equally long"):
         train_ims(net, X, y[:-1], IMSConfig(epochs=1))
-
-
-def test_cosine_schedule_decays_the_step_size_to_zero():
-    """``schedule="cosine"``: the engine sets lr * (1 + cos(pi t / T)) / 2 at step t of T, so the last step runs at
-    lr * (1 + cos(pi (T-1) / T)) / 2 and the first at lr; ``"constant"`` leaves Adam's lr alone."""
-    from invertible.ims.training import ims_trainer
-
-    g = np.random.default_rng(1)
-    X, y = g.normal(size=(32, 40)).astype(np.float32), np.arange(32) % 2
-    steps = 3 * 4  # 3 epochs of 4 batches of 8
-    for schedule, last in (("cosine", 1e-2 * (1 + np.cos(np.pi * (steps - 1) / steps)) / 2), ("constant", 1e-2)):
-        torch.manual_seed(0)
-        trainer = ims_trainer(IsotopeNet(40, dropout=0.0), X, y,
-                              IMSConfig(lr=1e-2, weight_decay=0.0, batch_size=8, epochs=3, schedule=schedule),
-                              generator=torch.Generator().manual_seed(0))
-        trainer.fit(overwrite=True)
-        assert trainer.step == steps
-        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(last, rel=1e-9), schedule
-    with pytest.raises(ValueError, match="schedule"):
-        IMSConfig(schedule="step")

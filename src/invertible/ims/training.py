@@ -29,7 +29,6 @@ from invertible.io import RunFolder
 from invertible.training.distributed import init_distributed
 from invertible.training.engine import LoopConfig, Trainer
 from invertible.training.objective import Objective
-from invertible.training.optim import cosine
 from invertible.training.permuted import PermutedSource
 
 __all__ = ["IMSObjective", "RowSource", "TRAIN_CONFIGS", "IMSConfig", "ims_model_config", "ims_trainer", "l2_weights",
@@ -40,8 +39,7 @@ __all__ = ["IMSObjective", "RowSource", "TRAIN_CONFIGS", "IMSConfig", "ims_model
 class IMSConfig:
     """Training setting of Table A.2: Adam with step size ``lr``; ``weight_decay`` is the L2 coefficient
     lambda, added to the loss as ``lambda * sum ||W||^2`` over conv/linear/locally connected weights (not
-    biases or BatchNorm), as a Keras ``kernel_regularizer`` does. ``schedule``: ``"constant"`` (Table A.2) or
-    ``"cosine"`` (``lr (1 + cos(pi t / T)) / 2`` over the ``T`` steps of the run, :func:`training.optim.cosine`)."""
+    biases or BatchNorm), as a Keras ``kernel_regularizer`` does."""
 
     lr: float = 5e-4
     weight_decay: float = 0.05
@@ -49,11 +47,6 @@ class IMSConfig:
     epochs: int = 300
     dropout: float = 0.3
     ema_decay: float | None = None  # parameter EMA (None: off, as in Table A.2)
-    schedule: str = "constant"  # learning rate over the run: "constant" (Table A.2) or "cosine" decay to 0
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
 
 
 #: Table A.2 per (task, model).
@@ -163,9 +156,8 @@ def ims_trainer(
     folder = out if isinstance(out, RunFolder) or out is None else RunFolder(out)
     loop = LoopConfig(steps=config.epochs * spe, log_every=spe, ema_decay=config.ema_decay)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    schedule = cosine(config.lr, loop.steps) if config.schedule == "cosine" else None
     return Trainer(model, IMSObjective(model, config.weight_decay, len(y)), optimizer, source, loop, folder,
-                   kind=model_cfg["kind"], config=cfg, show_progress=show_progress, desc="ims", schedule=schedule)
+                   kind=model_cfg["kind"], config=cfg, show_progress=show_progress, desc="ims")
 
 
 def train_ims(model: nn.Module, X: Any, y: np.ndarray, config: IMSConfig, *,
