@@ -37,7 +37,7 @@ the reported seed 0; 4-fold TMA CV; spot balanced accuracy, IsotopeNet / Residua
   a per-spot mass error of 0.15 Da (``spot_shift_sd``), the signal peptides at 30 % abundance.
 
 Second round (validation generator seeds 101-104, never the reported 0-2; 4-fold TMA CV, spot balanced
-accuracy; scripts: a harness that generates in memory and calls the same preprocessing and CV functions):
+accuracy; the same generator, preprocessing and CV functions, in memory without the imzML round trip):
 
 * diagnosis: the networks overfit the 48 training patients before they find the envelope signal. IsotopeNet at
   the quick setting before (Adam 3e-3, 10 epochs) reaches a training balanced accuracy of 0.97 while the
