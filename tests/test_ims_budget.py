@@ -37,7 +37,7 @@ def test_settings_are_the_quick_ones_at_scale_1_and_grow_at_scale_16(tmp_path, m
 
 def test_fig7_5_quick_settings():
     ctx = RunContext(out=None, quick=True)  # type: ignore[arg-type]
-    assert fig7_5.settings(ctx) == {"n_spectra": 384, "n_bins": 1024, "isotopenet_epochs": 10,
+    assert fig7_5.settings(ctx) == {"n_spectra": 384, "n_bins": 1024, "isotopenet_epochs": 25,
                                     "residualnet_epochs": 1}
 
 

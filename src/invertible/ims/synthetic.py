@@ -26,6 +26,9 @@ that chapter 7 builds on. Per spectrum ``s`` of spot ``(x, y)`` in core ``c`` of
   intensities inside the isotope envelope carry the class; its total does not. ``signal_abundance_sd`` adds
   patient-level log-abundance variation to the discriminative peptides (either signal), ``spot_shift_sd`` a
   per-spot mass error (Da, spectra shifted by interpolation) on top of the TMA's.
+* Calibration error (:mod:`invertible.ims.calibration_error`, measured on the real spectra there): relative
+  m/z errors ``m -> m (1 + eps)``, ``eps`` ~ ``N(0, tma_ppm_sd^2)`` per TMA and ``N(0, spot_ppm_sd^2)`` per spot
+  (ppm; both off by default).
 * Baseline ``B_s`` (power-law decay ``p``), TMA/spot intensity scale ``g_s`` (log-normal, TIC variation) and
   the noise law ``sd = c * lambda^q`` are calibrated on the real spectra by :func:`spectrum_statistics`.
 
@@ -43,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from invertible.ims.calibration_error import scaled_positions, shift_spectra_ppm
 from invertible.ims.isotopes import isotope_pattern
 
 __all__ = [
@@ -91,6 +95,8 @@ class SyntheticConfig:
     spot_scale_sd: float = 0.2  # per-spot intensity scale (log): TIC variation
     mass_shift_sd: float = 0.05  # per-TMA mass calibration error, Da
     spot_shift_sd: float = 0.0  # per-spot mass error (sample topography), Da, on top of the TMA's
+    tma_ppm_sd: float = 0.0  # per-TMA relative calibration error, ppm (calibration_error.py; real: 273)
+    spot_ppm_sd: float = 0.0  # per-spot relative calibration error, ppm, on top of the TMA's (real: 98)
     non_tumour_fraction: float = 0.0  # lp-like: spots of non-tumour tissue inside a core
     resolving_power: float = 3000.0
     t_iso: float = 0.005
@@ -111,6 +117,8 @@ class SyntheticConfig:
         if not 0 < self.modified_fraction < 1 or self.signal_abundance_sd < 0:
             raise ValueError(f"need 0 < modified_fraction < 1 and signal_abundance_sd >= 0, got "
                              f"{self.modified_fraction}, {self.signal_abundance_sd}")
+        if self.tma_ppm_sd < 0 or self.spot_ppm_sd < 0:
+            raise ValueError(f"calibration errors must be >= 0 ppm, got {self.tma_ppm_sd}, {self.spot_ppm_sd}")
         if not 0 <= self.non_tumour_fraction < 1:
             raise ValueError(f"non_tumour_fraction must lie in [0, 1), got {self.non_tumour_fraction}")
 
@@ -164,6 +172,7 @@ class SyntheticTMA:
     _tma_scale: np.ndarray  # (n_tmas,)
     _logit_beta: np.ndarray  # (n_classes, n_discriminative): envelope signal, class shift of logit(modified share)
     _core_logit: np.ndarray  # (n_cores, n_discriminative): patient variation of logit(modified share)
+    tma_ppm: np.ndarray | None = None  # (n_tmas,) relative calibration error of every TMA, ppm
 
     def __len__(self) -> int:
         return len(self.x)
@@ -197,6 +206,8 @@ class SyntheticTMA:
             if cfg.spot_shift_sd > 0:  # the spot's peaks sit delta_s Da off the TMA's calibration
                 delta = cfg.spot_shift_sd * rng.standard_normal(len(r))
                 peaks = np.stack([np.interp(self.mz - dl, self.mz, row) for dl, row in zip(delta, peaks, strict=True)])
+            if cfg.spot_ppm_sd > 0:  # and a relative calibration error of its own
+                peaks = shift_spectra_ppm(self.mz, peaks, cfg.spot_ppm_sd * rng.standard_normal(len(r)))
             base = cfg.baseline_level * np.exp(cfg.baseline_sd * rng.standard_normal((len(r), 1))) * rel[None]
             gain = self._tma_scale[t] * np.exp(cfg.spot_scale_sd * rng.standard_normal((len(r), 1)))
             lam = gain * (base + peaks)
@@ -226,11 +237,12 @@ def _core_sizes(rng: np.random.Generator, n_cores: int, total: int) -> np.ndarra
     return sizes
 
 
-def _pattern_matrix(mz: np.ndarray, peptide_mz: np.ndarray, shift: float, cfg: SyntheticConfig) -> sp.csr_matrix:
+def _pattern_matrix(mz: np.ndarray, peptide_mz: np.ndarray, shift: float, cfg: SyntheticConfig,
+                    ppm: float = 0.0) -> sp.csr_matrix:
     rows, cols, vals = [], [], []
     for j, m in enumerate(peptide_mz):
         peaks, ab = isotope_pattern(m - 1.007276, t_iso=cfg.t_iso)
-        peaks = peaks + shift
+        peaks = scaled_positions(peaks, ppm) + shift
         sigma = peaks / cfg.resolving_power / 2.3548
         lo, hi = np.searchsorted(mz, [peaks[0] - 5 * sigma[0], peaks[-1] + 5 * sigma[-1]])
         w = mz[lo:hi]
@@ -302,13 +314,14 @@ def generate(config: SyntheticConfig, *, seed: int = 0) -> SyntheticTMA:
             logit_beta = 0.5 * cfg.effect * rng.standard_normal((cfg.n_classes, len(disc)))
         core_logit = cfg.core_sd * rng.standard_normal((n_cores, len(disc)))
         species = np.concatenate([peptide_mz, peptide_mz[disc] + cfg.modification_shift])
-    patterns = [_pattern_matrix(mz, species, s, cfg) for s in shifts]
+    ppms = cfg.tma_ppm_sd * rng.standard_normal(cfg.n_tmas) if cfg.tma_ppm_sd > 0 else np.zeros(cfg.n_tmas)
+    patterns = [_pattern_matrix(mz, species, s, cfg, e) for s, e in zip(shifts, ppms, strict=True)]
     return SyntheticTMA(
         config=cfg, mz=mz, x=np.concatenate(xs), y=np.concatenate(ys), tma=np.concatenate(tmas),
         core=np.concatenate(cores), label=np.concatenate(labels), tumour=np.concatenate(tumour),
         peptide_mz=peptide_mz, discriminative=disc, _rng=rng, _patterns=patterns,
         _log_abundance=log_ab, _beta=beta, _stroma=stroma, _core_eff=core_eff, _tma_eff=tma_eff,
-        _tma_scale=tma_scale, _logit_beta=logit_beta, _core_logit=core_logit,
+        _tma_scale=tma_scale, _logit_beta=logit_beta, _core_logit=core_logit, tma_ppm=ppms,
     )
 
 
