@@ -270,3 +270,16 @@ def test_found_by_the_option_fuzz(argv, needle, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "o")] if argv[0] == "train-ice" else argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_asking_for_more_images_than_the_split_holds_is_said(tmp_path, capsys):
+    """load_splits takes at most what a split has; the command says so instead of training on fewer silently."""
+    from invertible.data.splits import load_splits
+
+    splits = load_splits("digits", n_train=64, n_test=5000, downsample=False, seed=0)
+    assert len(splits.x_test) == 359 and splits.shortfall(64, 359) is None
+    assert splits.shortfall(64, 5000) == ("digits holds 64 training / 359 test images in this split: using 64 / 359 "
+                                          "(asked for 64 / 5000)")
+    argv = [*ICE[:7], "--n-test", "5000", *ICE[9:]]
+    assert main([*argv, "--out", str(tmp_path / "ice")]) == 0
+    assert "using 64 / 359 (asked for 64 / 5000)" in capsys.readouterr().out

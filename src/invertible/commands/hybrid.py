@@ -81,6 +81,8 @@ def train_hybrid(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     data = load_splits(args.data, n_train=args.n_train, n_test=args.n_test, downsample=args.downsample,
                        seed=args.seed)
+    if (note := data.shortfall(args.n_train, args.n_test)) is not None:
+        print(note, flush=True)
     side = data.shape[-1]
     scales = args.scales or (3 if side % 4 == 0 else 2)
     dense = args.block == "dense"

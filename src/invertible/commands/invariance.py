@@ -119,6 +119,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     splits = load_splits(args.data, n_train=args.n_train, n_test=args.n_test, downsample=args.downsample,
                          seed=args.seed)
+    if (note := splits.shortfall(args.n_train, args.n_test)) is not None:
+        print(note, flush=True)
     shape = splits.shape
     patch = 1 if shape[-1] <= 8 else 2
     n_squeeze = 2 if shape[1] % 4 == 0 and shape[1] >= 16 else 1

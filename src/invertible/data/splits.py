@@ -28,6 +28,15 @@ class ImageSplits:
     x_test: torch.Tensor
     y_test: torch.Tensor
 
+    def shortfall(self, n_train: int, n_test: int) -> str | None:
+        """A one-line notice when the splits hold fewer images than asked for (``load_splits`` takes at most
+        what a split has), else ``None``."""
+        have = (len(self.x_train), len(self.x_test))
+        if have[0] >= n_train and have[1] >= n_test:
+            return None
+        return (f"{self.name} holds {have[0]} training / {have[1]} test images in this split: using "
+                f"{min(have[0], n_train)} / {min(have[1], n_test)} (asked for {n_train} / {n_test})")
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
