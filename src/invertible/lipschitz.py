@@ -389,7 +389,7 @@ def converge_spectral_norms(model: nn.Module, rtol: float = 1e-6, max_iter: int 
         if sn._op.is_linear and weight.numel() <= EXACT_SVD_ENTRIES:
             _exact_singular_vectors(sn, weight)
         else:
-            _converge_with_restart(sn, weight, rtol, max_iter)
+            _converge_with_lanczos(sn, weight, rtol, max_iter)
         sn.sigma.copy_(sn.estimate(weight))
         count += 1
     return count
@@ -410,24 +410,24 @@ def _exact_singular_vectors(sn: SpectralNorm, weight: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def _converge_with_restart(sn: SpectralNorm, weight: torch.Tensor, rtol: float, max_iter: int) -> None:
-    """Converge from the current vectors, and take the top singular pair by Lanczos (ARPACK, from a seeded
-    start, :func:`~invertible.norms.top_singular_triplet`); keep whichever gives the larger ``<v, A u>``.
+def _converge_with_lanczos(sn: SpectralNorm, weight: torch.Tensor, rtol: float, max_iter: int) -> None:
+    """Take the top singular pair by Lanczos (ARPACK, from a seeded start,
+    :func:`~invertible.norms.top_singular_triplet`) unless the current vectors give a larger ``<v, A u>``;
+    where ARPACK does not converge, run the power iteration from the current vectors instead.
 
-    Both are lower bounds on ``||A||``. Power iteration alone cannot tell convergence from a plateau: vectors
-    that training left near a lower singular direction, or top singular values closer than ``rtol`` per step,
-    stall it below ``||A||`` (trained convolutions stayed up to 0.2 % short). Lanczos converges in far fewer
-    operator applications when the top singular values are close."""
-    sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)
-    kept = sn.estimate(weight)
+    Power iteration alone cannot tell convergence from a plateau: vectors that training left near a lower
+    singular direction, or top singular values closer than ``rtol`` per step, stall it below ``||A||``
+    (trained convolutions stayed up to 0.2 % short). Lanczos converges in far fewer operator applications when
+    the top singular values are close, so the power iteration is only the fallback."""
     from scipy.sparse.linalg import ArpackNoConvergence
 
     try:
         _, u, v = top_singular_triplet(sn._op, weight, sn.recorded_shape, rtol=min(rtol, 1e-8), max_iter=max_iter)
-    except ArpackNoConvergence:  # keep the power iteration's vectors
+    except ArpackNoConvergence:
+        sn._iterate(weight, 1, atol=0.0, rtol=rtol, max_iter=max_iter)
         return
     u, v = u.to(sn.u.dtype), v.to(sn.v.dtype)
-    if float((v * sn._op.apply(weight, u)).sum()) > float(kept):
+    if float((v * sn._op.apply(weight, u)).sum()) > float(sn.estimate(weight)):
         sn.u.copy_(u.reshape(sn.u.shape))
         sn.v.copy_(v.reshape(sn.v.shape))
 

@@ -73,7 +73,8 @@ def run_many(ids: Sequence[str], out: Path, *, quick: bool, seed: int = 0, devic
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() and not device.startswith("cuda") \
         else "spawn"
     with ProcessPoolExecutor(max_workers=min(jobs, len(ids)), mp_context=multiprocessing.get_context(method)) as pool:
-        pending = {pool.submit(_run_one, registry[eid].run.__module__, eid, out, kwargs, True, True) for eid in ids}
+        pending = {pool.submit(_run_one, registry[eid].run.__module__, eid, out, kwargs, catch=True, capture=True)
+                   for eid in ids}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
