@@ -165,15 +165,18 @@ def make_step(model, kind: str, bf16: bool = False):
     return step
 
 
-ESTIMATORS = {"ours": ("neumann", "recompute", "recompute16", "backprop"), "peer": ("neumann", "backprop")}
+ESTIMATORS = {"ours": ("neumann", "recompute", "recompute16", "recompute32", "backprop"),
+              "peer": ("neumann", "backprop")}
 
 
 def build(kind: str, draws: Draws, estimator: str, device: torch.device, first: torch.Tensor, a2: bool = False,
           compile_g: bool = False, bf16: bool = False):
     """``estimator``: ``"neumann"`` (Neumann gradient; normflows: its backward-in-forward ``reduce_memory``),
     ``"recompute"`` (ours: Neumann gradient without a stored graph), ``"recomputeC"`` (the same in chunks of C
-    samples, ``recompute_chunk=C``), ``"backprop"`` (through every term)."""
+    samples, ``recompute_chunk=C``), ``"backprop"`` (through every term); ``"...@eager"``: ours without the fused
+    kernels and the by-hand chain (:mod:`invertible.fused`, :mod:`invertible.logdet_chain`), the baseline."""
     torch.manual_seed(0)
+    estimator, _, variant = estimator.partition("@")
     neumann, recompute = estimator != "backprop", estimator.startswith("recompute")
     chunk = int(estimator[len("recompute"):]) if recompute and estimator != "recompute" else None
     if kind == "ours":
@@ -183,12 +186,25 @@ def build(kind: str, draws: Draws, estimator: str, device: torch.device, first: 
         model.initialize(first)
         if compile_g:
             _compile_blocks(model, first)
+        if variant == "eager":  # our implementation before fused kernels and the by-hand chain: the baseline
+            return model, _eager(make_step(model, kind, bf16))
     else:
         model = peer(draws, neumann).to(device)
         with torch.no_grad():
             model.forward_kld(first)  # ActNorm's data-dependent initialization
         model.train()
     return model, make_step(model, kind, bf16)
+
+
+def _eager(step):
+    """``step`` with eager LipSwish kernels and the autograd form of the recomputed Neumann gradient."""
+    from invertible.logdet_chain import chain_by_hand
+
+    def run(x):
+        with inv.fused_kernels("off"), chain_by_hand(False):
+            return step(x)
+
+    return run
 
 
 def _compile_blocks(model, first: torch.Tensor) -> None:
@@ -305,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-normflows", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--estimators", default="neumann,recompute,recompute16",
+    ap.add_argument("--estimators", default="neumann,recompute,recompute16,recompute32,recompute32@eager",
                     help="our estimators in the timed steps, comma-separated (normflows: its Neumann "
                          "backward-in-forward)")
     ap.add_argument("--bf16", action="store_true", help="ours under bf16 autocast (CUDA; log-det in float32)")

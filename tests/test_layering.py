@@ -13,9 +13,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "invertible"
 # activations, dense, io -> lipschitz, inverse, logdet -> nn -> distributions -> models -> training
 #   -> analysis, invariance, ims -> experiments -> commands -> cli
 RANK = {
-    "activations": 0, "checks": 0, "dense": 0, "io": 0, "norms": 0, "threads": 0,
+    "activations": 0, "fused": 0, "checks": 0, "dense": 0, "io": 0, "norms": 0, "threads": 0,
     "data": 1,
-    "lipschitz": 2, "inverse": 2, "inverse_gradient": 2, "logdet_exact": 2, "logdet": 2, "logdet_recompute": 2,
+    "lipschitz": 2, "inverse": 2, "inverse_gradient": 2, "logdet_exact": 2, "logdet": 2, "logdet_chain": 2,
+    "logdet_recompute": 2,
     "nn": 3,
     "distributions": 4, "": 4,  # "" is the package itself (`import invertible`): it re-exports the core
     "models": 5,

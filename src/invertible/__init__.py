@@ -14,6 +14,7 @@ from invertible.distributions import (
     StandardNormal,
     standard_normal,
 )
+from invertible.fused import fused_kernels, set_fused_kernels
 from invertible.inverse import (
     AbstractSolver,
     Anderson,
@@ -119,6 +120,8 @@ __all__ = [
     "power_series_truncation_bound",
     "set_estimators",
     "set_recompute",
+    "set_fused_kernels",
+    "fused_kernels",
     "spectral_norm",
     "standard_normal",
 ]

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from invertible.fused import fused
+
 __all__ = [
     "ACTIVATIONS",
     "Activation",
@@ -85,6 +87,8 @@ class LipSwish(nn.Module):
         beta = self.beta.to(x.dtype)
         if _functorch_active():  # torch.func transforms (vmap, jvp, jacrev): the composite expression
             return x * torch.sigmoid(x * beta) / 1.1
+        if not (torch.is_grad_enabled() and (x.requires_grad or beta.requires_grad)):
+            return _lipswish_value(x, beta)  # nothing to differentiate (inverse iterations, evaluation)
         return _LipSwishFunction.apply(x, beta)
 
     def extra_repr(self) -> str:
@@ -165,6 +169,138 @@ def _functorch_active() -> bool:
         return True  # unknown: the composite expression works everywhere
 
 
+# -- LipSwish's elementwise kernels (fused by torch.compile at image scale, eager otherwise: invertible.fused) ------
+# With s = sigmoid(b x), r = s (1 - s), m = 2 + b x (1 - 2 s):
+#   phi = x s / 1.1,  phi_x = (s + b x r) / 1.1,  phi_b = x^2 r / 1.1,
+#   phi_xx = b r m / 1.1,  phi_xb = x r m / 1.1,  phi_bb = x^3 r (1 - 2 s) / 1.1.
+# The eager bodies work in place on their own temporaries (never on an argument): they run on the largest
+# activations of a step, and every temporary counts.
+
+
+@fused
+def _lipswish_value(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``phi(x)``."""
+    return torch.sigmoid(x * beta).mul_(x).div_(1.1)
+
+
+@fused
+def _lipswish_value_and_slope(x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(phi, phi_x)``."""
+    bx = x * beta
+    s = torch.sigmoid(bx)
+    y = (x * s).div_(1.1)
+    return y, bx.mul_(1 - s).add_(1).mul_(s).div_(1.1)
+
+
+@fused
+def _lipswish_value_and_slopes(x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(phi, phi_x, phi_b)``."""
+    bx = x * beta
+    s = torch.sigmoid(bx)
+    one_minus = 1 - s
+    y = (x * s).div_(1.1)
+    dydb = (x * x).mul_(s).mul_(one_minus).div_(1.1)
+    return y, bx.mul_(one_minus).add_(1).mul_(s).div_(1.1), dydb
+
+
+@fused
+def _scale_and_dot(grad: torch.Tensor, dydx: torch.Tensor, dydb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad phi_x, sum grad phi_b)`` from the stored slopes."""
+    return grad * dydx, (grad * dydb).sum()
+
+
+@fused
+def _lipswish_vjp(grad: torch.Tensor, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``grad phi_x``, the slope recomputed from ``x``."""
+    bx = x * beta
+    s = torch.sigmoid(bx)
+    return bx.mul_(s * (1 - s)).add_(s).mul_(grad).div_(1.1)
+
+
+@fused
+def _lipswish_vjp_with_beta(grad: torch.Tensor, x: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(grad phi_x, sum grad phi_b)``, the slopes recomputed from ``x``."""
+    bx = x * beta
+    s = torch.sigmoid(bx)
+    r = s * (1 - s)
+    gbeta = (x * r).mul_(x).mul_(grad).sum().div(1.1)
+    return bx.mul_(r).add_(s).mul_(grad).div_(1.1), gbeta
+
+
+@fused
+def _lipswish_vjp_backward(grad: torch.Tensor, x: torch.Tensor, beta: torch.Tensor,
+                           u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The derivative of ``(grad, x, b) -> grad phi_x`` applied to its cotangent ``u``:
+    ``(u phi_x, u grad phi_xx, sum u grad phi_xb)``."""
+    bx = x * beta
+    s = torch.sigmoid(bx)
+    r = s * (1 - s)
+    d_grad = (bx * r).add_(s).mul_(u).div_(1.1)
+    rm = bx.mul_(s.mul_(-2).add_(1)).add_(2).mul_(r).mul_(u).mul_(grad)  # u grad r m
+    d_beta = (rm * x).sum().div(1.1)
+    return d_grad, rm.mul_(beta / 1.1), d_beta
+
+
+@fused
+def _lipswish_vjp_backward_with_beta(grad: torch.Tensor, x: torch.Tensor, beta: torch.Tensor, u: torch.Tensor,
+                                     ub: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The derivative of ``(grad, x, b) -> (grad phi_x, sum grad phi_b)`` applied to its cotangents ``(u, ub)``:
+    ``(u phi_x + ub phi_b, u grad phi_xx + ub grad phi_xb, sum u grad phi_xb + ub grad phi_bb)``."""
+    bx = x * beta
+    s = torch.sigmoid(bx)
+    r = s * (1 - s)
+    c = ub / 1.1
+    xr = r * x
+    d_grad = (bx * r).add_(s).mul_(u).div_(1.1).add_((xr * x).mul_(c))
+    one_2s = s.mul_(-2).add_(1)
+    m = bx.mul_(one_2s).add_(2)
+    grad_xrm = (m * xr).mul_(grad)  # grad x r m
+    d_beta = (grad_xrm * u).sum().div(1.1) + c * (xr * x).mul_(x).mul_(one_2s).mul_(grad).sum()
+    d_x = r.mul_(m).mul_(u).mul_(grad).mul_(beta / 1.1).add_(grad_xrm.mul_(c))
+    return d_grad, d_x, d_beta
+
+
+@fused
+def _lipswish_chain_backward(z: torch.Tensor, beta: torch.Tensor, g: torch.Tensor,
+                             ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g phi_x + ct phi_xx, sum g phi_b + ct phi_xb)``: the by-hand Neumann backward's step through LipSwish
+    (:mod:`invertible.logdet_chain`; ``g`` the flow path's gradient, ``ct`` the surrogate's cotangent x tangent)."""
+    bz = z * beta
+    s = torch.sigmoid(bz)
+    r = s * (1 - s)
+    m = (bz * (1 - 2 * s)).add_(2)  # phi_xx = b r m / 1.1, phi_xb = z r m / 1.1
+    e = (bz * r).add_(s).mul_(g).add_(ct * beta * r * m).div_(1.1)
+    d = ((z * z * r).mul_(g).add_((z * r).mul_(m).mul_(ct))).sum().div(1.1)
+    return e, d
+
+
+@fused
+def _elu_value_and_slope(z: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ELU(z), ELU'(z))`` (the slope ``alpha e^z`` for ``z <= 0``, as torch's ELU backward)."""
+    neg = torch.exp(z.clamp(max=0)) * alpha
+    pos = z > 0
+    return torch.where(pos, z, neg - alpha), torch.where(pos, torch.ones_like(z), neg)
+
+
+@fused
+def _elu_chain_backward(z: torch.Tensor, alpha: torch.Tensor, g: torch.Tensor,
+                        ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g phi_x + ct phi_xx, 0)`` for ELU (``phi_xx = alpha e^z`` for ``z <= 0``, else 0; no parameter)."""
+    neg = torch.exp(z.clamp(max=0)) * alpha
+    return torch.where(z > 0, g, (g + ct) * neg), z.new_zeros(())
+
+
+def lipswish_kernels():
+    """LipSwish's ``(slope, chain backward)`` kernels for :mod:`invertible.logdet_chain`: ``slope(z, b) -> (phi,
+    phi_x)``, ``backward(z, b, g, ct) -> (g phi_x + ct phi_xx, sum g phi_b + ct phi_xb)``."""
+    return _lipswish_value_and_slope, _lipswish_chain_backward
+
+
+def elu_kernels():
+    """ELU's ``(slope, chain backward)`` kernels (:func:`lipswish_kernels`; the parameter is ``alpha``)."""
+    return _elu_value_and_slope, _elu_chain_backward
+
+
 class _LipSwishFunction(torch.autograd.Function):
     """``y = x sigmoid(b x) / 1.1`` with the derivatives of :class:`LipSwish` kept from the forward:
     ``dy/dx = s (1 + b x (1 - s)) / 1.1`` and ``dy/db = x^2 s (1 - s) / 1.1`` (``s = sigmoid(b x)``).
@@ -173,19 +309,19 @@ class _LipSwishFunction(torch.autograd.Function):
     stored ``dy/dx`` (and one dot product for ``b``) instead of re-deriving the composite graph every time. A
     backward that builds a graph (``create_graph=True``: the Neumann surrogate, double backward) recomputes
     both derivatives from ``x`` and ``b`` with differentiable operations, so higher derivatives are exact too.
+    The elementwise chains are fused kernels (:mod:`invertible.fused`).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        bx = x * beta
-        s = torch.sigmoid(bx)
-        y = x * s / 1.1
         if _LEAN.get():  # store x only; the backward recomputes the derivatives
             ctx.save_for_backward(x, beta, None, None)
-            return y
-        one_minus = 1 - s
-        ctx.save_for_backward(x, beta, s * (1 + bx * one_minus) / 1.1,
-                              x * x * s * one_minus / 1.1 if ctx.needs_input_grad[1] else None)
+            return _lipswish_value(x, beta)
+        if ctx.needs_input_grad[1]:
+            y, dydx, dydb = _lipswish_value_and_slopes(x, beta)
+        else:
+            (y, dydx), dydb = _lipswish_value_and_slope(x, beta), None
+        ctx.save_for_backward(x, beta, dydx, dydb)
         return y
 
     @staticmethod
@@ -195,54 +331,37 @@ class _LipSwishFunction(torch.autograd.Function):
             return _LipSwishGrad.apply(grad, x, beta, ctx.needs_input_grad[1])
         if dydx is None:  # lean forward: recompute
             return _LipSwishGrad.forward(ctx, grad, x, beta, ctx.needs_input_grad[1], save=False)
-        gbeta = torch.dot(grad.reshape(-1), dydb.reshape(-1)).reshape(beta.shape) if dydb is not None else None
-        return grad * dydx, gbeta
+        if dydb is None:
+            return grad * dydx, None
+        gx, gbeta = _scale_and_dot(grad, dydx, dydb)
+        return gx, gbeta.reshape(beta.shape)
 
 
 class _LipSwishGrad(torch.autograd.Function):
     """``(grad, x, b) -> (grad phi_x, sum grad phi_b)``, the backward of :class:`_LipSwishFunction` as a function
     that can itself be differentiated (double backward: the Neumann surrogate), storing only ``grad``, ``x`` and
-    ``b``. With ``s = sigmoid(b x)``, ``r = s (1 - s)`` and ``m = 2 + b x (1 - 2 s)``:
-
-        phi_x = (s + b x r) / 1.1,  phi_b = x^2 r / 1.1,
-        phi_xx = b r m / 1.1,  phi_xb = x r m / 1.1,  phi_bb = x^3 r (1 - 2 s) / 1.1.
-    """
+    ``b`` (the derivatives are listed above the kernels)."""
 
     @staticmethod
     def forward(ctx, grad, x, beta, beta_grad: bool, save: bool = True):
-        bx = x * beta
-        s = torch.sigmoid(bx)
-        r = s * (1 - s)
         if save:
             ctx.save_for_backward(grad, x, beta)
             ctx.beta_grad = beta_grad
-        gbeta = None
-        if beta_grad:  # sum grad x^2 r / 1.1
-            gbeta = torch.dot(grad.reshape(-1), (x * r).mul_(x).reshape(-1)).div(1.1).reshape(beta.shape)
-        gx = bx.mul_(r).add_(s).mul_(grad).div_(1.1)  # grad (s + b x r) / 1.1, in bx's memory
-        return gx, gbeta
+        if not beta_grad:
+            return _lipswish_vjp(grad, x, beta), None
+        gx, gbeta = _lipswish_vjp_with_beta(grad, x, beta)
+        return gx, gbeta.reshape(beta.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, u, ub):
-        # In-place arithmetic throughout: this runs on the largest activations, and every temporary counts.
         grad, x, beta = ctx.saved_tensors
-        bx = x * beta
-        s = torch.sigmoid(bx)
-        r = s * (1 - s)
-        d_grad = (bx * r).add_(s).mul_(u).div_(1.1)  # u phi_x
-        one_2s = s.mul_(-2).add_(1)  # 1 - 2 s (s is not needed any more)
-        rm = bx.mul_(one_2s).add_(2).mul_(r)  # r m, in bx's memory
-        d_x = rm.mul_(u).mul_(grad)  # u grad r m, in bx's memory
-        d_beta = torch.dot(d_x.reshape(-1), x.reshape(-1)) / 1.1  # sum u grad phi_xb
-        d_x.mul_(beta / 1.1)  # u grad phi_xx
+        if u is None:
+            u = torch.zeros_like(grad)
         if ctx.beta_grad and ub is not None:
-            xr = r.mul_(x)  # x r
-            c = ub / 1.1
-            d_grad.add_(xr * x * c)  # ub phi_b
-            m = (x * beta).mul_(one_2s).add_(2)
-            d_x.add_(m.mul_(xr).mul_(grad).mul_(c))  # ub grad phi_xb
-            d_beta = d_beta + c * torch.dot((grad * x).reshape(-1), (xr * x).mul_(one_2s).reshape(-1))  # phi_bb
+            d_grad, d_x, d_beta = _lipswish_vjp_backward_with_beta(grad, x, beta, u, ub)
+        else:
+            d_grad, d_x, d_beta = _lipswish_vjp_backward(grad, x, beta, u)
         return d_grad, d_x, d_beta.reshape(beta.shape), None
 
 

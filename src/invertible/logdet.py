@@ -199,21 +199,22 @@ class _SeriesEstimator(AbstractLogDet):
         return value, surrogate
 
     def _series_without_graph(
-        self, gx: torch.Tensor, xin: torch.Tensor, n: int, weights: list[float], probes: list[torch.Tensor],
+        self, vjp, like: torch.Tensor, n: int, weights: list[float], probes: list[torch.Tensor],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The estimate of :meth:`_series` (same terms) without any graph, for the given probes ``v`` (drawn by
-        the caller, so that a chunked batch sees the draws of the whole batch), with the Neumann vectors
-        ``sum_{k<n} (-1)^k c_{k+1} v^T J^k`` it used (for :mod:`invertible.logdet_recompute`)."""
-        acc = torch.promote_types(gx.dtype, torch.float32)
-        value = torch.zeros(gx.shape[0], dtype=acc, device=gx.device)
+        """The estimate of :meth:`_series` (same terms) without any graph, with ``vjp(w) = w^T J`` and the given
+        probes ``v`` (drawn by the caller, so that a chunked batch sees the draws of the whole batch; ``like``:
+        ``g(x)``, for the batch size and dtype), with the Neumann vectors ``sum_{k<n} (-1)^k c_{k+1} v^T J^k`` it
+        used (for :mod:`invertible.logdet_recompute` and :mod:`invertible.logdet_chain`)."""
+        acc = torch.promote_types(like.dtype, torch.float32)
+        value = torch.zeros(like.shape[0], dtype=acc, device=like.device)
         vectors = []
         for v in probes:
             w, neumann = v, v * weights[0]
             for k in range(1, n + 1):
-                (w,) = torch.autograd.grad(gx, xin, w, retain_graph=True)
+                w = vjp(w)
                 value = value + (w * v).flatten(1).sum(1, dtype=acc) * ((-1) ** (k + 1) / k) * weights[k - 1]
                 if k < n:
-                    neumann = neumann + ((-1) ** k * weights[k]) * w
+                    neumann = neumann.add_(w, alpha=(-1) ** k * weights[k])
             vectors.append(neumann)
         return value / len(probes), vectors
 

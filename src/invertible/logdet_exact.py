@@ -250,12 +250,15 @@ class ForwardJacobianLogDet(AbstractLogDet):
                     break
             else:
                 if kinds and all(p is not None for p in params):
+                    validate = torch.distributions.Distribution._validate_args
                     try:
                         return _compiled_kernel()(x, tuple(kinds), params)
                     except Exception as err:  # no C++ compiler, unsupported platform, ...: stay exact, eagerly
                         warnings.warn(f"ForwardJacobianLogDet: torch.compile failed ({err!r:.200}); using the "
                                       "eager path", RuntimeWarning, stacklevel=2)
                         self.compile = False
+                    finally:  # Dynamo turns torch.distributions' validation off when it compiles: put it back
+                        torch.distributions.Distribution.set_default_validate_args(validate)
         if not any(isinstance(m, nn.Linear | DenseLayer) for m in layers):
             raise ValueError("ForwardJacobianLogDet: g has no Linear layer")
         h, jac = _forward_jacobian(layers, x, None)  # jac[b, i, :] = d h / d x_i  (rows = input directions)

@@ -35,6 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from invertible.activations import lean_activations
 from invertible.lipschitz import frozen_spectral_norm
+from invertible.logdet_chain import neumann_chain
 
 __all__ = ["neumann_recompute"]
 
@@ -44,6 +45,21 @@ def _slices(batch: int, chunk: int | None) -> list[slice]:
     return [slice(i, min(i + step, batch)) for i in range(0, max(batch, 1), step)]
 
 
+@contextlib.contextmanager
+def _parameters_constant(g: nn.Module):
+    """Within this context ``g``'s parameters do not require grad: the forward's series needs vector-Jacobian
+    products with respect to ``x`` only (the parameter gradient comes from the recomputed backward), so no
+    operation records or prepares a derivative for a parameter (LipSwish's ``d/d beta``, for instance)."""
+    params = [p for p in g.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class _RecomputedNeumann(torch.autograd.Function):
     @staticmethod
     def forward(ctx, est, g, n, weights, gen, n_params, chunk, x, *params):
@@ -51,12 +67,16 @@ class _RecomputedNeumann(torch.autograd.Function):
         slices = _slices(x.shape[0], chunk)
         for i, sl in enumerate(slices):
             # the first chunk runs the power iteration (if any); the others use the operator it left
-            with torch.enable_grad(), frozen_spectral_norm() if i else contextlib.nullcontext():
+            with torch.enable_grad(), _parameters_constant(g), (
+                    frozen_spectral_norm() if i else contextlib.nullcontext()):
                 xin = x[sl].detach().requires_grad_(True)
                 gx = g(xin)
                 if probes is None:  # the whole batch's probes, drawn as the stored-graph path draws them
                     probes = est._draw_probes(gx.new_empty((x.shape[0], *gx.shape[1:])), gen)
-                value, vecs = est._series_without_graph(gx, xin, n, weights, [v[sl] for v in probes])
+                def vjp(w, gx=gx, xin=xin):
+                    return torch.autograd.grad(gx, xin, w, retain_graph=True)[0]
+
+                value, vecs = est._series_without_graph(vjp, gx, n, weights, [v[sl] for v in probes])
             outputs.append(gx.detach())
             values.append(value)
             for store, a in zip(vectors, vecs, strict=True):
@@ -99,5 +119,8 @@ def neumann_recompute(est, g: nn.Module, x: torch.Tensor, n: int, weights: list[
     Russian-roulette ``weights``, differentiable as in the module docstring; ``g`` must be an ``nn.Module`` whose
     output depends on ``x`` and its parameters only, sample by sample (no batch statistics), so that ``chunk``
     samples at a time (None: the whole batch) give the same values and gradients."""
+    by_hand = neumann_chain(est, g, x, n, weights, gen, chunk)
+    if by_hand is not None:
+        return by_hand
     params = [p for p in g.parameters() if p.requires_grad]
     return _RecomputedNeumann.apply(est, g, n, weights, gen, len(params), chunk, x, *params)
