@@ -266,6 +266,7 @@ def _rss_kib(field: str) -> int:
 
 def memory_child(args) -> None:
     device = torch.device(args.device)
+    inv.set_fused_kernels(args.fused)
     torch.set_num_threads(1)
     data = batches(args.batch, args.seed, device)
     first = next(data)
@@ -291,6 +292,7 @@ def memory_child(args) -> None:
 
 def measure_memory(args, kind: str, estimator: str, a2: bool = False) -> int | None:
     cmd = [sys.executable, __file__, "--memory-child", f"{kind}:{estimator}", "--batch", str(args.batch),
+           "--fused", args.fused,
            "--device", args.device, "--seed", str(args.seed)] + (["--a2-child"] if a2 else [])
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.memory_timeout)
@@ -324,6 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--estimators", default="neumann,recompute,recompute16,recompute32,recompute32@eager",
                     help="our estimators in the timed steps, comma-separated (normflows: its Neumann "
                          "backward-in-forward)")
+    ap.add_argument("--fused", default="on", choices=("on", "auto", "off"),
+                    help="our fused-kernel policy (invertible.fused; on: compiled from the first step, the steady "
+                         "state that 'auto' reaches after a training run's first few dozen steps)")
     ap.add_argument("--bf16", action="store_true", help="ours under bf16 autocast (CUDA; log-det in float32)")
     ap.add_argument("--compile", action="store_true", help="ours with torch.compile of every g (eager fallback)")
     ap.add_argument("--a2", action="store_true", help="also the A.2 MNIST model's step memory (Neumann gradient)")
@@ -335,6 +340,7 @@ def main(argv: list[str] | None = None) -> dict:
         memory_child(args)
         return {}
     device = torch.device(args.device)
+    inv.set_fused_kernels(args.fused)
     if args.no_normflows or peer(Draws(0)) is None:
         args.no_normflows = True
     first = next(batches(args.batch, args.seed, torch.device("cpu")))

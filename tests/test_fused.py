@@ -147,8 +147,9 @@ def test_auto_mode_compiles_only_after_a_warm_up_at_image_size(monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     kernel = fused.FusedKernel(lambda a: a * 2)
     big = torch.ones(fused.AUTO_MIN_NUMEL)
+    monkeypatch.setattr(fused, "AUTO_WARMUP_ELEMENTS", 10 * fused.AUTO_MIN_NUMEL)
     with fused.fused_kernels("auto"):
-        for _ in range(fused.AUTO_WARMUP_CALLS):
+        for _ in range(10):
             kernel(big)
         assert kernel.compiled_calls == 0 and not compiled
         kernel(big)

@@ -94,3 +94,20 @@ def test_unsupported_functions_take_the_autograd_form():
     y, ld = block.forward_and_logdet(x)
     (y.sum() + ld.sum()).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("c_in,c_out,k,pad,dil", [(1, 8, 3, 1, 1), (8, 1, 3, 1, 1), (3, 9, 3, 2, 2), (9, 2, 5, 1, 1),
+                                                  (2, 6, 3, 0, 1), (6, 3, 3, 3, 1), (8, 8, 3, 1, 1)])
+def test_cpu_adjoint_kernels_equal_the_convolution_backward(c_in, c_out, k, pad, dil):
+    """The faster CPU adjoints of few-channel convolutions (flipped-kernel convolution, direct transposed
+    convolution) are the data gradient <c, L'(x)> = <L'^T c, x> of the convolution, for any padding and
+    dilation; where no faster kernel applies (pad > dilation (k - 1), many channels) the plain one runs."""
+    from invertible.logdet_chain import _Operator
+
+    conv = nn.Conv2d(c_in, c_out, k, padding=pad, dilation=dil)
+    x = torch.randn(2, c_in, 9, 9, requires_grad=True)
+    y = conv(x)
+    c = torch.randn_like(y)
+    (expected,) = torch.autograd.grad(y, x, c)
+    got = _Operator(conv, conv.weight.detach()).adjoint(c, x.shape)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

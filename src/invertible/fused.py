@@ -9,10 +9,10 @@ up to floating-point rounding (a fused loop rounds fewer intermediates).
 
 Policy (:func:`set_fused_kernels`, or the ``INVERTIBLE_FUSED`` environment variable, read once at import):
 
-* ``"auto"`` (default): compiled for tensors of at least :data:`AUTO_MIN_NUMEL` elements once a kernel has run
-  :data:`AUTO_WARMUP_CALLS` times at that size (image-scale training, where the kernels dominate a step and the
-  one-off compile of a few seconds amortizes), eager otherwise (small tensors: tests, 2-D toys; a few large
-  calls: a density plot, a short evaluation);
+* ``"auto"`` (default): eager until a kernel has processed :data:`AUTO_WARMUP_ELEMENTS` elements in calls of
+  at least :data:`AUTO_MIN_NUMEL` elements (about two seconds of eager work on one CPU core, the price of one
+  compile: pay the rent until it equals the purchase), compiled from then on. Image-scale training compiles
+  within its first few dozen steps; tests, 2-D toys, a density plot or a short evaluation never compile;
 * ``"on"``: compiled for every size; ``"off"``: always eager.
 
 A kernel is compiled with dynamic shapes, so batch, chunk and feature-map sizes do not trigger recompiles. If
@@ -34,15 +34,15 @@ from typing import Any
 import torch
 
 __all__ = [
-    "AUTO_MIN_NUMEL", "AUTO_WARMUP_CALLS", "FusedKernel", "fused", "fused_kernels", "fused_kernels_mode",
+    "AUTO_MIN_NUMEL", "AUTO_WARMUP_ELEMENTS", "FusedKernel", "fused", "fused_kernels", "fused_kernels_mode",
     "set_fused_kernels",
 ]
 
 #: ``"auto"`` compiles a kernel for inputs of at least this many elements (a 16 x 32 x 8 x 8 activation).
 AUTO_MIN_NUMEL = 1 << 15
 
-#: ``"auto"`` compiles a kernel after this many eager calls on large inputs (a training run makes thousands).
-AUTO_WARMUP_CALLS = 64
+#: ``"auto"`` compiles a kernel once its large calls have processed this many elements.
+AUTO_WARMUP_ELEMENTS = 1 << 29
 
 _MODES = ("auto", "on", "off")
 
@@ -104,7 +104,7 @@ class FusedKernel:
         self._compiled: Callable[..., Any] | None = None
         self._failed = False
         self.compiled_calls = 0
-        self.large_calls = 0
+        self.large_elements = 0
 
     def _wanted(self, first: torch.Tensor) -> bool:
         if self._failed or _mode == "off" or _inside_transform_or_trace():
@@ -113,8 +113,10 @@ class FusedKernel:
             return True
         if first.numel() < AUTO_MIN_NUMEL:
             return False
-        self.large_calls += 1
-        return self._compiled is not None or self.large_calls > AUTO_WARMUP_CALLS
+        if self._compiled is not None:
+            return True
+        self.large_elements += first.numel()
+        return self.large_elements > AUTO_WARMUP_ELEMENTS
 
     def __call__(self, *args: Any) -> Any:
         if not self._wanted(args[0]):

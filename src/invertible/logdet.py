@@ -100,6 +100,14 @@ def _check_generator(generator: torch.Generator | None, x: torch.Tensor) -> torc
     return generator
 
 
+def _rowwise_dot(w: torch.Tensor, v: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``(w * v).flatten(1).sum(1)`` in ``acc``: a batched dot product (no product tensor) where dtypes allow."""
+    if w.dtype == acc == v.dtype and w.is_floating_point():
+        b = w.shape[0]
+        return torch.bmm(w.reshape(b, 1, -1), v.reshape(b, -1, 1)).reshape(b)
+    return (w * v).flatten(1).sum(1, dtype=acc)
+
+
 class _SeriesEstimator(AbstractLogDet):
     stochastic = True  # Hutchinson probes (Lemma 5.6)
     scalable = True  # one vector-Jacobian product per term and probe
@@ -212,7 +220,7 @@ class _SeriesEstimator(AbstractLogDet):
             w, neumann = v, v * weights[0]
             for k in range(1, n + 1):
                 w = vjp(w)
-                value = value + (w * v).flatten(1).sum(1, dtype=acc) * ((-1) ** (k + 1) / k) * weights[k - 1]
+                value = value + _rowwise_dot(w, v, acc) * ((-1) ** (k + 1) / k) * weights[k - 1]
                 if k < n:
                     neumann = neumann.add_(w, alpha=(-1) ** k * weights[k])
             vectors.append(neumann)

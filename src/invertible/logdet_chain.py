@@ -76,6 +76,9 @@ def chain_layers(g: nn.Module) -> tuple[list[nn.Module], list[nn.Module]] | None
     return linears, acts
 
 
+_FEW = 4  # channels: see _Operator._cpu_adjoint
+
+
 class _Operator:
     """One linear layer with its (normalized) weight fixed for the call."""
 
@@ -95,10 +98,33 @@ class _Operator:
         return torch.ops.aten.convolution_backward(grad, inp, self.w, None, m.stride, m.padding, m.dilation,
                                                    False, [0, 0], 1, (mask[0], mask[1], False))
 
+    def _cpu_adjoint(self, c: torch.Tensor) -> torch.Tensor | None:
+        """``L'^T c`` by a faster CPU kernel where one exists, else ``None``. oneDNN's data gradient of a stride-1
+        convolution between few channels (<= 4: an image's first and last layer) and many is 4-5x slower than
+        either the same map as a convolution with the flipped, transposed kernel (into many channels) or the
+        direct transposed convolution (into few channels); measured in ``benchmarks/resflow_images.py``'s
+        shapes. Same operator, exact up to rounding; the rule depends on shapes only (deterministic)."""
+        m, w = self.m, self.w
+        if c.device.type != "cpu" or tuple(m.stride) != (1, 1):
+            return None
+        c_out, c_in, kh, kw = w.shape
+        if c_out <= _FEW < c_in:  # into many channels: flipped kernel as a forward convolution
+            pad = (m.dilation[0] * (kh - 1) - m.padding[0], m.dilation[1] * (kw - 1) - m.padding[1])
+            if min(pad) < 0:
+                return None
+            return F.conv2d(c, w.flip(-1, -2).transpose(0, 1), None, 1, pad, m.dilation)
+        if c_in <= _FEW < c_out:  # into few channels: the direct (unfolded) transposed convolution
+            return torch.ops.aten.slow_conv_transpose2d(c, w, [kh, kw], None, [1, 1], list(m.padding), [0, 0],
+                                                        list(m.dilation))
+        return None
+
     def adjoint(self, c: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
         """``L'^T c`` for inputs of ``input_shape``."""
         if not self.conv:
             return c @ self.w
+        fast = self._cpu_adjoint(c)
+        if fast is not None:
+            return fast
         return self._backward(c, c.new_empty(()).expand(input_shape), (True, False))[0]
 
     def weight_grad(self, grad: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
@@ -111,6 +137,9 @@ class _Operator:
         """``(L'^T grad, sum_samples grad (x) inp)`` in one call."""
         if not self.conv:
             return grad @ self.w, grad.flatten(0, -2).t() @ inp.flatten(0, -2)
+        fast = self._cpu_adjoint(grad)
+        if fast is not None:
+            return fast, self.weight_grad(grad, inp)
         d_in, d_w, _ = self._backward(grad, inp, (True, True))
         return d_in, d_w
 
@@ -196,7 +225,7 @@ class _ChainNeumann(torch.autograd.Function):
                 for k in range(len(ops) - 1, -1, -1):
                     w = ops[k].adjoint(w, shapes[k])
                     if k:
-                        w = w * slopes[k - 1]
+                        w = w.mul_(slopes[k - 1])  # the adjoint's fresh output
                 return w
 
             if probes is None:
@@ -274,11 +303,11 @@ class _ChainNeumann(torch.autograd.Function):
                     d_w[k] = d_w[k] + dw
                 ct = cs[0] * t[0][k - 1]
                 for b in range(1, n_probes):
-                    ct = ct + cs[b] * t[b][k - 1]
+                    ct.addcmul_(cs[b], t[b][k - 1])
                 e, d_param = kernels[k - 1].backward(z_chunk[k - 1], g_h, ct)
                 if d_param is not None:
                     d_act[k - 1] = _add(d_act[k - 1], d_param)
-                s = [c * ds[k - 1] for c in cs]
+                s = [c.mul_(ds[k - 1]) for c in cs]  # the adjoints' fresh outputs, no longer needed
         # through the (frozen) spectral normalization and the activations' parametrization, by autograd; the
         # biases are plain leaves
         outs, grads = [], []
