@@ -21,6 +21,7 @@ freed tensors go back to the system at once and the RSS follows the live tensor 
 gradient and plain backpropagation through the series (``neumann_gradient=False`` / ``reduce_memory=False``).
 
     python benchmarks/resflow_images.py [--steps 20] [--threads 1,2] [--device cuda] [--json out.json]
+    python benchmarks/resflow_images.py --estimators recompute32,recompute32@eager   # ours now vs before
     python benchmarks/resflow_images.py --a2      # also the A.2 MNIST model (3 x 32 blocks, hidden 32)
 
 Measured 2026-12-01 on the shared 2-core CPU under heavy load from other jobs (load average 8-12, so steps took
@@ -35,6 +36,14 @@ Measured again 2026-12-01 (load from other jobs), ``--steps 8 --threads 1 --a2``
 (``recompute_chunk=16``): time ratio ours / normflows 1.01 (stored graph), 0.94 (recompute), 0.83 (recompute16:
 the chunks' activations stay in cache); step peak memory 397 / 187 / 63 MiB against normflows' 359 MiB (1.11x,
 0.52x, 0.18x); A.2 MNIST model 2.09 / 0.111 / 0.074 GiB.
+
+After the by-hand chain (``invertible.logdet_chain``), the fused LipSwish kernels (``invertible.fused``, ``--fused
+on``: compiled before the timed steps) and the faster few-channel CPU adjoints, ``--steps 8 --warmup 3 --threads
+1,2 --a2`` (2026-12-01, shared 2-core CPU): time ratio ours / normflows at 1 / 2 threads 0.61 / 0.65 (stored
+graph), 0.43 / 0.45 (recompute), 0.42 / 0.46 (recompute32, the image flows' default), 0.43 / 0.50 (recompute16),
+and 0.84 / 0.86 for ``recompute32@eager`` (the implementation before, in the same run); step peak memory 396 /
+210 / 112 / 57 MiB against normflows' 359 (1.10x, 0.59x, 0.31x, 0.16x), backprop through the series 696 vs 1073
+MiB; A.2 MNIST model 2.09 / 0.127 / 0.078 GiB (stored graph / recompute / recompute16).
 """
 
 from __future__ import annotations

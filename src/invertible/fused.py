@@ -9,10 +9,11 @@ up to floating-point rounding (a fused loop rounds fewer intermediates).
 
 Policy (:func:`set_fused_kernels`, or the ``INVERTIBLE_FUSED`` environment variable, read once at import):
 
-* ``"auto"`` (default): eager until a kernel has processed :data:`AUTO_WARMUP_ELEMENTS` elements in calls of
-  at least :data:`AUTO_MIN_NUMEL` elements (about two seconds of eager work on one CPU core, the price of one
-  compile: pay the rent until it equals the purchase), compiled from then on. Image-scale training compiles
-  within its first few dozen steps; tests, 2-D toys, a density plot or a short evaluation never compile;
+* ``"auto"`` (default): compiled for inputs of at least :data:`AUTO_MIN_NUMEL` elements (image-scale activations,
+  where the kernels dominate a training step and a one-off compile of a few seconds amortizes), eager for smaller
+  ones (tests, 2-D toys, density plots). The choice depends on the input's size only, never on what ran before,
+  so that a resumed run computes every step as the uninterrupted run did, bit for bit (a fused loop rounds
+  differently from the eager chain);
 * ``"on"``: compiled for every size; ``"off"``: always eager.
 
 A kernel is compiled with dynamic shapes, so batch, chunk and feature-map sizes do not trigger recompiles. If
@@ -34,15 +35,13 @@ from typing import Any
 import torch
 
 __all__ = [
-    "AUTO_MIN_NUMEL", "AUTO_WARMUP_ELEMENTS", "FusedKernel", "fused", "fused_kernels", "fused_kernels_mode",
+    "AUTO_MIN_NUMEL", "FusedKernel", "fused", "fused_kernels", "fused_kernels_mode",
     "set_fused_kernels",
 ]
 
-#: ``"auto"`` compiles a kernel for inputs of at least this many elements (a 16 x 32 x 8 x 8 activation).
-AUTO_MIN_NUMEL = 1 << 15
-
-#: ``"auto"`` compiles a kernel once its large calls have processed this many elements.
-AUTO_WARMUP_ELEMENTS = 1 << 29
+#: ``"auto"`` compiles a kernel for inputs of at least this many elements (16 x 64 x 16 x 8; a 16-sample chunk of
+#: 64 feature maps of 14 x 14 is above, a density plot of 5000 points x 8 hidden units far below).
+AUTO_MIN_NUMEL = 1 << 17
 
 _MODES = ("auto", "on", "off")
 
@@ -104,19 +103,11 @@ class FusedKernel:
         self._compiled: Callable[..., Any] | None = None
         self._failed = False
         self.compiled_calls = 0
-        self.large_elements = 0
 
     def _wanted(self, first: torch.Tensor) -> bool:
         if self._failed or _mode == "off" or _inside_transform_or_trace():
             return False
-        if _mode == "on":
-            return True
-        if first.numel() < AUTO_MIN_NUMEL:
-            return False
-        if self._compiled is not None:
-            return True
-        self.large_elements += first.numel()
-        return self.large_elements > AUTO_WARMUP_ELEMENTS
+        return _mode == "on" or first.numel() >= AUTO_MIN_NUMEL
 
     def __call__(self, *args: Any) -> Any:
         if not self._wanted(args[0]):

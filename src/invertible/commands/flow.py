@@ -72,7 +72,8 @@ def add_parser(sub) -> None:
     p.add_argument("--n-terms", type=positive_int, default=10, help="power-series terms (iresnet mode)")
     p.add_argument("--recompute-chunk", type=positive_int, default=None, metavar="N",
                    help="resflow mode: keep no graph between forward and backward and run the Neumann gradient on N "
-                        "samples at a time (same numbers, a fraction of the memory; logdet.set_recompute)")
+                        "samples at a time (same numbers, a fraction of the memory; logdet.set_recompute; image flows "
+                        "do so with N = 32 by default, stored in the model's config)")
     p.add_argument("--n-test", type=at_least_two, default=10_000, help="test points (>= 2, for a standard error)")
     p.add_argument("--subset", type=positive_int, default=None, help="use only this many training images")
     p.add_argument("--eval-every", type=positive_int, default=None, help="validate every N steps (default: each epoch)")
@@ -135,7 +136,7 @@ def _build(args, data) -> object:
         block["dense_depth"] = args.dense_depth
     return image_residual_flow(data.event_shape, n_scales=args.scales, n_blocks=args.blocks or 4, hidden=hidden,
                                coeff=args.coeff, mode=mode, factor_out=args.factor_out, n_terms=args.n_terms,
-                               **block)
+                               **block, **({"recompute_chunk": args.recompute_chunk} if args.recompute_chunk else {}))
 
 
 def train_flow(args: argparse.Namespace) -> int:
