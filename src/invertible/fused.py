@@ -105,9 +105,9 @@ class FusedKernel:
         self.compiled_calls = 0
 
     def _wanted(self, first: torch.Tensor) -> bool:
-        if self._failed or _mode == "off" or _inside_transform_or_trace():
-            return False
-        return _mode == "on" or first.numel() >= AUTO_MIN_NUMEL
+        if self._failed or _mode == "off" or (_mode == "auto" and first.numel() < AUTO_MIN_NUMEL):
+            return False  # the common case of small tensors: decided before any query of torch's state
+        return not _inside_transform_or_trace()
 
     def __call__(self, *args: Any) -> Any:
         if not self._wanted(args[0]):
