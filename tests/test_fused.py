@@ -155,3 +155,15 @@ def test_auto_mode_decides_by_size_alone(monkeypatch):
         assert kernel.compiled_calls == 1 and compiled
         kernel(torch.ones(3))  # small inputs stay eager
         assert kernel.compiled_calls == 1
+
+
+@pytest.mark.slow
+def test_compiled_elu_chain_kernels_give_the_eager_numbers():
+    gen = torch.Generator().manual_seed(3)
+    z, g, ct = (2 * torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64) for _ in range(3))
+    for kernel, args in ((act._elu_value_and_slope, (z, 1.0)), (act._elu_chain_backward, (z, 1.0, g, ct)),
+                         (act._lipswish_chain_backward, (z, torch.tensor(0.8, dtype=torch.float64), g, ct))):
+        eager = kernel.fn(*args)
+        with fused.fused_kernels("on"):
+            compiled = kernel(*args)
+        torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12, msg=kernel.__name__)

@@ -275,7 +275,7 @@ def _lipswish_chain_backward(z: torch.Tensor, beta: torch.Tensor, g: torch.Tenso
 
 
 @fused
-def _elu_value_and_slope(z: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _elu_value_and_slope(z: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ELU(z), ELU'(z))`` (the slope ``alpha e^z`` for ``z <= 0``, as torch's ELU backward)."""
     neg = torch.exp(z.clamp(max=0)) * alpha
     pos = z > 0
@@ -283,7 +283,7 @@ def _elu_value_and_slope(z: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Te
 
 
 @fused
-def _elu_chain_backward(z: torch.Tensor, alpha: torch.Tensor, g: torch.Tensor,
+def _elu_chain_backward(z: torch.Tensor, alpha: float, g: torch.Tensor,
                         ct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g phi_x + ct phi_xx, 0)`` for ELU (``phi_xx = alpha e^z`` for ``z <= 0``, else 0; no parameter)."""
     neg = torch.exp(z.clamp(max=0)) * alpha

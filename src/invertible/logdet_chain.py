@@ -157,15 +157,18 @@ class _Activation:
             self._slope, self._backward = lipswish_kernels()
         else:
             self._slope, self._backward = elu_kernels()
-            self.param = torch.tensor(float(module.alpha))
+            self.param = float(module.alpha)  # a number, not a host tensor beside device tensors
+
+    def _param(self, z: torch.Tensor):
+        return self.param if isinstance(self.param, float) else self.param.to(z.dtype)
 
     def slope(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._slope(z, self.param.to(z.dtype))
+        return self._slope(z, self._param(z))
 
     def backward(self, z: torch.Tensor, g: torch.Tensor, ct: torch.Tensor | None):
         if ct is None:
             ct = torch.zeros_like(z)
-        e, d = self._backward(z, self.param.to(z.dtype), g, ct)
+        e, d = self._backward(z, self._param(z), g, ct)
         return e, (d if isinstance(self.m, LipSwish) else None)
 
 
