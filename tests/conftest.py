@@ -12,16 +12,8 @@ CPU-only for the reasons in :data:`CPU_ONLY_MODULES`; single tests elsewhere car
 Lanes: ``pytest -m "not slow"`` (``make test``) is the fast lane; ``pytest`` (``make test-all``) runs all.
 """
 
-import os
-
-# MKL's float64 kernels may take alignment-dependent code paths, so two identical trainings in one process can
-# differ in the last bits with the allocation history: the bit-for-bit recipe and resume tests of the digits
-# i-ResNet classifier failed in about 4 of 10 runs of `pytest tests/test_[a-c]*.py`, and in 0 of 4 with
-# conditional numerical reproducibility (set before torch loads MKL; the suite runs about 1.8x slower with it).
-os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 # module -> why it runs on the CPU only. Device-aware (not listed): the bijection contract, log-det estimators,
 # inverse solvers, Lipschitz control and the Flow distribution (test_bijections, test_logdet, test_inverse,
