@@ -38,7 +38,8 @@ the chunks' activations stay in cache); step peak memory 397 / 187 / 63 MiB agai
 0.52x, 0.18x); A.2 MNIST model 2.09 / 0.111 / 0.074 GiB.
 
 After the by-hand chain (``invertible.logdet_chain``), the fused LipSwish kernels (``invertible.fused``, ``--fused
-on``: compiled before the timed steps) and the faster few-channel CPU adjoints, ``--steps 8 --warmup 3 --threads
+on``: every size compiled before the timed steps; ``--fused auto``, the default policy, gave 0.42 for
+recompute32 as well) and the faster few-channel CPU adjoints, ``--steps 8 --warmup 3 --threads
 1,2 --a2`` (2026-12-01, shared 2-core CPU): time ratio ours / normflows at 1 / 2 threads 0.61 / 0.65 (stored
 graph), 0.43 / 0.45 (recompute), 0.42 / 0.46 (recompute32, the image flows' default), 0.43 / 0.50 (recompute16),
 and 0.84 / 0.86 for ``recompute32@eager`` (the implementation before, in the same run); step peak memory 396 /
@@ -336,8 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="our estimators in the timed steps, comma-separated (normflows: its Neumann "
                          "backward-in-forward)")
     ap.add_argument("--fused", default="on", choices=("on", "auto", "off"),
-                    help="our fused-kernel policy (invertible.fused; on: compiled from the first step, the steady "
-                         "state that 'auto' reaches after a training run's first few dozen steps)")
+                    help="our fused-kernel policy (invertible.fused; on: every size compiled, before the timed "
+                         "steps; auto, the library default: inputs of at least 2^17 elements)")
     ap.add_argument("--bf16", action="store_true", help="ours under bf16 autocast (CUDA; log-det in float32)")
     ap.add_argument("--compile", action="store_true", help="ours with torch.compile of every g (eager fallback)")
     ap.add_argument("--a2", action="store_true", help="also the A.2 MNIST model's step memory (Neumann gradient)")

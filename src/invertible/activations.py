@@ -356,8 +356,6 @@ class _LipSwishGrad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, u, ub):
         grad, x, beta = ctx.saved_tensors
-        if u is None:
-            u = torch.zeros_like(grad)
         if ctx.beta_grad and ub is not None:
             d_grad, d_x, d_beta = _lipswish_vjp_backward_with_beta(grad, x, beta, u, ub)
         else:

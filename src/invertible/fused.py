@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 __all__ = [
-    "AUTO_MIN_NUMEL", "FusedKernel", "fused", "fused_kernels", "fused_kernels_mode",
+    "AUTO_MIN_NUMEL", "FusedKernel", "fused", "fused_kernels", "fused_kernels_mode", "keep_distribution_validation",
     "set_fused_kernels",
 ]
 
@@ -80,6 +80,17 @@ def fused_kernels(mode: str) -> Iterator[None]:
         _mode = previous
 
 
+@contextlib.contextmanager
+def keep_distribution_validation() -> Iterator[None]:
+    """Dynamo switches off argument validation of ``torch.distributions`` process-wide when it compiles; the
+    library's distributions rely on it (NaN inputs raise). Around a ``torch.compile`` call, this puts it back."""
+    validate = torch.distributions.Distribution._validate_args
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
 def _inside_transform_or_trace() -> bool:
     """True under torch.func transforms or while Dynamo traces (an outer ``torch.compile`` fuses by itself)."""
     try:
@@ -112,21 +123,17 @@ class FusedKernel:
     def __call__(self, *args: Any) -> Any:
         if not self._wanted(args[0]):
             return self.fn(*args)
-        validate = torch.distributions.Distribution._validate_args
         try:
-            if self._compiled is None:
-                self._compiled = torch.compile(self.fn, dynamic=True)
-            with torch.no_grad():
-                out = self._compiled(*args)
+            with keep_distribution_validation():
+                if self._compiled is None:
+                    self._compiled = torch.compile(self.fn, dynamic=True)
+                with torch.no_grad():
+                    out = self._compiled(*args)
         except Exception as err:  # no compiler, unsupported device or platform: eager from now on
             self._failed = True
             warnings.warn(f"fused kernel {self.__name__}: torch.compile failed ({type(err).__name__}: "
                           f"{str(err)[:200]}); running it eagerly", RuntimeWarning, stacklevel=2)
             return self.fn(*args)
-        finally:
-            # Dynamo switches off argument validation of torch.distributions process-wide when it compiles;
-            # the library's distributions rely on it (NaN inputs raise), so it is put back
-            torch.distributions.Distribution.set_default_validate_args(validate)
         self.compiled_calls += 1
         return out
 

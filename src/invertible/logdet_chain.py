@@ -4,8 +4,8 @@ For the common residual function - convolutions or linear layers (spectrally nor
 activations between them (eq. 4.5) - the forward and backward of :mod:`invertible.logdet_recompute` can be
 written with the operators themselves instead of autograd graphs. Notation: ``z_l = L_l(h_{l-1})``,
 ``h_l = phi_l(z_l)``, ``h_{-1} = x``, ``D_l = phi_l'(z_l)``, ``L_l'`` the linear part of ``L_l`` (no bias),
-``L_l'^T`` its adjoint (a transposed convolution). The forward stores ``x``, the ``z_l`` and, per probe ``v``,
-the Neumann vector ``a``; its vector-Jacobian products are ``w -> L_0'^T (D_0 L_1'^T (... D_{m-1} L_m'^T w))``.
+``L_l'^T`` its adjoint (a transposed convolution). The forward stores ``x`` and, per probe ``v``, the Neumann
+vector ``a``; its vector-Jacobian products are ``w -> L_0'^T (D_0 L_1'^T (... D_{m-1} L_m'^T w))``.
 
 Backward, given the upstream ``G = dL/dg(x)`` and per-sample weights ``gamma = dL/d ld / n_probes`` of the
 surrogate ``S = sum_probes gamma <a, J v>`` (``J v = L_m' D_{m-1} ... D_0 L_0' v``):
@@ -18,11 +18,12 @@ surrogate ``S = sum_probes gamma <a, J v>`` (``J v = L_m' D_{m-1} ... D_0 L_0' v
   ``e_m = G``, ``e_l = D_l L_{l+1}'^T e_{l+1} + dS/dz_l``, ``dW_l += e_l (x) h_{l-1}``, ``db_l = sum e_l``,
   ``dx = L_0'^T e_0``.
 
-Each layer's adjoint runs once on the stacked ``[e_{l+1}, s_{l+1}]`` and each weight gradient once on the stacked
-pairs, so a block's backward costs two convolutions per probe for the tangents, one adjoint and one weight
-gradient per layer on twice the batch, and no re-evaluation of ``g`` (the autograd form re-evaluates ``g``,
-builds the vector-Jacobian product's graph and differentiates it twice). The weight gradients then go through
-the spectral normalization (frozen, the operator of the forward) by autograd. Values and gradients equal those
+The backward recomputes the pre-activations ``z_0 .. z_{m-1}`` (storing them was not faster), then costs
+``m`` convolutions per probe for the tangents and, per layer, one call for the adjoint and weight gradient of the
+flow path and one per probe (separate calls: stacked along the batch they ran slower on the CPU, out of cache).
+The autograd form instead re-evaluates ``g``, builds the vector-Jacobian product's graph and differentiates it
+twice. The weight gradients then go through the spectral normalization (frozen, the operator of the forward) by
+autograd. Values and gradients equal those
 of the autograd form up to rounding (``tests/test_logdet_chain.py``).
 
 Supported: ``nn.Sequential`` of ``nn.Conv2d`` (zero padding, one group) or ``nn.Linear`` layers alternating with
@@ -44,7 +45,7 @@ from torch.nn.utils import parametrize
 from invertible.activations import LipSwish, elu_kernels, lipswish_kernels
 from invertible.lipschitz import frozen_spectral_norm, spectral_norm_of
 
-__all__ = ["chain_by_hand", "chain_layers", "neumann_chain"]
+__all__ = ["cat_chunks", "chain_by_hand", "chain_layers", "chunk_slices", "neumann_chain"]
 
 _BY_HAND: contextvars.ContextVar[bool] = contextvars.ContextVar("invertible_chain_by_hand", default=True)
 
@@ -136,7 +137,7 @@ class _Operator:
     def adjoint_and_weight_grad(self, grad: torch.Tensor, inp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L'^T grad, sum_samples grad (x) inp)`` in one call."""
         if not self.conv:
-            return grad @ self.w, grad.flatten(0, -2).t() @ inp.flatten(0, -2)
+            return grad @ self.w, self.weight_grad(grad, inp)
         fast = self._cpu_adjoint(grad)
         if fast is not None:
             return fast, self.weight_grad(grad, inp)
@@ -151,33 +152,34 @@ class _Activation:
     """An activation's kernels: ``(h, D) = slope(z)`` and ``(e, d_param) = backward(z, g, ct)`` with
     ``e = g D + ct phi''`` and ``d_param = sum g d phi/d b + ct d phi'/d b`` (``None`` without a parameter)."""
 
-    def __init__(self, module: nn.Module, param: torch.Tensor | None):
-        self.m, self.param = module, param
-        if isinstance(module, LipSwish):
+    def __init__(self, module: nn.Module):
+        self.trainable = isinstance(module, LipSwish)  # beta; ELU's alpha is a constant
+        if self.trainable:
             self._slope, self._backward = lipswish_kernels()
+            self.param: torch.Tensor | float = module.beta.detach()
         else:
             self._slope, self._backward = elu_kernels()
             self.param = float(module.alpha)  # a number, not a host tensor beside device tensors
 
     def _param(self, z: torch.Tensor):
-        return self.param if isinstance(self.param, float) else self.param.to(z.dtype)
+        return self.param.to(z.dtype) if self.trainable else self.param
 
     def slope(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._slope(z, self._param(z))
 
-    def backward(self, z: torch.Tensor, g: torch.Tensor, ct: torch.Tensor | None):
-        if ct is None:
-            ct = torch.zeros_like(z)
+    def backward(self, z: torch.Tensor, g: torch.Tensor, ct: torch.Tensor):
         e, d = self._backward(z, self._param(z), g, ct)
-        return e, (d if isinstance(self.m, LipSwish) else None)
+        return e, (d if self.trainable else None)
 
 
-def _slices(batch: int, chunk: int | None) -> list[slice]:
+def chunk_slices(batch: int, chunk: int | None) -> list[slice]:
+    """The batch in chunks of ``chunk`` samples (``None``: one chunk), the last one possibly shorter."""
     step = batch if chunk is None else max(1, min(chunk, batch))
     return [slice(i, min(i + step, batch)) for i in range(0, max(batch, 1), step)]
 
 
-def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+def cat_chunks(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks' results along the batch (no copy for a single chunk)."""
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
@@ -199,15 +201,15 @@ def _set_frozen_shapes(linears: list[nn.Module], inputs: list[torch.Size]) -> No
 
 class _ChainNeumann(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, est, g, layers, n, weights, gen, chunk, n_params, x, *params):
+    def forward(ctx, est, layers, n, weights, gen, chunk, n_params, x, *params):
         linears, acts = layers
-        slices = _slices(x.shape[0], chunk)
+        slices = chunk_slices(x.shape[0], chunk)
         outputs, values, probes = [], [], None
         vectors = [[] for _ in range(est.n_probes)]
         ops: list[_Operator] | None = None
-        kernels = [_Activation(a, a.beta.detach() if isinstance(a, LipSwish) else None) for a in acts]
+        kernels = [_Activation(a) for a in acts]
         for sl in slices:
-            h, slopes, zs_chunk = x[sl], [], []
+            h, slopes = x[sl], []
             first = ops is None
             # the first chunk calls each layer as a module (its power iteration, its input-shape record); the
             # others apply the operators that call left
@@ -218,7 +220,6 @@ class _ChainNeumann(torch.autograd.Function):
                     if k < len(acts):
                         h, d = kernels[k].slope(z)
                         slopes.append(d)
-                        zs_chunk.append(z)
                 if first:
                     ops = [_Operator(m, w.detach()) for m, w in zip(linears, _weights(linears), strict=True)]
             gx = z
@@ -238,13 +239,13 @@ class _ChainNeumann(torch.autograd.Function):
             values.append(value)
             for store, a in zip(vectors, vecs, strict=True):
                 store.append(a)
-        vectors = [_cat(v) for v in vectors]
+        vectors = [cat_chunks(v) for v in vectors]
         ctx.input_shapes = [x.shape] + [torch.Size((x.shape[0], *s.shape[1:])) for s in slopes]
         ctx.layers, ctx.n_params, ctx.n_probes, ctx.slices = layers, n_params, len(probes), slices
         ctx.bias_index = [next((i for i, q in enumerate(params) if m.bias is not None and q is m.bias), None)
                           for m in linears]
         ctx.save_for_backward(x, *params, *probes, *vectors)
-        return _cat(outputs), _cat(values)
+        return cat_chunks(outputs), cat_chunks(values)
 
     @staticmethod
     @once_differentiable
@@ -258,7 +259,7 @@ class _ChainNeumann(torch.autograd.Function):
             weights = _weights(linears)
             beta_tensors = [a.beta for a in acts if isinstance(a, LipSwish)]
         ops = [_Operator(m, w.detach()) for m, w in zip(linears, weights, strict=True)]
-        kernels = [_Activation(a, a.beta.detach() if isinstance(a, LipSwish) else None) for a in acts]
+        kernels = [_Activation(a) for a in acts]
         m_last, n_probes = len(ops) - 1, ctx.n_probes
         d_w = [None] * len(ops)
         d_b = [None] * len(ops)
@@ -330,8 +331,7 @@ class _ChainNeumann(torch.autograd.Function):
         for i, d in zip(ctx.bias_index, d_b, strict=True):
             if i is not None and d is not None:
                 grads_params[i] = _add(grads_params[i], d)
-        grad_x = grad_x[0] if len(grad_x) == 1 else torch.cat(grad_x)
-        return (None,) * 8 + (grad_x, *grads_params)
+        return (None,) * 7 + (cat_chunks(grad_x), *grads_params)
 
 
 def neumann_chain(est, g: nn.Module, x: torch.Tensor, n: int, weights: list[float],
@@ -342,4 +342,4 @@ def neumann_chain(est, g: nn.Module, x: torch.Tensor, n: int, weights: list[floa
     if layers is None or torch.is_autocast_enabled(x.device.type):
         return None
     params = [p for p in g.parameters() if p.requires_grad]
-    return _ChainNeumann.apply(est, g, layers, n, weights, gen, chunk, len(params), x, *params)
+    return _ChainNeumann.apply(est, layers, n, weights, gen, chunk, len(params), x, *params)

@@ -34,6 +34,7 @@ from invertible.activations import (
 )
 from invertible.checks import check_estimator_input
 from invertible.dense import DenseLayer
+from invertible.fused import keep_distribution_validation
 from invertible.lipschitz import frozen_spectral_norm
 
 __all__ = ["AbstractLogDet", "ExactLogDet", "ForwardJacobianLogDet", "exact_jacobian", "KINDS"]
@@ -250,15 +251,13 @@ class ForwardJacobianLogDet(AbstractLogDet):
                     break
             else:
                 if kinds and all(p is not None for p in params):
-                    validate = torch.distributions.Distribution._validate_args
                     try:
-                        return _compiled_kernel()(x, tuple(kinds), params)
+                        with keep_distribution_validation():
+                            return _compiled_kernel()(x, tuple(kinds), params)
                     except Exception as err:  # no C++ compiler, unsupported platform, ...: stay exact, eagerly
                         warnings.warn(f"ForwardJacobianLogDet: torch.compile failed ({err!r:.200}); using the "
                                       "eager path", RuntimeWarning, stacklevel=2)
                         self.compile = False
-                    finally:  # Dynamo turns torch.distributions' validation off when it compiles: put it back
-                        torch.distributions.Distribution.set_default_validate_args(validate)
         if not any(isinstance(m, nn.Linear | DenseLayer) for m in layers):
             raise ValueError("ForwardJacobianLogDet: g has no Linear layer")
         h, jac = _forward_jacobian(layers, x, None)  # jac[b, i, :] = d h / d x_i  (rows = input directions)

@@ -35,14 +35,9 @@ from torch.autograd.function import once_differentiable
 
 from invertible.activations import lean_activations
 from invertible.lipschitz import frozen_spectral_norm
-from invertible.logdet_chain import neumann_chain
+from invertible.logdet_chain import cat_chunks, chunk_slices, neumann_chain
 
 __all__ = ["neumann_recompute"]
-
-
-def _slices(batch: int, chunk: int | None) -> list[slice]:
-    step = batch if chunk is None else max(1, min(chunk, batch))
-    return [slice(i, min(i + step, batch)) for i in range(0, max(batch, 1), step)]
 
 
 @contextlib.contextmanager
@@ -64,7 +59,7 @@ class _RecomputedNeumann(torch.autograd.Function):
     @staticmethod
     def forward(ctx, est, g, n, weights, gen, n_params, chunk, x, *params):
         outputs, values, probes, vectors = [], [], None, [[] for _ in range(est.n_probes)]
-        slices = _slices(x.shape[0], chunk)
+        slices = chunk_slices(x.shape[0], chunk)
         for i, sl in enumerate(slices):
             # the first chunk runs the power iteration (if any); the others use the operator it left
             with torch.enable_grad(), _parameters_constant(g), (
@@ -73,6 +68,7 @@ class _RecomputedNeumann(torch.autograd.Function):
                 gx = g(xin)
                 if probes is None:  # the whole batch's probes, drawn as the stored-graph path draws them
                     probes = est._draw_probes(gx.new_empty((x.shape[0], *gx.shape[1:])), gen)
+
                 def vjp(w, gx=gx, xin=xin):
                     return torch.autograd.grad(gx, xin, w, retain_graph=True)[0]
 
@@ -81,12 +77,10 @@ class _RecomputedNeumann(torch.autograd.Function):
             values.append(value)
             for store, a in zip(vectors, vecs, strict=True):
                 store.append(a)
-        vectors = [torch.cat(v) if len(v) > 1 else v[0] for v in vectors]
+        vectors = [cat_chunks(v) for v in vectors]
         ctx.g, ctx.n_params, ctx.n_probes, ctx.slices = g, n_params, len(probes), slices
         ctx.save_for_backward(x, *params, *probes, *vectors)
-        if len(slices) == 1:
-            return outputs[0], values[0]
-        return torch.cat(outputs), torch.cat(values)
+        return cat_chunks(outputs), cat_chunks(values)
 
     @staticmethod
     @once_differentiable
@@ -109,8 +103,7 @@ class _RecomputedNeumann(torch.autograd.Function):
             grad_x.append(gx_in)
             grad_params = [q if p is None else (p if q is None else p + q)
                            for p, q in zip(grad_params, gp, strict=True)]
-        grad_x = grad_x[0] if len(grad_x) == 1 else torch.cat(grad_x)
-        return (None, None, None, None, None, None, None, grad_x, *grad_params)
+        return (None, None, None, None, None, None, None, cat_chunks(grad_x), *grad_params)
 
 
 def neumann_recompute(est, g: nn.Module, x: torch.Tensor, n: int, weights: list[float],
