@@ -12,8 +12,6 @@ CPU-only for the reasons in :data:`CPU_ONLY_MODULES`; single tests elsewhere car
 Lanes: ``pytest -m "not slow"`` (``make test``) is the fast lane; ``pytest`` (``make test-all``) runs all.
 """
 
-import os
-
 import pytest
 import torch
 
@@ -78,7 +76,6 @@ def _requested_device(config) -> torch.device:
 
 def pytest_configure(config):
     config.device = _requested_device(config)
-    os.environ["INVERTIBLE_TEST_DEVICE"] = str(config.device)  # for tests re-run in a fresh process
 
 
 def pytest_report_header(config):

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import invertible.training.classifier as clf
-from helpers import assert_same_training_state, in_fresh_process
 from invertible.cli import main
 from invertible.data.images import FASHION_MNIST_DIR
 from invertible.io import RunFolder, load_checkpoint
@@ -91,7 +90,6 @@ def test_run_folder_training_and_reload(tmp_path, digits):
         k: v for k, v in summary.items() if k != "seconds_per_epoch"}
 
 
-@in_fresh_process
 def test_resume_after_a_kill_continues_exactly(tmp_path, digits, monkeypatch):
     straight = tmp_path / "straight"
     train_classifier(_cfg(), straight, progress=False, data=digits)
@@ -112,7 +110,8 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, digits, monkeypatch):
 
     a, b = load_checkpoint(straight), load_checkpoint(killed)
     assert a.tensors.keys() == b.tensors.keys() and any(k.startswith("optim.") for k in a.tensors)
-    assert_same_training_state(a.tensors, b.tensors)
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]) or (a.tensors[k].isnan().all() and b.tensors[k].isnan().all()), k
     assert a.meta["last_val"]["test_error"] == b.meta["last_val"]["test_error"]
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in RunFolder(straight).read_metrics()]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in RunFolder(killed).read_metrics()] == strip
