@@ -48,11 +48,34 @@ def test_operator_norm_lanczos_path_for_large_inputs(monkeypatch):
     import invertible.norms
 
     monkeypatch.setattr(invertible.norms, "DENSE_LIMIT", 100)  # force the matrix-free path on a small problem
+    monkeypatch.setattr(invertible.norms, "GRAM_DENSE_LIMIT", 10)  # ... and ARPACK rather than a dense eigh
     conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
     shape = (3, 12, 12)
     assert invertible.norms.norm_method(conv, shape) == "lanczos"
     exact = dense_norm(conv, shape)
     assert math.isclose(inv.operator_norm(conv, shape, rtol=1e-10), exact, rel_tol=1e-7)
+
+
+@pytest.mark.parametrize("side", [6, 20], ids=["dense-eigh", "arpack"])
+def test_top_singular_triplet_is_repeatable_where_the_top_pair_is_not_unique(side):
+    """A conv with every singular value equal (one centre tap: ``A = 0.5 I``) breaks Lanczos down at once and
+    makes ARPACK ask for a random restart vector: scipy's ``svds`` drew it from fresh OS entropy, so every call
+    returned another top pair (and a classifier's converge_spectral_norms another ``u``, failing bit-for-bit
+    resume tests about one run in four). Repeated calls must give the same triplet, bit for bit."""
+    from invertible.norms import GRAM_DENSE_LIMIT, LinearOperator, top_singular_triplet
+
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 1, 1] = 0.5
+    shape = (1, side, side)
+    assert (side * side > GRAM_DENSE_LIMIT) == (side == 20)
+    op = LinearOperator(conv)
+    runs = [top_singular_triplet(op, conv.weight, shape, rtol=1e-8) for _ in range(4)]
+    for sigma, u, v in runs:
+        assert sigma == pytest.approx(0.5, rel=1e-12)
+        torch.testing.assert_close(op.apply(conv.weight, u), sigma * v, rtol=0, atol=1e-12)
+        assert torch.equal(u, runs[0][1]) and torch.equal(v, runs[0][2]) and sigma == runs[0][0]
 
 
 @pytest.mark.parametrize("name,factory,shape", CONVS, ids=[c[0] for c in CONVS])

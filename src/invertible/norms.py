@@ -108,6 +108,7 @@ def input_shape_of(module: nn.Module, input_shape: Sequence[int] | None) -> tupl
 
 DENSE_LIMIT = 4096  # materialise the operator when the input dimension is at most this
 DENSE_ENTRIES = 2**25  # ... and the materialised matrix has at most this many entries (256 MiB in float64)
+GRAM_DENSE_LIMIT = 256  # top_singular_triplet: a dense eigh of the Gram matrix up to this side length
 
 
 @torch.no_grad()
@@ -125,7 +126,8 @@ def operator_norm(
     * convolution with circular padding and stride 1: exact, FFT-SVD (Sedghi et al. 2019).
     * other convolutions with input dimension <= ``DENSE_LIMIT`` (and a matrix of at most ``DENSE_ENTRIES``):
       exact, from the materialised matrix (largest eigenvalue of its smaller Gram matrix).
-    * otherwise: Lanczos (scipy ``svds``, ARPACK) on the matrix-free operator to relative tolerance ``rtol``;
+    * otherwise: Lanczos (ARPACK: scipy ``eigsh`` of the Gram operator) on the matrix-free operator to relative
+      tolerance ``rtol``;
       see :func:`operator_norm_upper_bound` for a certificate that needs no convergence.
 
     Args:
@@ -176,8 +178,8 @@ def norm_method(module: nn.Module, input_shape: Sequence[int]) -> str:
 
 
 def _lanczos_norm(op: LinearOperator, weight: torch.Tensor, shape: Sequence[int], rtol: float, max_iter: int) -> float:
-    """Largest singular value by ARPACK's implicitly restarted Lanczos (scipy ``svds``) on the matrix-free
-    operator: converges far faster than plain power iteration when the top singular values are close."""
+    """Largest singular value by ARPACK's implicitly restarted Lanczos (scipy ``eigsh`` of the Gram operator) on the
+    matrix-free operator: converges far faster than plain power iteration when the top singular values are close."""
     return top_singular_triplet(op, weight, shape, rtol=rtol, max_iter=max_iter, vectors=False)[0]
 
 
@@ -187,11 +189,15 @@ def top_singular_triplet(
 ) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
     """``(sigma_1, u, v)`` of the operator ``A`` of ``op`` with ``weight`` on per-sample inputs of ``shape``:
     ``A u = sigma_1 v``, ``u`` of shape ``(1, *shape)`` (input space), ``v`` of A's output shape, both of unit
-    norm, by ARPACK's implicitly restarted Lanczos (scipy ``svds``, to relative tolerance ``rtol``; in float64,
-    vectors returned in ``weight``'s dtype). ``vectors=False`` returns ``(sigma_1, None, None)``."""
+    norm, ``sigma_1 = ||A u||``. The top eigenvector of the smaller Gram operator (``A^T A`` or ``A A^T``) by
+    ARPACK's implicitly restarted Lanczos (scipy ``eigsh``, to relative tolerance ``rtol`` on ``sigma_1``, in
+    float64; vectors returned in ``weight``'s dtype), or by a dense ``eigh`` when that side has at most
+    ``GRAM_DENSE_LIMIT`` entries. Deterministic: the start and ARPACK's restart vectors are seeded (scipy's
+    ``svds`` draws restart vectors from fresh OS entropy, so a conv with nearly equal top singular values got
+    another top pair on every call). ``vectors=False`` returns ``(sigma_1, None, None)``."""
     import numpy as np
     from scipy.sparse.linalg import LinearOperator as ScipyOperator
-    from scipy.sparse.linalg import svds
+    from scipy.sparse.linalg import eigsh
 
     w64 = weight.detach().double()
     n = math.prod(shape)
@@ -199,25 +205,40 @@ def top_singular_triplet(
         out_shape = op.apply(w64, torch.zeros((1, *shape), dtype=w64.dtype, device=w64.device)).shape
     m = math.prod(out_shape)
 
-    def matvec(x):
-        t = torch.as_tensor(np.asarray(x).reshape(1, *shape), dtype=w64.dtype, device=w64.device)
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (k, n) -> (k, m)
         with torch.no_grad():
-            return op.apply(w64, t).reshape(-1).cpu().numpy()
+            return op.apply(w64, x.reshape(-1, *shape)).reshape(x.shape[0], m)
 
-    def rmatvec(y):
-        t = torch.as_tensor(np.asarray(y).reshape(out_shape), dtype=w64.dtype, device=w64.device)
+    def backward(y: torch.Tensor) -> torch.Tensor:  # (k, m) -> (k, n)
         with torch.no_grad():
-            return op.adjoint(w64, t, shape).reshape(-1).cpu().numpy()
+            return op.adjoint(w64, y.reshape(-1, *out_shape[1:]), shape).reshape(y.shape[0], n)
 
-    linop = ScipyOperator((m, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
-    v0 = np.random.default_rng(0).standard_normal(min(m, n))  # seeded: ARPACK's own start is not reproducible
+    input_side = n <= m  # the Gram operator on the smaller side: A^T A on inputs, A A^T on outputs
+    first, second = (forward, backward) if input_side else (backward, forward)
+    size = n if input_side else m
+    if size <= GRAM_DENSE_LIMIT:
+        eye = torch.eye(size, dtype=w64.dtype, device=w64.device)
+        images = first(eye)  # row i: the image of basis vector i
+        top = torch.linalg.eigh(images @ images.T)[1][:, -1]
+    else:
+        def gram(x):
+            t = torch.as_tensor(np.array(x, dtype=np.float64).reshape(1, size), device=w64.device)
+            return second(first(t)).reshape(-1).cpu().numpy()
+
+        linop = ScipyOperator((size, size), matvec=gram, dtype=np.float64)
+        rng = np.random.default_rng(0)
+        _, vecs = eigsh(linop, k=1, tol=rtol**2, maxiter=max_iter, v0=rng.standard_normal(size), rng=rng)
+        top = torch.as_tensor(vecs[:, 0], dtype=w64.dtype, device=w64.device)
+    top = top / top.norm()
+    image = first(top[None])[0]
+    sigma = float(image.norm())
     if not vectors:
-        sigma = svds(linop, k=1, tol=rtol, maxiter=max_iter, return_singular_vectors=False, v0=v0)
-        return float(sigma[0]), None, None
-    left, sigma, right_t = svds(linop, k=1, tol=rtol, maxiter=max_iter, v0=v0)
-    u = torch.as_tensor(right_t[0].reshape(1, *shape), dtype=weight.dtype, device=weight.device)
-    v = torch.as_tensor(left[:, 0].reshape(out_shape), dtype=weight.dtype, device=weight.device)
-    return float(sigma[0]), u, v
+        return sigma, None, None
+    other = image / max(sigma, 1e-300)
+    u, v = (top, other) if input_side else (other, top)
+    u = u.reshape(1, *shape).to(weight.dtype)
+    v = v.reshape(out_shape).to(weight.dtype)
+    return sigma, u, v
 
 
 def _circular_fft_norm(weight: torch.Tensor, spatial: Sequence[int], dilation: Sequence[int]) -> float:
