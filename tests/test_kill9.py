@@ -20,6 +20,7 @@ from invertible.io import load_checkpoint
 ARGS = ["train-flow", "--data", "8gaussians", "--blocks", "2", "--hidden", "8,8", "--steps", "150",
         "--checkpoint-every", "3", "--batch-size", "64", "--n-test", "200", "--eval-samples", "200",
         "--no-progress", "--threads", "1", "--mode", "resflow"]
+MAX_KILLS = 4
 
 
 def _cli(out: Path, *extra: str) -> subprocess.Popen:
@@ -42,11 +43,11 @@ def test_kill_minus_nine_then_resume_equals_the_uninterrupted_run(tmp_path):
     duration = time.monotonic() - started  # this machine's speed: kill moments scale with it, not fixed seconds
     rng = random.Random(int(os.environ.get("INVERTIBLE_KILL9_SEED", "7")))  # another seed: a new campaign
     out, kills, resumes = tmp_path / "killed", 0, 0
-    for attempt in range(5):  # up to four kills at random moments, then one run left to finish
+    for attempt in range(MAX_KILLS + 1):  # kills at random moments, then one run left to finish
         resume = (out / "checkpoint.safetensors").is_file()
         resumes += resume
         proc = _cli(out, *(["--resume"] if resume else []))
-        if attempt == 4:
+        if attempt == MAX_KILLS:
             assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
             break
         time.sleep(rng.uniform(0.4, 0.9) * duration)  # past start-up (~30 % of a run), before a fresh run ends

@@ -222,7 +222,7 @@ def top_singular_triplet(
         top = torch.linalg.eigh(images @ images.T)[1][:, -1]
     else:
         def gram(x):
-            t = torch.as_tensor(np.array(x, dtype=np.float64).reshape(1, size), device=w64.device)
+            t = torch.as_tensor(np.asarray(x).reshape(1, size), dtype=w64.dtype, device=w64.device)
             return second(first(t)).reshape(-1).cpu().numpy()
 
         linop = ScipyOperator((size, size), matvec=gram, dtype=np.float64)
